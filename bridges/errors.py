@@ -1,0 +1,78 @@
+"""Errors raised by bridges and handlers; the runtime maps ``code`` to gRPC and HTTP in one table.
+
+L8Error (INTERNAL)
+├── InvalidArgument (INVALID_ARGUMENT)    bad input: says what is wrong, nothing was changed
+│   └── InvalidEtag                       an etag that is not one this store hands out
+├── EtagMismatch (ABORTED)                the etag is stale, or FIRST_WRITE found the key taken
+├── NotFound (NOT_FOUND)
+├── FailedPrecondition (FAILED_PRECONDITION)
+├── ResourceExhausted (RESOURCE_EXHAUSTED)
+├── Unimplemented (UNIMPLEMENTED)         the store lacks the feature asked for
+└── BackendUnavailable (UNAVAILABLE)      the backend could not be reached; safe to retry
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class Code(enum.StrEnum):
+    """Status codes, named as gRPC names them; they travel as strings in bus headers."""
+
+    OK = "OK"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
+
+class L8Error(Exception):
+    code: ClassVar[Code] = Code.INTERNAL
+    retriable: ClassVar[bool] = False
+
+
+class InvalidArgument(L8Error):
+    code = Code.INVALID_ARGUMENT
+
+
+class InvalidEtag(InvalidArgument):
+    pass
+
+
+class EtagMismatch(L8Error):
+    code = Code.ABORTED
+
+
+class NotFound(L8Error):
+    code = Code.NOT_FOUND
+
+
+class FailedPrecondition(L8Error):
+    code = Code.FAILED_PRECONDITION
+
+
+class ResourceExhausted(L8Error):
+    code = Code.RESOURCE_EXHAUSTED
+    retriable = True
+
+
+class Unimplemented(L8Error):
+    code = Code.UNIMPLEMENTED
+
+
+class BackendUnavailable(L8Error):
+    code = Code.UNAVAILABLE
+    retriable = True

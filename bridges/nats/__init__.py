@@ -1,0 +1,1 @@
+"""NATS bridges: JetStream KV, streams and Object Store, over the bus's own connection."""

@@ -1,0 +1,1 @@
+"""Redis bridges, sharing one client per URL."""

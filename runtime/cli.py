@@ -1,0 +1,158 @@
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only) and `version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from runtime import __version__
+from runtime.config import API_NAMES, Config, ConfigError, load_config
+
+log = logging.getLogger("l8")
+
+
+def _port(flag: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.isdigit() or not 0 <= int(value) <= 65535:
+            raise argparse.ArgumentTypeError(f"{flag}: {value!r} is not a port number from 0 to 65535")
+        return int(value)
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l8", description="l8: an application runtime on a message bus")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the sidecar: gRPC and HTTP servers plus in-process handler workers")
+    run.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
+    run.add_argument("--app-id", help="the app's id (app.id)")
+    run.add_argument("--app-port", type=_port("--app-port"), help="the app's gRPC callback port on 127.0.0.1")
+    run.add_argument("--grpc-port", type=_port("--grpc-port"), help="gRPC port (server.grpc)")
+    run.add_argument("--http-port", type=_port("--http-port"), help="HTTP port (server.http)")
+    run.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
+    run.add_argument("--data-dir", help="where the embedded server keeps its data (data_dir)")
+    run.add_argument("--workers", help="handlers run here: all, none, or apis comma separated (workers)")
+    run.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    worker = sub.add_parser("worker", help="run handler workers only, on an existing bus")
+    worker.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
+    worker.add_argument("--bus", help="NATS URLs, comma separated (bus.url)")
+    worker.add_argument("--handlers", help=f"apis to serve, comma separated: {', '.join(API_NAMES)} (workers)")
+    worker.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    worker.add_argument("--concurrency", type=int, help="requests handled at once (concurrency)")
+    worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _with_port(address: str, port: int) -> str:
+    host, _, _ = address.rpartition(":")
+    return f"{host or '127.0.0.1'}:{port}"
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "app_id", None):
+        overrides.setdefault("app", {})["id"] = args.app_id
+    if getattr(args, "app_port", None) is not None:
+        overrides.setdefault("app", {})["callback"] = f"127.0.0.1:{args.app_port}"
+    if args.bus:
+        overrides.setdefault("bus", {})["url"] = args.bus
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
+    if getattr(args, "handlers", None):
+        overrides["workers"] = args.handlers
+    if args.namespace:
+        overrides["namespace"] = args.namespace
+    if getattr(args, "concurrency", None):
+        overrides["concurrency"] = args.concurrency
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    config = load_config(args.config, overrides)
+    ports = {"grpc": getattr(args, "grpc_port", None), "http": getattr(args, "http_port", None)}
+    if any(p is not None for p in ports.values()):
+        server = config.server.model_copy(
+            update={k: _with_port(getattr(config.server, k), p) for k, p in ports.items() if p is not None}
+        )
+        config = config.model_copy(update={"server": server})
+    return config
+
+
+async def _serve(config: Config, *, serve: bool) -> int:
+    from runtime.components import ComponentError
+    from runtime.sidecar import Sidecar
+
+    sidecar = Sidecar(config, serve=serve)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sidecar.start()
+    except ComponentError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        await stop.wait()
+        log.info("stopping: finishing calls in flight")
+    finally:
+        await sidecar.stop()
+    return 0
+
+
+def _run_loop(coro: Any) -> int:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.Runner()
+    with runner:
+        result: int = runner.run(coro)
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"l8 {__version__}")
+        return 0
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"l8: config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "worker":
+        if config.bus.embedded:
+            print(
+                "l8: config error: bus.url: a worker joins an existing bus; pass --bus nats://host:port",
+                file=sys.stderr,
+            )
+            return 2
+        if not config.apis():
+            print("l8: config error: workers: a worker needs at least one api in --handlers", file=sys.stderr)
+            return 2
+        return _run_loop(_serve(config, serve=False))
+    return _run_loop(_serve(config, serve=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The Dapr front: ``dapr.proto.runtime.v1.Dapr``, so Dapr SDKs work against l8 unchanged.
+
+The state messages of the native API are wire-compatible with Dapr's (tests/test_proto_wire.py),
+so translating a Dapr state request into the native one is the identity on its bytes and the
+front forwards them as they came. Rpcs l8 does not serve are not registered, and gRPC answers
+them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from runtime import __version__, native
+from runtime.config import Config
+from runtime.forward import Forwarder, forwarding_handler
+
+SERVICE = "dapr.proto.runtime.v1.Dapr"
+
+# Dapr's state rpcs carry the same names and bytes as the native ones.
+ROUTES: dict[str, tuple[str, str]] = {
+    name: native.ROUTES[name]
+    for name in ("GetState", "GetBulkState", "SaveState", "DeleteState", "DeleteBulkState", "ExecuteStateTransaction")
+}
+
+
+def metadata_response(config: Config) -> Any:
+    # Imported on first use: the Dapr message set is large and only this rpc needs it.
+    from dapr.proto.runtime.v1 import metadata_pb2
+
+    resp = metadata_pb2.GetMetadataResponse(id=config.app.id, runtime_version=f"l8-{__version__}")
+    for name, comp in sorted(config.components.items()):
+        resp.registered_components.add(name=name, type=f"{comp.kind}.{comp.type}", version="v1")
+    resp.extended_metadata["namespace"] = config.namespace
+    return resp
+
+
+def dapr_service(forwarder: Forwarder, config: Config) -> grpc.GenericRpcHandler:
+    async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        data: bytes = metadata_response(config).SerializeToString()
+        return data
+
+    handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
+    handlers["GetMetadata"] = grpc.unary_unary_rpc_method_handler(get_metadata)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -1,0 +1,56 @@
+"""The native front: ``l8.runtime.v1.Runtime``, forwarding request bytes as they came.
+
+Every rpc of the service is registered; those of building blocks that l8 does not serve yet
+answer UNIMPLEMENTED with a message saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from bridges.errors import Code
+from handlers.proto import runtime_pb2
+from runtime.forward import Forwarder, abort, forwarding_handler
+
+SERVICE = "l8.runtime.v1.Runtime"
+
+# rpc name -> (api, op); the op is the last token of the request subject.
+ROUTES: dict[str, tuple[str, str]] = {
+    "GetState": ("state", "get"),
+    "GetBulkState": ("state", "bulkget"),
+    "SaveState": ("state", "save"),
+    "DeleteState": ("state", "delete"),
+    "DeleteBulkState": ("state", "bulkdelete"),
+    "ExecuteStateTransaction": ("state", "transaction"),
+}
+
+
+def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
+    """A handler of the method's cardinality that answers UNIMPLEMENTED, naming the rpc."""
+    message = f"{service}/{method.name} is not implemented by this l8"
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort(context, Code.UNIMPLEMENTED, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort(context, Code.UNIMPLEMENTED, message)
+        yield b""  # pragma: no cover - makes this an async generator
+
+    if method.client_streaming and method.server_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if method.client_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def native_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:
+    descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in descriptor.methods:
+        route = ROUTES.get(method.name)
+        handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

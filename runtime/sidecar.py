@@ -1,0 +1,141 @@
+"""Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
+
+Start order: embedded bus → bus connection → components → worker host → gRPC and HTTP servers.
+Stop runs the other way: the fronts stop taking calls and finish those in flight, then the
+worker host drains, then components, the bus connection and the embedded server stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from bridges.registry import BridgeEnv
+from bus import Bus, EmbeddedNats, WorkerHost
+from runtime.actuator import Routes, split_address
+from runtime.components import Components
+from runtime.config import Config
+from runtime.forward import Forwarder
+from runtime.grpc_server import GrpcServer
+from runtime.health import Health, Status
+from runtime.http import HttpServer
+
+log = logging.getLogger("l8")
+
+
+class Sidecar:
+    """``serve=False`` runs handlers only (a worker); ``start``/``stop`` are idempotent."""
+
+    def __init__(self, config: Config, *, serve: bool = True, apis: list[str] | None = None) -> None:
+        self.config = config
+        self.serve = serve
+        self.apis = config.apis() if apis is None else apis
+        self.health = Health()
+        self.embedded: EmbeddedNats | None = None
+        self.bus: Bus | None = None
+        self.components: Components | None = None
+        self.workers: WorkerHost | None = None
+        self.grpc: GrpcServer | None = None
+        self.http: HttpServer | None = None
+        self.started_in: float | None = None
+        self._state = "new"
+        self._lock = asyncio.Lock()
+
+    @property
+    def bus_url(self) -> str:
+        return self.embedded.url if self.embedded is not None else self.config.bus.url
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._state != "new":
+                return
+            self._state = "starting"
+            began = time.monotonic()
+            try:
+                await self._start()
+            except BaseException:
+                await self._stop()
+                self._state = "stopped"
+                raise
+            self._state = "running"
+            self.started_in = time.monotonic() - began
+            self.health.set("runtime_startup", Status.UP)
+            if self.grpc is not None:
+                await self.grpc.set_serving(True)
+            self._log_ready()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        if cfg.bus.embedded:
+            self.embedded = EmbeddedNats(
+                Path(cfg.data_dir) / "nats", port=cfg.bus.port, monitor_port=cfg.bus.monitor_port, name=cfg.app.id
+            )
+            await self.embedded.start()
+            servers = [self.embedded.url]
+        else:
+            servers = cfg.bus.servers
+        role = "sidecar" if self.serve else "worker"
+        self.bus = Bus(servers, name=f"l8-{role}:{cfg.app.id}")
+        await self.bus.start()
+        self.components = Components(cfg, BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id), self.health)
+        await self.components.start(self.apis)
+        self.workers = WorkerHost(
+            self.bus, cfg.namespace, concurrency=cfg.concurrency, default_timeout=cfg.bus.request_timeout
+        )
+        for served in self.components.served:
+            self.workers.add(served.api, served.name, served.handler)
+        await self.workers.start()
+        if self.serve:
+            forwarder = Forwarder(self.bus, cfg)
+            self.grpc = GrpcServer(cfg, forwarder)
+            await self.grpc.start()
+            host, port = split_address(cfg.server.http)
+            self.http = HttpServer(host, port, Routes(cfg, self.health))
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._state in ("new", "stopped"):
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+            self.health.set("runtime_startup", Status.DOWN, "shutdown")
+            await self._stop()
+            self._state = "stopped"
+            log.info("l8 stopped")
+
+    async def _stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+        if self.http is not None:
+            await self.http.stop()
+        if self.workers is not None:
+            await self.workers.stop()
+        if self.components is not None:
+            await self.components.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    def _log_ready(self) -> None:
+        served = ", ".join(f"{a}/{n}" for a, n in (self.workers.routes if self.workers else [])) or "none"
+        bus = f"{self.bus_url} (embedded)" if self.embedded else self.bus_url
+        if self.serve and self.grpc is not None and self.http is not None:
+            log.info(
+                "l8 ready in %.2fs: app %s, gRPC %s, HTTP %s:%s, bus %s, handlers: %s",
+                self.started_in or 0.0,
+                self.config.app.id,
+                self.config.server.grpc,
+                self.http.host,
+                self.http.port,
+                bus,
+                served,
+            )
+        else:
+            log.info("l8 worker ready in %.2fs: bus %s, handlers: %s", self.started_in or 0.0, bus, served)
