@@ -1,0 +1,38 @@
+"""The examples in examples/ run as written against a running l8."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.process import l8_running
+from tests.servers import Server
+from tests.test_e2e import state_config
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run_example(name: str, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=EXAMPLES.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_state_examples_save_and_read_state(nats_server: Server) -> None:
+    with l8_running(state_config(nats_server)) as l8:
+        env = {
+            "DAPR_GRPC_PORT": str(l8.grpc_port),
+            "DAPR_HTTP_PORT": str(l8.http_port),
+            "L8_GRPC_PORT": str(l8.grpc_port),
+        }
+        assert run_example("state_dapr.py", env).startswith('{"qty": 3} ')
+        assert run_example("state_native.py", env).startswith("3 ")
