@@ -65,3 +65,70 @@ class StateStore(Component, Protocol):
     async def delete(self, op: StateDelete) -> None: ...
 
     async def transact(self, ops: list[StateOp]) -> None: ...
+
+
+# ---- pub/sub ----
+
+
+@dataclass(slots=True)
+class PubSubLimits:
+    max_message_bytes: int = 1 << 20
+    features: frozenset[str] = field(default_factory=frozenset)
+
+
+class Received(Protocol):
+    """One delivered message. The subscriber settles it exactly once: ack, retry or drop.
+
+    Until it is settled the broker keeps it; a message never settled (the process died, the
+    subscription closed) is delivered again, to this subscriber or another of its group.
+    """
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, 2 on the first redelivery..."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def retry(self, delay: float) -> None:
+        """Deliver again, no sooner than ``delay`` seconds from now."""
+        ...
+
+    async def drop(self) -> None:
+        """Never deliver again (the caller has dead-lettered it first, if it had somewhere to)."""
+        ...
+
+
+class Subscription(Protocol):
+    async def fetch(self, max_messages: int, timeout: float) -> list[Received]:
+        """Up to ``max_messages``, waiting at most ``timeout`` seconds for the first; [] if none."""
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching; unsettled messages go back to the broker for redelivery."""
+        ...
+
+
+class PubSub(Component, Protocol):
+    """A broker. Subscribers of one ``group`` share the topic's messages (each goes to one of
+    them); every group gets its own copy of every message. ``ordered`` subscriptions get each
+    topic's (partition's) messages in publish order, one in flight at a time."""
+
+    limits: PubSubLimits
+
+    async def publish(self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None) -> None: ...
+
+    async def publish_batch(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str | None]:
+        """Publish many; returns, per message, None or the error that kept it from the broker."""
+        ...
+
+    async def subscribe(self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False) -> Subscription: ...
