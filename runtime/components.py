@@ -19,6 +19,8 @@ log = logging.getLogger("l8.runtime.components")
 # api -> the handler class serving one component of it, imported when a config needs it.
 HANDLERS = {
     "state": "handlers.state:StateHandler",
+    "lock": "handlers.lock:LockHandler",
+    "sequencer": "handlers.sequencer:SequencerHandler",
 }
 
 

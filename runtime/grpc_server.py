@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from runtime import dapr, native
 from runtime.config import Config
 from runtime.forward import Forwarder
+from runtime.sequencer import SegmentCache
 
 
 class GrpcServer:
@@ -18,6 +19,7 @@ class GrpcServer:
         self._forwarder = forwarder
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
+        self._segments = SegmentCache(forwarder)
         self.port = 0
 
     async def start(self) -> None:
@@ -33,7 +35,7 @@ class GrpcServer:
             ]
         )
         server.add_generic_rpc_handlers(
-            (native.native_service(self._forwarder), dapr.dapr_service(self._forwarder, self._config))
+            (native.native_service(self._forwarder, self._segments), dapr.dapr_service(self._forwarder, self._config))
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -66,3 +68,4 @@ class GrpcServer:
             return
         await self._health.enter_graceful_shutdown()
         await server.stop(grace)
+        await self._segments.close()

@@ -13,6 +13,7 @@ import grpc
 from bridges.errors import Code
 from handlers.proto import runtime_pb2
 from runtime.forward import Forwarder, abort, forwarding_handler
+from runtime.sequencer import SegmentCache, next_id_handler
 
 SERVICE = "l8.runtime.v1.Runtime"
 
@@ -24,6 +25,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "DeleteState": ("state", "delete"),
     "DeleteBulkState": ("state", "bulkdelete"),
     "ExecuteStateTransaction": ("state", "transaction"),
+    "TryLock": ("lock", "trylock"),
+    "Unlock": ("lock", "unlock"),
+    "LockKeepAlive": ("lock", "keepalive"),
 }
 
 
@@ -47,10 +51,12 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def native_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:
+def native_service(forwarder: Forwarder, segments: SegmentCache) -> grpc.GenericRpcHandler:
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
         handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
+    # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
+    handlers["GetNextId"] = next_id_handler(segments)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
