@@ -101,7 +101,11 @@ class SegmentCache:
         # Only what the worker needs: the segment outlives the call that asked for it.
         payload = pb.GetNextIdRequest(store_name=req.store_name, key=req.key).SerializeToString()
         subject = self._forwarder.subject("sequencer", component, "reserve")
-        return asyncio.create_task(self._call(subject, payload, traceparent, f"sequencer {component!r}"))
+        task = asyncio.create_task(self._call(subject, payload, traceparent, f"sequencer {component!r}"))
+        # A reservation made ahead may fail while no caller waits for it; its error is then seen
+        # here, and the caller that needs the segment gets it (and the next one tries again).
+        task.add_done_callback(_seen)
+        return task
 
     async def _call(self, subject: str, payload: bytes, traceparent: str | None, what: str) -> tuple[int, int]:
         try:
@@ -121,6 +125,11 @@ class SegmentCache:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, FrontError):
                 await task
+
+
+def _seen(task: asyncio.Task[tuple[int, int]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a segment reservation failed: %s", task.exception())
 
 
 def next_id_handler(cache: SegmentCache) -> grpc.RpcMethodHandler:
