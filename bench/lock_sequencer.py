@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -29,6 +30,7 @@ import grpc
 import nats
 import nats.js.errors
 import redis.asyncio as aioredis
+import uvloop
 from nats.js.api import KeyValueConfig, StorageType
 
 from bridges.redis.lock import _UNLOCK
@@ -37,7 +39,8 @@ from handlers.proto import runtime_pb2_grpc
 from tests.process import start_l8
 from tests.servers import start_nats, start_redis
 
-DURATION = float(os.environ.get("BENCH_SECONDS", "2.5"))
+ROUNDS = 3  # l8 and direct alternate; the median round of each stands, so a burst of other load moves one only
+DURATION = float(os.environ.get("BENCH_SECONDS", "0.8"))  # per round
 Call = Callable[[], Awaitable[Any]]
 
 
@@ -57,6 +60,14 @@ async def rate(make_call: Callable[[int], Call], workers: int, duration: float =
     began = time.perf_counter()
     await asyncio.gather(*(loop(c) for c in calls))
     return done / (time.perf_counter() - began)
+
+
+async def compare(name: str, l8: Callable[[int], Call], direct: Callable[[int], Call], workers: int, unit: str) -> None:
+    l8_rates, direct_rates = [], []
+    for _ in range(ROUNDS):
+        l8_rates.append(await rate(l8, workers))
+        direct_rates.append(await rate(direct, workers))
+    row(name, statistics.median(l8_rates), statistics.median(direct_rates), unit)
 
 
 def row(name: str, l8: float, direct: float, unit: str) -> None:
@@ -106,12 +117,11 @@ async def bench(nats_url: str, redis_url: str, grpc_address: str) -> None:
 
                 return nats_pair if backend == "nats.kv" else redis_pair
 
-            row(f"{backend}, {workers} client(s)", await rate(via_l8, workers), await rate(direct, workers), "pairs/s")
+            await compare(f"{backend}, {workers} client(s)", via_l8, direct, workers, "pairs/s")
 
     print("GetNextId ids/s, one key")
     for store, backend in (("sequencer", "nats.kv"), ("seqredis", "redis")):
         for workers in (1, 100):
-            direct_rate = await rate(direct_ids(backend, kv, r, f"s-{run}-{workers}"), workers)
             for mode, label in ((pb.SequencerOptions.WEAK, "WEAK"), (pb.SequencerOptions.STRONG, "STRONG")):
                 req = pb.GetNextIdRequest(
                     store_name=store,
@@ -125,7 +135,8 @@ async def bench(nats_url: str, redis_url: str, grpc_address: str) -> None:
 
                     return call
 
-                row(f"{backend} {label}, {workers} caller(s)", await rate(via_l8, workers), direct_rate, "ids/s")
+                direct = direct_ids(backend, kv, r, f"s-{run}-{workers}")
+                await compare(f"{backend} {label}, {workers} caller(s)", via_l8, direct, workers, "ids/s")
     await channel.close()
     await r.aclose()
     await js.delete_key_value("bench_direct")
@@ -178,10 +189,11 @@ def main() -> None:
     began = time.monotonic()
     try:
         print(
-            f"l8 at {l8.grpc_address} (one `l8 run` process, workers in process), "
-            f"bus {nats_server.url}; {DURATION}s per row"
+            f"l8 at {l8.grpc_address} (one `l8 run` process, workers in process), uvloop on both sides, "
+            f"bus {nats_server.url}; {ROUNDS} rounds of {DURATION}s per row, medians"
         )
-        asyncio.run(bench(nats_server.url, redis_url, l8.grpc_address))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as l8 itself runs
+            runner.run(bench(nats_server.url, redis_url, l8.grpc_address))
     finally:
         l8.stop()
         nats_server.stop()

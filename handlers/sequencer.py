@@ -18,13 +18,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from bridges.errors import BackendUnavailable, InvalidArgument, Unimplemented
+from bridges.errors import BackendUnavailable, InvalidArgument, ResourceExhausted, Unimplemented
 from bridges.protocols import Sequencer
 from handlers.base import KeyPrefix, RequestInfo
 from handlers.proto import runtime_pb2 as pb
 
 BIGGER_THAN = "biggerThan."
 DEFAULT_SEGMENT = 1000
+MAX_ID = 2**63 - 1  # next_id is an int64
 _INCREMENTS = (pb.SequencerOptions.WEAK, pb.SequencerOptions.STRONG)
 
 
@@ -39,8 +40,8 @@ def bigger_than(metadata: Mapping[str, str]) -> dict[str, int]:
             floor = int(raw)
         except ValueError:
             raise ValueError(f"metadata {name}: {raw!r} is not a whole number") from None
-        if not key or floor < 0:
-            raise ValueError(f"metadata {name}: needs a key after 'biggerThan.' and a number >= 0")
+        if not key or not 0 <= floor < MAX_ID:
+            raise ValueError(f"metadata {name}: needs a key after 'biggerThan.' and a number from 0 to {MAX_ID - 1}")
         floors[key] = floor
     return floors
 
@@ -93,7 +94,7 @@ class SequencerHandler:
     async def reserve(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetNextIdRequest.FromString(payload)
         key = self._key(req, ctx)
-        last = await self.store.reserve(key, self.segment, self.floors.get(req.key, 0))
+        last = _checked(await self.store.reserve(key, self.segment, self.floors.get(req.key, 0)), key)
         return f"{last - self.segment + 1} {last}".encode()
 
     async def _one(self, key: str, floor: int) -> int:
@@ -119,7 +120,7 @@ class SequencerHandler:
         callers = [f for f in batch.waiting if not f.done()]
         batch.waiting = []
         try:
-            last = await self.store.reserve(key, len(callers), floor)
+            last = _checked(await self.store.reserve(key, len(callers), floor), key)
         except BaseException as exc:
             # The callers in this batch get the error; the store may have moved, which leaves a gap.
             err = exc if isinstance(exc, Exception) else BackendUnavailable("the reservation was interrupted")
@@ -131,3 +132,9 @@ class SequencerHandler:
         for i, f in enumerate(callers):
             if not f.done():
                 f.set_result(first + i)
+
+
+def _checked(last: int, key: str) -> int:
+    if last > MAX_ID:
+        raise ResourceExhausted(f"sequence {key!r} has used up its int64 ids")
+    return last

@@ -128,10 +128,15 @@ async def test_unlock_answers_success_unexist_or_belongs_to_others(env: Env) -> 
 
 async def test_an_expired_lock_is_free_again(env: Env) -> None:
     a, b = env.locks
-    assert await a.lock("short", owner(), expire=1)
+    first = owner()
+    assert await a.lock("short", first, expire=1)
     assert not await b.lock("short", owner())
     taker = await wait_free(b, "short")
+    # The first owner's lock is gone, whatever a worker may remember of it.
+    assert await a.unlock("short", first) == OTHERS
+    assert (await a.renew("short", first, 30)).status == pb.LockKeepAliveResponse.LOCK_BELONG_TO_OTHERS
     assert await b.unlock("short", taker) == SUCCESS
+    assert await a.unlock("short", first) == UNEXIST
 
 
 async def test_keep_alive_really_moves_the_expiry(env: Env) -> None:
