@@ -52,11 +52,12 @@ class Components:
             self._health.set(name, Status.INIT)
             try:
                 bridge = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
+                # The handler reads metadata too (keyPrefix, biggerThan...): a bad value stops the start here.
+                handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
                 await bridge.start()
             except (L8Error, ValueError, OSError) as exc:
                 self._health.set(name, Status.DOWN, str(exc))
                 raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {exc}") from exc
-            handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
             self.served.append(Served(comp.kind, name, bridge, handler))
             self._health.set(name, Status.UP)
             log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)

@@ -179,3 +179,42 @@ async def test_a_hundred_callers_through_two_sidecars_and_two_workers_get_unique
             if before:
                 assert c.id > best_so_far[before - 1], f"{c} is not above the ids returned before it began"
         assert sorted(ids) == list(range(1, 1001)), "STRONG reserves one id per call: no gaps"
+
+
+async def test_without_workers_weak_and_strong_answer_unavailable_and_recover_once_one_starts(
+    nats_server: Server, make_sidecar: SidecarFactory
+) -> None:
+    app_id, ns = unique("app"), unique("ns")
+    comps = seq_components("nats.kv", None)
+    front = await make_sidecar(sidecar_config(nats_server.url, comps, app_id=app_id, namespace=ns, workers="none"))
+    channel, stub = native_stub(front)
+    try:
+        for mode in (WEAK, STRONG):
+            code, message = await code_of(next_id(stub, "k", mode))
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "sequencer" in message and "l8 worker" in message
+        await make_sidecar(sidecar_config(nats_server.url, comps, app_id=unique("w"), namespace=ns), serve=False)
+        weak = [await next_id(stub, "k", WEAK) for _ in range(3)]
+        assert weak == sorted(weak) and len(set(weak)) == 3
+        assert await next_id(stub, "k", STRONG) > weak[-1]
+    finally:
+        await channel.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "fault"),
+    [
+        ({"biggerThan.order": "ten"}, "biggerThan.order"),
+        ({"biggerThan.": "5"}, "biggerThan."),
+        ({"segmentSize": "0"}, "segmentSize"),
+    ],
+)
+async def test_bad_sequencer_metadata_stops_the_start_with_a_message_naming_it(
+    nats_server: Server, metadata: dict[str, str], fault: str
+) -> None:
+    from runtime.components import ComponentError
+
+    sidecar = Sidecar(sidecar_config(nats_server.url, seq_components("nats.kv", None, **metadata)))
+    with pytest.raises(ComponentError, match="sequencer") as info:
+        await sidecar.start()
+    assert fault in str(info.value)
