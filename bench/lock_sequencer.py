@@ -11,6 +11,8 @@ Rows:
 - GetNextId ids/s on one key with 1 and with 100 concurrent callers, WEAK and STRONG, beside the
   direct operation: a KV compare-and-set loop (get + update with the revision) on NATS, INCR on
   Redis.
+- The gRPC floor: a Python grpc.aio server (its own process, uvloop) that answers GetNextId with a
+  constant, measured with the same client; no l8 rpc can be faster than this on the same machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -37,7 +40,7 @@ from bridges.redis.lock import _UNLOCK
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.process import start_l8
-from tests.servers import start_nats, start_redis
+from tests.servers import free_port, start_nats, start_redis, stop_pid, wait_port
 
 ROUNDS = 3  # l8 and direct alternate; the median round of each stands, so a burst of other load moves one only
 DURATION = float(os.environ.get("BENCH_SECONDS", "0.8"))  # per round
@@ -171,6 +174,41 @@ def direct_ids(backend: str, kv: Any, r: Any, key: str) -> Callable[[int], Call]
     return make
 
 
+# A server that answers every GetNextId with the same bytes: the cost of a Python gRPC call alone.
+_FLOOR_SERVER = """
+import asyncio, sys, grpc, uvloop
+async def main():
+    reply = bytes([8, 1])
+    async def answer(request, context):
+        return reply
+    server = grpc.aio.server()
+    handlers = {"GetNextId": grpc.unary_unary_rpc_method_handler(answer)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("l8.runtime.v1.Runtime", handlers),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+uvloop.run(main())
+"""
+
+
+async def floor(address: str) -> None:
+    channel = grpc.aio.insecure_channel(address)
+    stub = runtime_pb2_grpc.RuntimeStub(channel)
+    req = pb.GetNextIdRequest(store_name="sequencer", key="k")
+
+    def make(i: int) -> Call:
+        async def call() -> None:
+            await stub.GetNextId(req)
+
+        return call
+
+    print("gRPC floor (no-op servicer answering GetNextId)")
+    for workers in (1, 100):
+        rates = [await rate(make, workers) for _ in range(ROUNDS)]
+        print(f"  {workers} caller(s){'':<33} {statistics.median(rates):>12,.0f} calls/s")
+    await channel.close()
+
+
 def main() -> None:
     nats_server, redis_server = start_nats(), start_redis()
     redis_url = f"redis://127.0.0.1:{redis_server.port}"
@@ -185,6 +223,9 @@ def main() -> None:
             "seqredis": {"kind": "sequencer", "type": "redis", "metadata": {"url": redis_url}},
         },
     }
+    floor_port = free_port()
+    floor_server = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(floor_port)])
+    wait_port(floor_port, proc=floor_server)
     l8 = start_l8(config)
     began = time.monotonic()
     try:
@@ -194,7 +235,9 @@ def main() -> None:
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as l8 itself runs
             runner.run(bench(nats_server.url, redis_url, l8.grpc_address))
+            runner.run(floor(f"127.0.0.1:{floor_port}"))
     finally:
+        stop_pid(floor_server)
         l8.stop()
         nats_server.stop()
         redis_server.stop()
