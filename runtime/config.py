@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bridges import registry
 from bus.subjects import TOKEN
@@ -90,7 +90,7 @@ class ServerConfig(_Model):
 
     @field_validator("grpc", "http")
     @classmethod
-    def _addr(cls, v: str, info: Any) -> str:
+    def _addr(cls, v: str, info: ValidationInfo) -> str:
         return _address(v, f"server.{info.field_name}")
 
 
@@ -116,12 +116,14 @@ class ComponentConfig(_Model):
             raise ValueError(f"unknown kind {v!r}; kinds: {', '.join(registry.KINDS)}")
         return v
 
-    @model_validator(mode="after")
-    def _type(self) -> ComponentConfig:
-        if not registry.is_registered(self.kind, self.type):
-            known = ", ".join(registry.types_for(self.kind)) or "none yet"
-            raise ValueError(f"type: unknown {self.kind} type {self.type!r}; known types: {known}")
-        return self
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind is not None and not registry.is_registered(kind, v):
+            known = ", ".join(registry.types_for(kind)) or "none yet"
+            raise ValueError(f"unknown {kind} type {v!r}; known types: {known}")
+        return v
 
 
 class Config(_Model):
