@@ -78,7 +78,7 @@ class BusConfig(_Model):
         if v == "embedded":
             return v
         for u in v.split(","):
-            if not re.match(r"^(nats|tls|ws|wss)://[^\s]+$", u.strip()):
+            if not re.match(r"^(nats|tls)://[^\s]+$", u.strip()):
                 raise ValueError(f"{u.strip()!r} is not a NATS URL (nats://host:port) nor 'embedded'")
         return v
 
