@@ -13,10 +13,12 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.codec import HDR_CODE, HDR_MESSAGE
+from bus.codec import HDR_CODE, HDR_MESSAGE, RequestContext, context_from_headers
 from bus.errors import BusClosed, BusTimeout, NoResponders, RemoteError
 
 log = logging.getLogger("l8.bus")
+
+LocalHandler = Callable[[str, bytes, RequestContext], Awaitable[bytes]]
 
 
 class State(enum.Enum):
@@ -48,6 +50,9 @@ class Bus:
         self._nc: Client | None = None
         self._state = State.NEW
         self._lock = asyncio.Lock()
+        # Handlers of this process by subject prefix (all but the op token), served without the
+        # server round trip when local dispatch is on.
+        self._local: dict[str, LocalHandler] = {}
 
     @property
     def nc(self) -> Client:
@@ -121,6 +126,29 @@ class Bus:
             if code is not None:
                 raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""))
         return msg
+
+    async def call(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str],
+    ) -> bytes:
+        """A request whose reply data is all the caller needs; served in process when it can be."""
+        if self._local:
+            local = self._local.get(subject.rpartition(".")[0])
+            if local is not None:
+                return await local(subject, payload, context_from_headers(headers, timeout))
+        msg = await self.request(subject, payload, timeout=timeout, headers=headers)
+        data: bytes = msg.data
+        return data
+
+    def serve_locally(self, prefix: str, handler: LocalHandler) -> None:
+        self._local[prefix] = handler
+
+    def stop_serving_locally(self, prefix: str) -> None:
+        self._local.pop(prefix, None)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         await self.nc.publish(subject, payload, headers=headers)

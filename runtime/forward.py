@@ -95,14 +95,12 @@ class Forwarder:
         timeout = self.timeout(context)
         started = time.monotonic()
         try:
-            msg = await self._bus.request(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
+            return await self._bus.call(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
         except BusError as exc:
             code, message = errors.from_bus_error(exc, what)
             if code is Code.DEADLINE_EXCEEDED:
                 message += f" after {time.monotonic() - started:.3f}s"
             await abort(context, code, message)
-        data: bytes = msg.data
-        return data
 
 
 class FrontError(Exception):

@@ -82,7 +82,11 @@ class Sidecar:
         self.components = Components(cfg, BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id), self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
-            self.bus, cfg.namespace, concurrency=cfg.concurrency, default_timeout=cfg.bus.request_timeout
+            self.bus,
+            cfg.namespace,
+            concurrency=cfg.concurrency,
+            default_timeout=cfg.bus.request_timeout,
+            local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
             self.workers.add(served.api, served.name, served.handler)

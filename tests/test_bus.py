@@ -212,3 +212,35 @@ async def test_the_bus_reconnects_after_the_server_restarts(tmp_path: Path) -> N
             second.stop()
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("local", [False, True])
+async def test_local_dispatch_serves_handlers_of_this_process_without_the_server(bus: Bus, local: bool) -> None:
+    ns = unique("ns")
+    crossed: list[str] = []
+
+    async def spy(msg: object) -> None:
+        crossed.append(getattr(msg, "subject", ""))
+
+    await bus.nc.subscribe(f"l8.{ns}.>", cb=spy)
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        if payload == b"bad":
+            raise EtagMismatch("stale")
+        return ctx.app_id.encode()
+
+    host = WorkerHost(bus, ns, local_dispatch=local)
+    host.add("state", "s", handler)
+    await host.start()
+    subject = request_subject(ns, "state", "s", "get")
+    try:
+        assert await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None)) == b"me"
+        with pytest.raises(RemoteError) as info:
+            await bus.call(subject, b"bad", timeout=2, headers=request_headers("me", 2, None))
+        assert info.value.code == "ABORTED"
+        await bus.nc.flush()
+        assert crossed == ([] if local else [subject, subject])
+    finally:
+        await host.stop()
+    with pytest.raises(NoResponders):
+        await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None))
