@@ -222,7 +222,7 @@ async def test_local_dispatch_serves_handlers_of_this_process_without_the_server
     async def spy(msg: object) -> None:
         crossed.append(getattr(msg, "subject", ""))
 
-    await bus.nc.subscribe(f"l8.{ns}.>", cb=spy)
+    spy_sub = await bus.nc.subscribe(f"l8.{ns}.>", cb=spy)
 
     async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
         if payload == b"bad":
@@ -242,5 +242,6 @@ async def test_local_dispatch_serves_handlers_of_this_process_without_the_server
         assert crossed == ([] if local else [subject, subject])
     finally:
         await host.stop()
+        await spy_sub.unsubscribe()
     with pytest.raises(NoResponders):
         await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None))
