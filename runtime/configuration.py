@@ -14,8 +14,12 @@ subscriptions whose keys it concerns. Opening a subscription:
 
 Versions also drop what several workers publish twice, and what a resync repeats: a write
 passes only if it is newer than what the subscription holds; a delete only if the subscription
-holds the key. Each subscription has its own bounded outbox: a slow or broken subscriber ends
-alone, and unsubscribing empties its outbox, so nothing reaches it afterwards.
+holds the key. Events are not stored on the bus, so whatever a front misses while it is cut off
+from the bus is found after it reconnects: it reads every subscription's items again and hands
+the subscription what differs from what it holds, deletes included.
+
+Each subscription has its own bounded outbox: a slow or broken subscriber ends alone, and
+unsubscribing empties its outbox, so nothing reaches it afterwards.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from nats.aio.msg import Msg
 
 from bridges.errors import Code
 from bus import BusError
+from bus.codec import request_headers
 from bus.subjects import changes_subject
-from handlers.configuration import Change, SubscribeReply, decode_changes
+from handlers.configuration import Change, SubscribeReply, decode_changes, split_stored
 from handlers.proto import runtime_pb2 as pb
 from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
@@ -94,6 +99,7 @@ class Subscription:
     def __init__(self, component: str, request: pb.SubscribeConfigurationRequest, deliver: Deliver, end: End) -> None:
         self.id = uuid.uuid4().hex
         self.component = component
+        self.request = request
         self.store_name = request.store_name
         self.app_id = request.app_id
         self._deliver = deliver
@@ -134,6 +140,22 @@ class Subscription:
         if fresh:
             self._deliver(self, fresh, False)
 
+    @property
+    def active(self) -> bool:
+        return self._filter is not None and not self.closed
+
+    def resync(self, reply: SubscribeReply) -> None:
+        """Hand over what differs between a fresh read and what the subscription holds."""
+        changes = sorted(reply.items, key=lambda c: c.version)
+        present = {c.stored for c in reply.items}
+        for stored, (version, deleted) in list(self._held.items()):
+            parts = split_stored(stored)
+            if deleted or stored in present or parts is None:
+                continue
+            group, label, key = parts
+            changes.append(Change(stored, key, group, label, version, True))
+        self.offer(changes)
+
     def end(self, code: Code | None = None, message: str = "") -> None:
         if self.closed:
             return
@@ -151,6 +173,9 @@ class ConfigurationHub:
         self._by_id: dict[str, Subscription] = {}
         self._lock = asyncio.Lock()
         self._stopped = False
+        self._resync_task: asyncio.Task[None] | None = None
+        self._resync_again = False
+        forwarder.bus.add_reconnect_listener(self._reconnected)
 
     @property
     def subscriptions(self) -> int:
@@ -171,7 +196,8 @@ class ConfigurationHub:
         sub = Subscription(component, request, deliver, end)
         self._by_component.setdefault(component, set()).add(sub)
         try:
-            reply = await self._subscribe(component, request, context)
+            timeout = self._forwarder.timeout(context)
+            reply = await self._subscribe(component, request, timeout, self._forwarder.headers(timeout, context))
             if sub.closed:
                 raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
             sub.activate(reply)
@@ -182,16 +208,12 @@ class ConfigurationHub:
         return sub
 
     async def _subscribe(
-        self, component: str, request: pb.SubscribeConfigurationRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, component: str, request: pb.SubscribeConfigurationRequest, timeout: float, headers: dict[str, str]
     ) -> SubscribeReply:
         fwd = self._forwarder
-        timeout = fwd.timeout(context)
         try:
             msg = await fwd.bus.request(
-                fwd.subject(API, component, "subscribe"),
-                request.SerializeToString(),
-                timeout=timeout,
-                headers=fwd.headers(timeout, context),
+                fwd.subject(API, component, "subscribe"), request.SerializeToString(), timeout=timeout, headers=headers
             )
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"configuration store {component!r}")
@@ -226,6 +248,48 @@ class ConfigurationHub:
 
         return dispatch
 
+    # ---- after a reconnect ----
+
+    def _reconnected(self) -> None:
+        if self._stopped or not self._by_id:
+            return
+        if self._resync_task is not None and not self._resync_task.done():
+            self._resync_again = True
+            return
+        self._resync_task = asyncio.create_task(self._resync_all(), name="l8-config-resync")
+
+    async def _resync_all(self) -> None:
+        """Read every subscription's items again; retry those whose worker cannot answer yet."""
+        delay = 0.1
+        waiting = set(self._by_id.values())
+        while waiting and not self._stopped:
+            self._resync_again = False
+            for sub in list(waiting):
+                if not sub.active:
+                    waiting.discard(sub)
+                    continue
+                timeout = self._forwarder.default_timeout
+                try:
+                    reply = await self._subscribe(
+                        sub.component, sub.request, timeout, request_headers(self._forwarder.app_id, timeout, None)
+                    )
+                except FrontError as exc:
+                    log.info("configuration subscription %s: resync failed (%s); retrying", sub.id, exc.message)
+                    continue
+                waiting.discard(sub)
+                try:
+                    sub.resync(reply)
+                except Exception as exc:
+                    log.exception("configuration subscription %s failed", sub.id)
+                    sub.end(Code.INTERNAL, f"the subscription failed: {exc}")
+                    self._forget(sub)
+            if self._resync_again:
+                waiting = set(self._by_id.values())
+                delay = 0.1
+            elif waiting:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def close(self, sub: Subscription) -> None:
         """Forget a subscription whose stream is over."""
         sub.closed = True
@@ -250,6 +314,10 @@ class ConfigurationHub:
     async def stop(self) -> None:
         """End every subscription, then stop listening."""
         self._stopped = True
+        task, self._resync_task = self._resync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         for subs in list(self._by_component.values()):
             for sub in list(subs):
                 sub.end(Code.UNAVAILABLE, "l8 is shutting down; subscribe again")

@@ -49,6 +49,10 @@ class Forwarder:
     def namespace(self) -> str:
         return self._ns
 
+    @property
+    def default_timeout(self) -> float:
+        return self._default_timeout
+
     def components(self, api: str) -> tuple[str, ...]:
         return self._components.get(api, ())
 

@@ -22,6 +22,7 @@ from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from runtime.sidecar import Sidecar
 from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
+from tests.proxy import Partition
 from tests.servers import Server
 
 BRIDGES = ["nats.kv", "redis"]
@@ -537,3 +538,48 @@ async def test_redis_watchers_resync_after_their_connection_is_killed(redis_env:
     finally:
         await admin.aclose()
     await watch.close()
+
+
+@pytest.mark.parametrize("bridge", BRIDGES)
+async def test_a_front_cut_off_from_the_bus_catches_up_on_what_its_subscribers_missed(
+    bridge: str, nats_server: Server, make_sidecar: SidecarFactory, request: pytest.FixtureRequest
+) -> None:
+    redis_server = request.getfixturevalue("redis_server") if bridge == "redis" else None
+    comps = components(bridge, redis_server)
+    ns = unique("ns")
+    proxy = Partition(nats_server.port)
+    await proxy.start()
+    try:
+        front = await make_sidecar(sidecar_config(proxy.url, comps, namespace=ns, workers="none"))
+        await make_sidecar(sidecar_config(nats_server.url, comps, namespace=ns, workers=["configuration"]), serve=False)
+        writer = Env(await make_sidecar(sidecar_config(nats_server.url, comps, namespace=ns, workers="none")), [], None)
+        await writer.put("changed", "before")
+        await writer.put("deleted", "before")
+        cut_off = Env(front, [], None)
+        watch = Watch(cut_off.stub, "changed", "deleted", "created", "cfence")
+        assert sorted((i.key, i.content) for i in (await watch.next()).items) == [
+            ("changed", "before"),
+            ("deleted", "before"),
+        ]
+        assert front.bus is not None
+        proxy.cut()
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while front.bus.connected:
+            assert asyncio.get_running_loop().time() < deadline, "the front did not notice the cut"
+            await asyncio.sleep(0.01)
+        # Published while the front is off the bus: no event can reach it.
+        await writer.put("changed", "during")
+        await writer.delete("deleted")
+        await writer.put("created", "during")
+        proxy.heal()
+        seen: set[tuple[str, str]] = set()
+        while len(seen) < 3:
+            seen |= {(i.key, i.content) for i in (await watch.next()).items}
+        assert seen == {("changed", "during"), ("deleted", ""), ("created", "during")}
+        await cut_off.put("cfence", "end")
+        assert await watch.until("cfence") == []
+        await watch.close()
+        await cut_off.channel.close()
+        await writer.channel.close()
+    finally:
+        await proxy.stop()
