@@ -17,6 +17,7 @@ them for every front to filter per subscription (runtime/configuration.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,12 +52,12 @@ class Change:
     tags: Mapping[str, str] | None = None
     metadata: Mapping[str, str] | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def head(self, content_bytes: int) -> dict[str, Any]:
         out: dict[str, Any] = {"s": self.stored, "k": self.key, "g": self.group, "l": self.label, "v": self.version}
         if self.deleted:
             out["d"] = True
         else:
-            out["c"] = self.content
+            out["n"] = content_bytes
             if self.tags:
                 out["t"] = dict(self.tags)
             if self.metadata:
@@ -64,7 +65,7 @@ class Change:
         return out
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Change:
+    def from_head(cls, raw: Mapping[str, Any], content: str) -> Change:
         return cls(
             stored=str(raw["s"]),
             key=str(raw["k"]),
@@ -72,7 +73,7 @@ class Change:
             label=str(raw["l"]),
             version=int(raw["v"]),
             deleted=bool(raw.get("d", False)),
-            content=str(raw.get("c", "")),
+            content=content,
             tags=raw.get("t") or None,
             metadata=raw.get("m") or None,
         )
@@ -87,12 +88,34 @@ class Change:
         return item
 
 
+def _pack(head: dict[str, Any], changes: Sequence[Change]) -> bytes:
+    """A JSON head line, then the contents as raw UTF-8: contents are not escaped, so an item
+    takes as many bytes on the bus as it does in the store."""
+    contents = [b"" if c.deleted else c.content.encode() for c in changes]
+    head["changes"] = [c.head(len(body)) for c, body in zip(changes, contents, strict=True)]
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + b"".join(contents)
+
+
+def _unpack(data: bytes) -> tuple[dict[str, Any], list[Change]]:
+    line, _, body = data.partition(b"\n")
+    head: dict[str, Any] = json.loads(line)
+    changes = []
+    at = 0
+    for raw in head.pop("changes"):
+        size = int(raw.get("n", 0))
+        changes.append(Change.from_head(raw, body[at : at + size].decode()))
+        at += size
+    if at != len(body):
+        raise ValueError(f"the change event holds {len(body)} content bytes; its head accounts for {at}")
+    return head, changes
+
+
 def encode_changes(changes: Sequence[Change]) -> bytes:
-    return json.dumps({"changes": [c.to_json() for c in changes]}, separators=(",", ":")).encode()
+    return _pack({}, changes)
 
 
 def decode_changes(data: bytes) -> list[Change]:
-    return [Change.from_json(raw) for raw in json.loads(data)["changes"]]
+    return _unpack(data)[1]
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,20 +127,13 @@ class SubscribeReply:
     items: list[Change]
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"scope": self.scope, "keys": self.keys, "items": [c.to_json() for c in self.items]},
-            separators=(",", ":"),
-        ).encode()
+        return _pack({"scope": self.scope, "keys": self.keys}, self.items)
 
     @classmethod
     def decode(cls, data: bytes) -> SubscribeReply:
-        raw = json.loads(data)
+        raw, items = _unpack(data)
         keys = raw.get("keys")
-        return cls(
-            scope=str(raw["scope"]),
-            keys=None if keys is None else [str(k) for k in keys],
-            items=[Change.from_json(c) for c in raw.get("items", [])],
-        )
+        return cls(scope=str(raw["scope"]), keys=None if keys is None else [str(k) for k in keys], items=items)
 
     def matches(self, stored: str) -> bool:
         if self.keys is not None:
@@ -167,6 +183,7 @@ class ConfigurationHandler:
             "save": self.save,
             "delete": self.delete,
             "subscribe": self.subscribe,
+            "versions": self.versions,
         }
 
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
@@ -206,6 +223,8 @@ class ConfigurationHandler:
 
     async def get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetConfigurationRequest.FromString(payload)
+        if req.subscribe_update:
+            raise InvalidArgument("subscribe_update is not supported: use SubscribeConfiguration to watch changes")
         scope = self._scope(req.app_id or ctx.app_id, req.group, req.label)
         if req.keys:
             stored = self._stored_keys(scope, req.keys)
@@ -261,6 +280,12 @@ class ConfigurationHandler:
         stored = self._stored_keys(scope, req.keys)
         await self.store.write([], list(dict.fromkeys(stored)))
         return _EMPTY
+
+    async def versions(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        """``subscribe`` without contents, for subscriptions that only need to know what is there."""
+        reply = SubscribeReply.decode(await self.subscribe(payload, ctx))
+        reply.items[:] = [dataclasses.replace(c, content="", tags=None, metadata=None) for c in reply.items]
+        return reply.encode()
 
     async def subscribe(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.SubscribeConfigurationRequest.FromString(payload)

@@ -18,8 +18,9 @@ holds the key. Events are not stored on the bus, so whatever a front misses whil
 from the bus is found after it reconnects: it reads every subscription's items again and hands
 the subscription what differs from what it holds, deletes included.
 
-Each subscription has its own bounded outbox: a slow or broken subscriber ends alone, and
-unsubscribing empties its outbox, so nothing reaches it afterwards.
+Each subscription has its own outbox: unsubscribing empties it, so nothing reaches the stream
+afterwards, and a broken stream ends alone. The outbox is bounded as a last resort; in practice
+gRPC buffers what a subscriber does not read before the outbox ever fills.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ T = TypeVar("T")
 class Outbox(Generic[T]):
     """What waits for one stream. ``close`` and ``fail`` drop what is queued and end the stream."""
 
-    def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._items: deque[T] = deque()
-        self._limit = limit
+        self._limit = limit or OUTBOX_LIMIT
         self._wake = asyncio.Event()
         self.ended = False
         self.error: tuple[Code, str] | None = None
@@ -187,8 +188,11 @@ class ConfigurationHub:
         context: grpc.aio.ServicerContext[Any, Any],
         deliver: Deliver,
         end: End,
+        *,
+        contents: bool = True,
     ) -> Subscription:
-        """A live subscription whose first message is already delivered; FrontError if refused."""
+        """A live subscription whose first message is already delivered; FrontError if refused.
+        Without ``contents`` the first message's items carry only keys and versions."""
         if self._stopped:
             raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
         component = self._forwarder.component(API, request.store_name)
@@ -197,7 +201,9 @@ class ConfigurationHub:
         self._by_component.setdefault(component, set()).add(sub)
         try:
             timeout = self._forwarder.timeout(context)
-            reply = await self._subscribe(component, request, timeout, self._forwarder.headers(timeout, context))
+            headers = self._forwarder.headers(timeout, context)
+            op = "subscribe" if contents else "versions"
+            reply = await self._subscribe(component, request, timeout, headers, op)
             if sub.closed:
                 raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
             sub.activate(reply)
@@ -208,12 +214,17 @@ class ConfigurationHub:
         return sub
 
     async def _subscribe(
-        self, component: str, request: pb.SubscribeConfigurationRequest, timeout: float, headers: dict[str, str]
+        self,
+        component: str,
+        request: pb.SubscribeConfigurationRequest,
+        timeout: float,
+        headers: dict[str, str],
+        op: str = "subscribe",
     ) -> SubscribeReply:
         fwd = self._forwarder
         try:
             msg = await fwd.bus.request(
-                fwd.subject(API, component, "subscribe"), request.SerializeToString(), timeout=timeout, headers=headers
+                fwd.subject(API, component, op), request.SerializeToString(), timeout=timeout, headers=headers
             )
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"configuration store {component!r}")
@@ -457,7 +468,8 @@ def dapr_handlers(hub: ConfigurationHub, forwarder: Forwarder) -> dict[str, grpc
             outbox.push(resp.SerializeToString())
 
         try:
-            sub = await hub.open(native, context, deliver, _ender(outbox))
+            # Dapr's first message carries no items: the read only needs to seed versions.
+            sub = await hub.open(native, context, deliver, _ender(outbox), contents=False)
         except FrontError as exc:
             await abort(context, exc.code, exc.message)
         try:

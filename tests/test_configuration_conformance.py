@@ -339,6 +339,10 @@ async def test_other_bad_input_is_invalid_says_what_is_wrong_and_changes_nothing
             env.stub.GetConfiguration(pb.GetConfigurationRequest(store_name="configstore", keys=["a"], group="x||y")),
             "group 'x||y'",
         ),
+        (
+            env.stub.GetConfiguration(pb.GetConfigurationRequest(store_name="configstore", subscribe_update=True)),
+            "subscribe_update is not supported",
+        ),
     ]
     for call, expected in cases:
         code, msg = await code_of(call)
@@ -583,3 +587,13 @@ async def test_a_front_cut_off_from_the_bus_catches_up_on_what_its_subscribers_m
         await writer.channel.close()
     finally:
         await proxy.stop()
+
+
+async def test_a_large_item_full_of_characters_that_json_escapes_reaches_subscribers_whole(env: Env) -> None:
+    big = '"\\\n' * 200_000  # 600 kB; escaped as JSON it would not fit in one bus message
+    watch = Watch(env.stub, "big")
+    await watch.next()
+    await env.put("big", big)
+    assert [(i.key, i.content) for i in (await watch.next()).items] == [("big", big)]
+    assert (await env.get("big"))["big"].content == big
+    await watch.close()

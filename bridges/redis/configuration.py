@@ -73,6 +73,9 @@ class RedisConfigurationStore:
         self.limits = ConfigurationLimits(
             max_value_bytes=int(metadata.get("maxValueBytes", str(1 << 20))), features=frozenset({"WATCH"})
         )
+        if env.nats is not None:
+            # Changes travel to the fronts as bus messages; an item must fit in one.
+            self.limits.max_value_bytes = min(self.limits.max_value_bytes, env.nats.max_payload - 8192)
         self._redis: Any = None
         self._write: Any = None
         self._db = 0
