@@ -597,3 +597,47 @@ async def test_a_large_item_full_of_characters_that_json_escapes_reaches_subscri
     assert [(i.key, i.content) for i in (await watch.next()).items] == [("big", big)]
     assert (await env.get("big"))["big"].content == big
     await watch.close()
+
+
+@pytest.mark.parametrize("bridge", BRIDGES)
+async def test_with_key_prefix_appid_each_app_sees_its_own_keys_unless_it_names_another_app(
+    bridge: str, nats_server: Server, make_sidecar: SidecarFactory, request: pytest.FixtureRequest
+) -> None:
+    redis_server = request.getfixturevalue("redis_server") if bridge == "redis" else None
+    comps = components(bridge, redis_server)
+    comps["configstore"]["metadata"]["keyPrefix"] = "appid"
+    ns = unique("ns")
+    await make_sidecar(sidecar_config(nats_server.url, comps, namespace=ns, workers=["configuration"]), serve=False)
+    orders = Env(await make_sidecar(sidecar_config(nats_server.url, comps, namespace=ns, app_id="orders")), [], None)
+    billing = Env(await make_sidecar(sidecar_config(nats_server.url, comps, namespace=ns, app_id="billing")), [], None)
+    await orders.put("limit", "10")
+    await billing.put("limit", "99")
+    assert (await orders.get("limit"))["limit"].content == "10"
+    assert (await billing.get("limit"))["limit"].content == "99"
+    assert list(await orders.get()) == ["limit"]
+    other = await orders.stub.GetConfiguration(
+        pb.GetConfigurationRequest(store_name="configstore", app_id="billing", keys=["limit"])
+    )
+    assert [(i.key, i.content) for i in other.items] == [("limit", "99")]
+    watch = Watch(orders.stub, "limit", "pfence")
+    assert [i.content for i in (await watch.next()).items] == ["10"]
+    await billing.put("limit", "100")
+    await orders.put("limit", "11")
+    await orders.put("pfence", "end")
+    assert await watch.until("pfence") == [("limit", "11")]
+    await watch.close()
+    for e in (orders, billing):
+        await e.channel.close()
+
+
+async def test_a_subscription_without_a_worker_is_unavailable_and_names_the_missing_worker(
+    nats_server: Server, make_sidecar: SidecarFactory
+) -> None:
+    front = await make_sidecar(sidecar_config(nats_server.url, components("nats.kv", None), workers="none"))
+    e = Env(front, [], None)
+    watch = Watch(e.stub, "k")
+    await watch.ended.wait()
+    assert watch.error is not None and watch.error.code() is grpc.StatusCode.UNAVAILABLE
+    assert "no worker serves configuration store 'configstore'" in (watch.error.details() or "")
+    assert e.subscriptions() == 0
+    await e.channel.close()
