@@ -47,6 +47,7 @@ class Bus:
         self._name = name
         self._connect_timeout = connect_timeout
         self._on_reconnect = on_reconnect
+        self._reconnect_listeners: list[Callable[[], None]] = []
         self._nc: Client | None = None
         self._state = State.NEW
         self._lock = asyncio.Lock()
@@ -156,6 +157,10 @@ class Bus:
     async def subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self.nc.subscribe(subject, queue=queue, cb=cb)
 
+    def add_reconnect_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every reconnect (it runs in the driver's callback: be quick)."""
+        self._reconnect_listeners.append(listener)
+
     async def _on_error(self, exc: Exception) -> None:
         log.warning("bus error: %s", exc)
 
@@ -166,5 +171,10 @@ class Bus:
     async def _on_reconnected(self) -> None:
         if self._nc is not None:
             log.info("bus reconnected to %s", self._nc.connected_url)
+        for listener in self._reconnect_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a reconnect listener failed")
         if self._on_reconnect is not None:
             await self._on_reconnect()

@@ -19,7 +19,7 @@ from bus.subjects import TOKEN
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-API_NAMES = ("state",)  # building blocks whose handlers exist; grows with each capability
+API_NAMES = ("state", "configuration")  # building blocks whose handlers exist; grows with each capability
 
 
 class ConfigError(Exception):

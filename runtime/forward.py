@@ -41,6 +41,18 @@ class Forwarder:
             self._components[comp.kind] = (*self._components.get(comp.kind, ()), name)
         self._subjects: dict[tuple[str, str, str], str] = {}
 
+    @property
+    def bus(self) -> Bus:
+        return self._bus
+
+    @property
+    def namespace(self) -> str:
+        return self._ns
+
+    @property
+    def default_timeout(self) -> float:
+        return self._default_timeout
+
     def components(self, api: str) -> tuple[str, ...]:
         return self._components.get(api, ())
 

@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime import dapr, native
 from runtime.config import Config
+from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
 
 
@@ -18,6 +19,7 @@ class GrpcServer:
         self._forwarder = forwarder
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
+        self.configuration = ConfigurationHub(forwarder)
         self.port = 0
 
     async def start(self) -> None:
@@ -33,7 +35,10 @@ class GrpcServer:
             ]
         )
         server.add_generic_rpc_handlers(
-            (native.native_service(self._forwarder), dapr.dapr_service(self._forwarder, self._config))
+            (
+                native.native_service(self._forwarder, self.configuration),
+                dapr.dapr_service(self._forwarder, self._config, self.configuration),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -65,4 +70,6 @@ class GrpcServer:
         if server is None:
             return
         await self._health.enter_graceful_shutdown()
+        # Subscription streams never finish by themselves; end them so the grace is for unary calls.
+        await self.configuration.stop()
         await server.stop(grace)

@@ -12,6 +12,8 @@ import grpc
 
 from bridges.errors import Code
 from handlers.proto import runtime_pb2
+from runtime import configuration
+from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder, abort, forwarding_handler
 
 SERVICE = "l8.runtime.v1.Runtime"
@@ -24,6 +26,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "DeleteState": ("state", "delete"),
     "DeleteBulkState": ("state", "bulkdelete"),
     "ExecuteStateTransaction": ("state", "transaction"),
+    "GetConfiguration": ("configuration", "get"),
+    "SaveConfiguration": ("configuration", "save"),
+    "DeleteConfiguration": ("configuration", "delete"),
 }
 
 
@@ -47,10 +52,11 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def native_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:
+def native_service(forwarder: Forwarder, hub: ConfigurationHub | None = None) -> grpc.GenericRpcHandler:
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
         handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
+    handlers["SubscribeConfiguration"] = configuration.native_subscribe(hub or ConfigurationHub(forwarder))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
