@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -133,6 +134,68 @@ class PubSub(Component, Protocol):
         ...
 
     async def subscribe(self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False) -> Subscription: ...
+
+
+# ---- configuration ----
+
+
+@dataclass(slots=True, frozen=True)
+class ConfigEntry:
+    """One configuration item as a store keeps it; ``key`` is the full stored key."""
+
+    key: str
+    content: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    version: int = 0  # the store's revision; set by the store, ignored on writes
+
+
+@dataclass(slots=True, frozen=True)
+class ConfigChange:
+    """A key's new state: ``entry`` None means deleted.
+
+    ``version`` orders the changes of one key: a write carries its new revision, a delete the
+    revision it removed or a later one. Watchers may repeat a change (after a resync or from
+    several workers); readers drop what they have already seen by comparing versions.
+    """
+
+    key: str
+    version: int
+    entry: ConfigEntry | None
+
+
+ChangeSink = Callable[[list[ConfigChange]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ConfigurationLimits:
+    max_value_bytes: int = 1 << 20
+    features: frozenset[str] = field(default_factory=frozenset)
+
+
+class ConfigurationStore(Component, Protocol):
+    """Keys arrive fully scoped (prefix, group and label joined by ``||``) and never hold ``||``
+    inside their last part, so a scope is a plain prefix of the keys it holds."""
+
+    limits: ConfigurationLimits
+
+    async def get(self, keys: list[str]) -> list[ConfigEntry]:
+        """The entries of the keys that exist, in no particular order."""
+        ...
+
+    async def list_scope(self, scope: str) -> list[ConfigEntry]:
+        """Every entry whose key is ``scope`` followed by one last part."""
+        ...
+
+    async def write(self, sets: list[ConfigEntry], deletes: list[str]) -> None:
+        """Write ``sets`` and delete ``deletes``, all or nothing. Deleting an absent key is no
+        error and makes no change event."""
+        ...
+
+    async def watch(self, sink: ChangeSink) -> None:
+        """Start pushing changes to ``sink`` until ``stop()``: first every current entry, then each
+        change as the store sees it, with nothing lost in between. Idempotent."""
+        ...
 
 
 # ---- lock ----

@@ -33,6 +33,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.kv": "bridges.nats.state:NatsKvStateStore",
         "redis": "bridges.redis.state:RedisStateStore",
     },
+    "configuration": {
+        "nats.kv": "bridges.nats.configuration:NatsKvConfigurationStore",
+        "redis": "bridges.redis.configuration:RedisConfigurationStore",
+    },
     "lock": {
         "nats.kv": "bridges.nats.lock:NatsKvLockStore",
         "redis": "bridges.redis.lock:RedisLockStore",

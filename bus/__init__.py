@@ -3,6 +3,7 @@
 The bus knows no building block: it moves bytes and headers between fronts and workers.
 """
 
+import bus._nats_import  # noqa: F401  - hides aiohttp from nats-py; must come first
 from bus.codec import RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats

@@ -13,10 +13,12 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.codec import HDR_CODE, HDR_MESSAGE
+from bus.codec import HDR_CODE, HDR_MESSAGE, RequestContext, context_from_headers
 from bus.errors import BusClosed, BusTimeout, NoResponders, RemoteError
 
 log = logging.getLogger("l8.bus")
+
+LocalHandler = Callable[[str, bytes, RequestContext], Awaitable[bytes]]
 
 
 class State(enum.Enum):
@@ -45,9 +47,13 @@ class Bus:
         self._name = name
         self._connect_timeout = connect_timeout
         self._on_reconnect = on_reconnect
+        self._reconnect_listeners: list[Callable[[], None]] = []
         self._nc: Client | None = None
         self._state = State.NEW
         self._lock = asyncio.Lock()
+        # Handlers of this process by subject prefix (all but the op token), served without the
+        # server round trip when local dispatch is on.
+        self._local: dict[str, LocalHandler] = {}
 
     @property
     def nc(self) -> Client:
@@ -122,11 +128,38 @@ class Bus:
                 raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""))
         return msg
 
+    async def call(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str],
+    ) -> bytes:
+        """A request whose reply data is all the caller needs; served in process when it can be."""
+        if self._local:
+            local = self._local.get(subject.rpartition(".")[0])
+            if local is not None:
+                return await local(subject, payload, context_from_headers(headers, timeout))
+        msg = await self.request(subject, payload, timeout=timeout, headers=headers)
+        data: bytes = msg.data
+        return data
+
+    def serve_locally(self, prefix: str, handler: LocalHandler) -> None:
+        self._local[prefix] = handler
+
+    def stop_serving_locally(self, prefix: str) -> None:
+        self._local.pop(prefix, None)
+
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         await self.nc.publish(subject, payload, headers=headers)
 
     async def subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self.nc.subscribe(subject, queue=queue, cb=cb)
+
+    def add_reconnect_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every reconnect (it runs in the driver's callback: be quick)."""
+        self._reconnect_listeners.append(listener)
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("bus error: %s", exc)
@@ -138,5 +171,10 @@ class Bus:
     async def _on_reconnected(self) -> None:
         if self._nc is not None:
             log.info("bus reconnected to %s", self._nc.connected_url)
+        for listener in self._reconnect_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a reconnect listener failed")
         if self._on_reconnect is not None:
             await self._on_reconnect()

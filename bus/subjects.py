@@ -3,6 +3,8 @@
 - ``l8.<ns>.<api>.<component>.<op>``: requests to handlers, queue group ``l8.<ns>.<api>.<component>``.
 - ``l8.<ns>.app.<app_id>.invoke``: invocations of an app, answered by that app's sidecars.
 - ``l8.<ns>.evt.<pubsub>.<topic>``: topics of NATS-backed pub/sub components.
+- ``l8.<ns>.<api>.<component>.events.changes``: changes a component's workers push to every front
+  (configuration); one token longer than requests, so the request wildcard does not match it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def invoke_subject(ns: str, app_id: str) -> str:
 
 def event_subject(ns: str, pubsub: str, topic: str) -> str:
     return f"l8.{ns}.evt.{pubsub}.{topic}"
+
+
+def changes_subject(ns: str, api: str, component: str) -> str:
+    return f"l8.{ns}.{api}.{component}.events.changes"
 
 
 def op_of(subject: str) -> str:

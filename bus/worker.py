@@ -8,6 +8,7 @@ full the callback waits, which leaves further messages with the server-side pend
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 from bus import subjects
 from bus.codec import RequestContext, context_from_headers, error_headers
 from bus.connection import Bus
+from bus.errors import RemoteError
 
 log = logging.getLogger("l8.bus.worker")
 
@@ -42,8 +44,17 @@ class _Route:
 class WorkerHost:
     """Serves ``l8.<ns>.<api>.<component>.<op>`` for the handlers added before ``start()``."""
 
-    def __init__(self, bus: Bus, namespace: str, *, concurrency: int = 256, default_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        namespace: str,
+        *,
+        concurrency: int = 256,
+        default_timeout: float = 5.0,
+        local_dispatch: bool = False,
+    ) -> None:
         self._bus = bus
+        self._local_dispatch = local_dispatch
         self._ns = namespace
         self._sem = asyncio.Semaphore(concurrency)
         self._default_timeout = default_timeout
@@ -71,6 +82,11 @@ class WorkerHost:
                 subjects.queue_group(self._ns, route.api, route.component),
                 self._admitter(route.handler),
             )
+            if self._local_dispatch:
+                self._bus.serve_locally(
+                    subjects.queue_group(self._ns, route.api, route.component),
+                    functools.partial(self.call_local, route.handler),
+                )
         log.debug("worker host serves %s", ", ".join(f"{a}/{c}" for a, c in self.routes) or "nothing")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -80,6 +96,7 @@ class WorkerHost:
             return
         self._stopped = True
         for route in self._routes:
+            self._bus.stop_serving_locally(subjects.queue_group(self._ns, route.api, route.component))
             if route.subscription is not None:
                 try:
                     await route.subscription.unsubscribe()
@@ -105,32 +122,48 @@ class WorkerHost:
         self._tasks.discard(task)
         self._sem.release()
 
-    async def _serve(self, handler: Handler, msg: Msg) -> None:
-        ctx = context_from_headers(msg.headers, self._default_timeout)
+    async def _run(self, handler: Handler, subject: str, data: bytes, ctx: RequestContext) -> bytes:
+        """Run a handler within the caller's deadline; failures become RemoteError, as on the wire."""
         remaining = ctx.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Expired()
         try:
-            if remaining <= 0:
-                raise _Expired()
             async with asyncio.timeout(remaining):
-                reply = await handler(subjects.op_of(msg.subject), msg.data, ctx)
-        except _Expired:
-            return  # the caller has already given up; answering would only add load
+                return await handler(subjects.op_of(subject), data, ctx)
         except TimeoutError:
-            await self._reply_error(msg, "DEADLINE_EXCEEDED", "the handler did not finish before the deadline")
-            return
+            raise RemoteError("DEADLINE_EXCEEDED", "the handler did not finish before the deadline") from None
         except Exception as exc:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
-                await self._reply_error(msg, code, str(exc))
-            else:
-                log.exception("handler for %s failed", msg.subject)
-                await self._reply_error(msg, "INTERNAL", f"{type(exc).__name__}: {exc}")
+                raise RemoteError(code, str(exc)) from None
+            log.exception("handler for %s failed", subject)
+            raise RemoteError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
+
+    async def _serve(self, handler: Handler, msg: Msg) -> None:
+        ctx = context_from_headers(msg.headers, self._default_timeout)
+        try:
+            reply = await self._run(handler, msg.subject, msg.data, ctx)
+        except _Expired:
+            return  # the caller has already given up; answering would only add load
+        except RemoteError as exc:
+            await self._reply_error(msg, exc.code, exc.message)
             return
         if msg.reply:
             try:
                 await self._bus.nc.publish(msg.reply, reply)
             except Exception as exc:
                 log.warning("could not send the reply to %s: %s", msg.subject, exc)
+
+    async def call_local(self, handler: Handler, subject: str, data: bytes, ctx: RequestContext) -> bytes:
+        """Serve a request of this process without the round trip through the server.
+
+        Same admission bound, deadline and error mapping as a request that came over the bus.
+        """
+        async with self._sem:
+            try:
+                return await self._run(handler, subject, data, ctx)
+            except _Expired:
+                raise RemoteError("DEADLINE_EXCEEDED", "the deadline passed before the handler started") from None
 
     async def _reply_error(self, msg: Msg, code: str, message: str) -> None:
         if not msg.reply:

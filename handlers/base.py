@@ -30,6 +30,18 @@ class KeyPrefix:
         if self.rule not in ("appid", "name", "none") and SEPARATOR in self.rule:
             raise ValueError(f"keyPrefix {self.rule!r} may not contain {SEPARATOR!r}")
 
+    def scope(self, app_id: str) -> str:
+        """What ``apply`` puts before a key: "" or a prefix ending in the separator."""
+        if self.rule == "none":
+            return ""
+        if self.rule == "appid":
+            if not app_id:
+                raise InvalidArgument("the caller has no app id, which keyPrefix 'appid' needs")
+            return f"{app_id}{SEPARATOR}"
+        if self.rule == "name":
+            return f"{self._component}{SEPARATOR}"
+        return f"{self.rule}{SEPARATOR}"
+
     def apply(self, key: str, app_id: str, what: str = "key") -> str:
         if not key:
             raise InvalidArgument(f"{what} is empty")

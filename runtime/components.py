@@ -19,6 +19,7 @@ log = logging.getLogger("l8.runtime.components")
 # api -> the handler class serving one component of it, imported when a config needs it.
 HANDLERS = {
     "state": "handlers.state:StateHandler",
+    "configuration": "handlers.configuration:ConfigurationHandler",
     "lock": "handlers.lock:LockHandler",
     "sequencer": "handlers.sequencer:SequencerHandler",
 }
@@ -52,9 +53,9 @@ class Components:
             self._health.set(name, Status.INIT)
             try:
                 bridge = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
-                # The handler reads metadata too (keyPrefix, biggerThan...): a bad value stops the start here.
-                handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
                 await bridge.start()
+                # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
+                handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
             except (L8Error, ValueError, OSError) as exc:
                 self._health.set(name, Status.DOWN, str(exc))
                 raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {exc}") from exc

@@ -12,14 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bridges import registry
 from bus.subjects import TOKEN
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-API_NAMES = ("state", "lock", "sequencer")  # building blocks whose handlers exist; grows with each capability
+API_NAMES = (
+    "state",
+    "configuration",
+    "lock",
+    "sequencer",
+)  # building blocks whose handlers exist; grows with each capability
 
 
 class ConfigError(Exception):
@@ -63,6 +68,9 @@ class BusConfig(_Model):
     port: int | None = Field(default=None, ge=0, le=65535, description="embedded server client port; free if unset")
     monitor_port: int | None = Field(default=None, ge=0, le=65535)
     request_timeout: float = Field(default=5.0, gt=0, description="seconds, for calls that carry no deadline")
+    # Requests for a handler that runs in this same process skip the server round trip; the
+    # queue group still serves every other process, and this one when the option is off.
+    local_dispatch: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -78,7 +86,7 @@ class BusConfig(_Model):
         if v == "embedded":
             return v
         for u in v.split(","):
-            if not re.match(r"^(nats|tls|ws|wss)://[^\s]+$", u.strip()):
+            if not re.match(r"^(nats|tls)://[^\s]+$", u.strip()):
                 raise ValueError(f"{u.strip()!r} is not a NATS URL (nats://host:port) nor 'embedded'")
         return v
 
@@ -90,7 +98,7 @@ class ServerConfig(_Model):
 
     @field_validator("grpc", "http")
     @classmethod
-    def _addr(cls, v: str, info: Any) -> str:
+    def _addr(cls, v: str, info: ValidationInfo) -> str:
         return _address(v, f"server.{info.field_name}")
 
 
@@ -116,12 +124,14 @@ class ComponentConfig(_Model):
             raise ValueError(f"unknown kind {v!r}; kinds: {', '.join(registry.KINDS)}")
         return v
 
-    @model_validator(mode="after")
-    def _type(self) -> ComponentConfig:
-        if not registry.is_registered(self.kind, self.type):
-            known = ", ".join(registry.types_for(self.kind)) or "none yet"
-            raise ValueError(f"type: unknown {self.kind} type {self.type!r}; known types: {known}")
-        return self
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind is not None and not registry.is_registered(kind, v):
+            known = ", ".join(registry.types_for(kind)) or "none yet"
+            raise ValueError(f"unknown {kind} type {v!r}; known types: {known}")
+        return v
 
 
 class Config(_Model):

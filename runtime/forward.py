@@ -41,6 +41,18 @@ class Forwarder:
             self._components[comp.kind] = (*self._components.get(comp.kind, ()), name)
         self._subjects: dict[tuple[str, str, str], str] = {}
 
+    @property
+    def bus(self) -> Bus:
+        return self._bus
+
+    @property
+    def namespace(self) -> str:
+        return self._ns
+
+    @property
+    def default_timeout(self) -> float:
+        return self._default_timeout
+
     def components(self, api: str) -> tuple[str, ...]:
         return self._components.get(api, ())
 
@@ -95,14 +107,12 @@ class Forwarder:
         timeout = self.timeout(context)
         started = time.monotonic()
         try:
-            msg = await self._bus.request(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
+            return await self._bus.call(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
         except BusError as exc:
             code, message = errors.from_bus_error(exc, what)
             if code is Code.DEADLINE_EXCEEDED:
                 message += f" after {time.monotonic() - started:.3f}s"
             await abort(context, code, message)
-        data: bytes = msg.data
-        return data
 
     async def call(self, subject: str, payload: bytes, traceparent: str | None = None) -> bytes:
         """A request made by the front on its own account (no caller's deadline); raises BusError."""

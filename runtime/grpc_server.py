@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime import dapr, native
 from runtime.config import Config
+from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
 from runtime.sequencer import SegmentCache
 
@@ -20,6 +21,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._segments = SegmentCache(forwarder)
+        self.configuration = ConfigurationHub(forwarder)
         self.port = 0
 
     async def start(self) -> None:
@@ -35,7 +37,10 @@ class GrpcServer:
             ]
         )
         server.add_generic_rpc_handlers(
-            (native.native_service(self._forwarder, self._segments), dapr.dapr_service(self._forwarder, self._config))
+            (
+                native.native_service(self._forwarder, self.configuration, self._segments),
+                dapr.dapr_service(self._forwarder, self._config, self.configuration),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -67,5 +72,7 @@ class GrpcServer:
         if server is None:
             return
         await self._health.enter_graceful_shutdown()
+        # Subscription streams never finish by themselves; end them so the grace is for unary calls.
+        await self.configuration.stop()
         await server.stop(grace)
         await self._segments.close()

@@ -8,12 +8,13 @@ worker host drains, then components, the bus connection and the embedded server 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from pathlib import Path
 
 from bridges.registry import BridgeEnv
-from bus import Bus, EmbeddedNats, WorkerHost
+from bus import Bus, EmbeddedNats, WorkerHost, subjects
 from runtime.actuator import Routes, split_address
 from runtime.components import Components
 from runtime.config import Config
@@ -82,11 +83,16 @@ class Sidecar:
         self.components = Components(cfg, BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id), self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
-            self.bus, cfg.namespace, concurrency=cfg.concurrency, default_timeout=cfg.bus.request_timeout
+            self.bus,
+            cfg.namespace,
+            concurrency=cfg.concurrency,
+            default_timeout=cfg.bus.request_timeout,
+            local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
             self.workers.add(served.api, served.name, served.handler)
         await self.workers.start()
+        await self._start_watchers()
         if self.serve:
             forwarder = Forwarder(self.bus, cfg)
             self.grpc = GrpcServer(cfg, forwarder)
@@ -97,6 +103,15 @@ class Sidecar:
                 await self.http.start()
             except OSError as exc:
                 raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
+
+    async def _start_watchers(self) -> None:
+        """Handlers that push changes (configuration) publish them for every front on the bus."""
+        assert self.components is not None and self.bus is not None
+        for served in self.components.served:
+            watch = getattr(served.handler, "watch", None)
+            if watch is not None:
+                subject = subjects.changes_subject(self.config.namespace, served.api, served.name)
+                await watch(functools.partial(self.bus.publish, subject))
 
     async def stop(self) -> None:
         async with self._lock:

@@ -33,7 +33,7 @@ def unique(prefix: str) -> str:
 def sidecar_config(bus_url: str, components: dict[str, Any], **extra: Any) -> Config:
     overrides: dict[str, Any] = {
         "app": {"id": extra.pop("app_id", unique("app"))},
-        "bus": {"url": bus_url},
+        "bus": extra.pop("bus", {"url": bus_url}),
         "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
         "namespace": extra.pop("namespace", unique("ns")),
         "components": components,

@@ -36,3 +36,10 @@ def test_the_state_examples_save_and_read_state(nats_server: Server) -> None:
         }
         assert run_example("state_dapr.py", env).startswith('{"qty": 3} ')
         assert run_example("state_native.py", env).startswith("3 ")
+
+
+def test_the_configuration_example_reads_and_watches_an_item(nats_server: Server) -> None:
+    config = {**state_config(nats_server), "components": {"configstore": {"kind": "configuration", "type": "nats.kv"}}}
+    with l8_running(config) as l8:
+        env = {"DAPR_GRPC_PORT": str(l8.grpc_port), "DAPR_HTTP_PORT": str(l8.http_port)}
+        assert run_example("configuration_dapr.py", env).splitlines()[:2] == ["off", "('feature.checkout', 'on')"]

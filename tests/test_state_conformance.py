@@ -18,8 +18,6 @@ from runtime.sidecar import Sidecar
 from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
 from tests.servers import Server
 
-BRIDGES = ["nats.kv", "redis"]
-
 
 def components(bridge: str, redis_server: Server | None, **metadata: str) -> dict[str, Any]:
     meta = dict(metadata)
@@ -93,12 +91,18 @@ class Store:
         )
 
 
-@pytest.fixture(params=BRIDGES)
+# Each bridge through the bus, and the default store again with in-process dispatch.
+SETUPS = [("nats.kv", False), ("redis", False), ("nats.kv", True)]
+
+
+@pytest.fixture(params=SETUPS, ids=lambda p: f"{p[0]}{'-local' if p[1] else ''}")
 async def env(
     request: pytest.FixtureRequest, nats_server: Server, make_sidecar: SidecarFactory
 ) -> AsyncIterator[tuple[Sidecar, Store]]:
-    redis_server = request.getfixturevalue("redis_server") if request.param == "redis" else None
-    sidecar = await make_sidecar(sidecar_config(nats_server.url, components(request.param, redis_server)))
+    bridge, local = request.param
+    redis_server = request.getfixturevalue("redis_server") if bridge == "redis" else None
+    bus = {"url": nats_server.url, "local_dispatch": local}
+    sidecar = await make_sidecar(sidecar_config(nats_server.url, components(bridge, redis_server), bus=bus))
     channel, stub = native_stub(sidecar)
     yield sidecar, Store(stub)
     await channel.close()

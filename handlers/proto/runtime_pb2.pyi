@@ -86,7 +86,7 @@ class InvokeResponse(_message.Message):
     def __init__(self, data: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class ConfigurationItem(_message.Message):
-    __slots__ = ("key", "content", "group", "label", "tags", "metadata")
+    __slots__ = ("key", "content", "group", "label", "tags", "metadata", "version")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,13 +107,15 @@ class ConfigurationItem(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     key: str
     content: str
     group: str
     label: str
     tags: _containers.ScalarMap[str, str]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, key: _Optional[str] = ..., content: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    version: str
+    def __init__(self, key: _Optional[str] = ..., content: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class GetConfigurationRequest(_message.Message):
     __slots__ = ("store_name", "app_id", "group", "label", "keys", "metadata", "subscribe_update")

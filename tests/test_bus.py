@@ -1,0 +1,247 @@
+"""The bus on a real nats-server: request/reply, headers, errors, the worker host, the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridges.errors import EtagMismatch
+from bus import Bus, BusTimeout, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
+from bus.codec import request_headers
+from bus.subjects import request_subject
+from tests.conftest import unique
+from tests.process import alive
+from tests.servers import Server
+
+
+@pytest.fixture
+async def bus(nats_server: Server) -> AsyncIterator[Bus]:
+    bus = Bus([nats_server.url], name="test")
+    await bus.start()
+    await bus.start()  # idempotent
+    yield bus
+    await bus.stop()
+    await bus.stop()
+
+
+async def test_a_request_carries_app_id_deadline_and_traceparent_to_the_handler(bus: Bus) -> None:
+    ns = unique("ns")
+    seen: list[tuple[str, RequestContext]] = []
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        seen.append((op, ctx))
+        return payload.upper()
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "store", handler)
+    await host.start()
+    try:
+        trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        msg = await bus.request(
+            request_subject(ns, "state", "store", "get"), b"abc", timeout=2, headers=request_headers("app1", 2.0, trace)
+        )
+        assert msg.data == b"ABC"
+        op, ctx = seen[0]
+        assert op == "get" and ctx.app_id == "app1" and ctx.traceparent == trace
+        assert 1.0 < ctx.remaining() <= 2.0
+    finally:
+        await host.stop()
+
+
+async def test_an_error_travels_back_in_headers_with_its_code(bus: Bus) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        raise EtagMismatch("etag mismatch for key 'k'\nsecond line")
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        with pytest.raises(RemoteError) as info:
+            await bus.request(request_subject(ns, "state", "s", "save"), b"", timeout=2)
+        assert info.value.code == "ABORTED"
+        assert info.value.message == "etag mismatch for key 'k' second line"
+    finally:
+        await host.stop()
+
+
+async def test_a_handler_bug_comes_back_as_internal(bus: Bus) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        raise KeyError("boom")
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        with pytest.raises(RemoteError) as info:
+            await bus.request(request_subject(ns, "state", "s", "get"), b"", timeout=2)
+        assert info.value.code == "INTERNAL" and "KeyError" in info.value.message
+    finally:
+        await host.stop()
+
+
+async def test_nobody_listening_is_no_responders_at_once(bus: Bus) -> None:
+    began = time.monotonic()
+    with pytest.raises(NoResponders):
+        await bus.request(request_subject(unique("ns"), "state", "s", "get"), b"", timeout=5)
+    assert time.monotonic() - began < 2
+
+
+async def test_a_slow_handler_is_cut_at_the_callers_deadline(bus: Bus) -> None:
+    ns = unique("ns")
+    finished: list[bool] = []
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        await asyncio.sleep(5)
+        finished.append(True)
+        return b""
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        began = time.monotonic()
+        with pytest.raises((BusTimeout, RemoteError)):
+            await bus.request(
+                request_subject(ns, "state", "s", "get"), b"", timeout=0.3, headers=request_headers("a", 0.3, None)
+            )
+        assert time.monotonic() - began < 2
+    finally:
+        await host.stop()
+    assert not finished, "the worker stopped working on it at the deadline"
+
+
+async def test_the_worker_host_bounds_its_concurrency(bus: Bus) -> None:
+    ns = unique("ns")
+    running = 0
+    peak = 0
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return b"ok"
+
+    host = WorkerHost(bus, ns, concurrency=3)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        subject = request_subject(ns, "state", "s", "get")
+        replies = await asyncio.gather(*(bus.request(subject, b"", timeout=10) for _ in range(20)))
+        assert all(r.data == b"ok" for r in replies)
+        assert peak == 3
+    finally:
+        await host.stop()
+
+
+async def test_stopping_the_worker_host_finishes_requests_in_flight(bus: Bus) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        await asyncio.sleep(0.3)
+        return b"done"
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    pending = asyncio.gather(*(bus.request(request_subject(ns, "state", "s", "get"), b"", timeout=5) for _ in range(5)))
+    await asyncio.sleep(0.1)
+    await host.stop()
+    await host.stop()
+    assert [r.data for r in await pending] == [b"done"] * 5
+
+
+async def test_the_embedded_server_starts_healthy_and_stops_by_pid(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    await server.start()
+    pid = server.pid
+    assert pid is not None and alive(pid)
+    bus = Bus([server.url])
+    await bus.start()
+    js = bus.nc.jetstream()
+    assert (await js.account_info()).streams >= 0
+    await bus.stop()
+    await server.stop()
+    await server.stop()
+    assert not alive(pid)
+    assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+async def test_the_bus_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
+    from tests.servers import start_nats
+
+    first = start_nats(tmp_path / "js")
+    bus = Bus([first.url])
+    await bus.start()
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return b"pong"
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    subject = request_subject(ns, "state", "s", "get")
+    try:
+        assert (await bus.request(subject, b"", timeout=2)).data == b"pong"
+        first.stop()
+        second = start_nats(tmp_path / "js", port=first.port)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    assert (await bus.request(subject, b"", timeout=1)).data == b"pong"
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+        finally:
+            await host.stop()
+            await bus.stop()
+            second.stop()
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize("local", [False, True])
+async def test_local_dispatch_serves_handlers_of_this_process_without_the_server(bus: Bus, local: bool) -> None:
+    ns = unique("ns")
+    crossed: list[str] = []
+
+    async def spy(msg: object) -> None:
+        crossed.append(getattr(msg, "subject", ""))
+
+    spy_sub = await bus.nc.subscribe(f"l8.{ns}.>", cb=spy)
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        if payload == b"bad":
+            raise EtagMismatch("stale")
+        return ctx.app_id.encode()
+
+    host = WorkerHost(bus, ns, local_dispatch=local)
+    host.add("state", "s", handler)
+    await host.start()
+    subject = request_subject(ns, "state", "s", "get")
+    try:
+        assert await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None)) == b"me"
+        with pytest.raises(RemoteError) as info:
+            await bus.call(subject, b"bad", timeout=2, headers=request_headers("me", 2, None))
+        assert info.value.code == "ABORTED"
+        await bus.nc.flush()
+        assert crossed == ([] if local else [subject, subject])
+    finally:
+        await host.stop()
+        await spy_sub.unsubscribe()
+    with pytest.raises(NoResponders):
+        await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None))
