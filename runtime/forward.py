@@ -114,16 +114,6 @@ class Forwarder:
                 message += f" after {time.monotonic() - started:.3f}s"
             await abort(context, code, message)
 
-    async def call(self, subject: str, payload: bytes, traceparent: str | None = None) -> bytes:
-        """A request made by the front on its own account (no caller's deadline); raises BusError."""
-        timeout = self._default_timeout
-        headers = {HDR_APP_ID: self.app_id, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
-        if traceparent:
-            headers[HDR_TRACEPARENT] = traceparent
-        msg = await self._bus.request(subject, payload, timeout=timeout, headers=headers)
-        data: bytes = msg.data
-        return data
-
 
 class FrontError(Exception):
     def __init__(self, code: Code, message: str) -> None:
