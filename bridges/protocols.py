@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -195,3 +196,42 @@ class ConfigurationStore(Component, Protocol):
         """Start pushing changes to ``sink`` until ``stop()``: first every current entry, then each
         change as the store sees it, with nothing lost in between. Idempotent."""
         ...
+
+
+# ---- lock ----
+
+
+class LockStatus(enum.IntEnum):
+    """Outcome of an unlock or a renewal; the numbers are those of the native and Dapr enums."""
+
+    SUCCESS = 0
+    UNEXIST = 1
+    BELONGS_TO_OTHERS = 2
+
+
+class LockStore(Component, Protocol):
+    """Non-reentrant locks with an expiry; resources arrive fully prefixed.
+
+    ``try_lock`` takes a free resource for ``expire`` seconds and answers False when it is held,
+    by anyone (the same owner included). ``unlock`` and ``keep_alive`` act only for the holder.
+    """
+
+    async def try_lock(self, resource: str, owner: str, expire: int) -> bool: ...
+
+    async def unlock(self, resource: str, owner: str) -> LockStatus: ...
+
+    async def keep_alive(self, resource: str, owner: str, expire: int) -> LockStatus: ...
+
+
+# ---- sequencer ----
+
+
+class Sequencer(Component, Protocol):
+    """Counters per key; keys arrive fully prefixed.
+
+    ``reserve`` takes the next ``count`` ids of ``key`` at once and returns the last of them, so
+    the caller owns ``last - count + 1 .. last``. Every id it hands out is greater than ``floor``
+    and than every id any earlier reservation of the key returned, whichever process made it.
+    """
+
+    async def reserve(self, key: str, count: int, floor: int) -> int: ...

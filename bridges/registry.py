@@ -37,6 +37,14 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.kv": "bridges.nats.configuration:NatsKvConfigurationStore",
         "redis": "bridges.redis.configuration:RedisConfigurationStore",
     },
+    "lock": {
+        "nats.kv": "bridges.nats.lock:NatsKvLockStore",
+        "redis": "bridges.redis.lock:RedisLockStore",
+    },
+    "sequencer": {
+        "nats.kv": "bridges.nats.sequencer:NatsKvSequencer",
+        "redis": "bridges.redis.sequencer:RedisSequencer",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

@@ -20,6 +20,8 @@ log = logging.getLogger("l8.runtime.components")
 HANDLERS = {
     "state": "handlers.state:StateHandler",
     "configuration": "handlers.configuration:ConfigurationHandler",
+    "lock": "handlers.lock:LockHandler",
+    "sequencer": "handlers.sequencer:SequencerHandler",
 }
 
 

@@ -19,7 +19,8 @@ from bus.subjects import TOKEN
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-API_NAMES = ("state", "configuration")  # building blocks whose handlers exist; grows with each capability
+# Building blocks whose handlers exist; grows with each capability.
+API_NAMES = ("state", "configuration", "lock", "sequencer")
 
 
 class ConfigError(Exception):

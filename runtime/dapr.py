@@ -1,9 +1,10 @@
 """The Dapr front: ``dapr.proto.runtime.v1.Dapr``, so Dapr SDKs work against l8 unchanged.
 
-The state messages of the native API are wire-compatible with Dapr's (tests/test_proto_wire.py),
-so translating a Dapr state request into the native one is the identity on its bytes and the
-front forwards them as they came. Rpcs l8 does not serve are not registered, and gRPC answers
-them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
+The state and lock messages of the native API are wire-compatible with Dapr's
+(tests/test_proto_wire.py), so translating a Dapr state or lock request into the native one is the
+identity on its bytes and the front forwards them as they came. Rpcs l8 does not serve are not
+registered, and gRPC answers them UNIMPLEMENTED, which is what the SDK expects of a sidecar that
+lacks them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     name: native.ROUTES[name]
     for name in ("GetState", "GetBulkState", "SaveState", "DeleteState", "DeleteBulkState", "ExecuteStateTransaction")
 }
+# Dapr's lock messages have the native fields, numbers and enum values (expiry_in_seconds is the
+# native expire, LOCK_DOES_NOT_EXIST is LOCK_UNEXIST): the bytes go through as they came.
+ROUTES.update(TryLockAlpha1=native.ROUTES["TryLock"], UnlockAlpha1=native.ROUTES["Unlock"])
 
 
 def metadata_response(config: Config) -> Any:

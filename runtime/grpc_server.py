@@ -11,6 +11,7 @@ from runtime import dapr, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
+from runtime.sequencer import SegmentCache
 
 
 class GrpcServer:
@@ -19,6 +20,7 @@ class GrpcServer:
         self._forwarder = forwarder
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
+        self._segments = SegmentCache(forwarder)
         self.configuration = ConfigurationHub(forwarder)
         self.port = 0
 
@@ -36,7 +38,7 @@ class GrpcServer:
         )
         server.add_generic_rpc_handlers(
             (
-                native.native_service(self._forwarder, self.configuration),
+                native.native_service(self._forwarder, self.configuration, self._segments),
                 dapr.dapr_service(self._forwarder, self._config, self.configuration),
             )
         )
@@ -73,3 +75,4 @@ class GrpcServer:
         # Subscription streams never finish by themselves; end them so the grace is for unary calls.
         await self.configuration.stop()
         await server.stop(grace)
+        await self._segments.close()

@@ -15,6 +15,7 @@ from handlers.proto import runtime_pb2
 from runtime import configuration
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder, abort, forwarding_handler
+from runtime.sequencer import SegmentCache, next_id_handler
 
 SERVICE = "l8.runtime.v1.Runtime"
 
@@ -29,6 +30,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "GetConfiguration": ("configuration", "get"),
     "SaveConfiguration": ("configuration", "save"),
     "DeleteConfiguration": ("configuration", "delete"),
+    "TryLock": ("lock", "trylock"),
+    "Unlock": ("lock", "unlock"),
+    "LockKeepAlive": ("lock", "keepalive"),
 }
 
 
@@ -52,11 +56,15 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def native_service(forwarder: Forwarder, hub: ConfigurationHub | None = None) -> grpc.GenericRpcHandler:
+def native_service(
+    forwarder: Forwarder, hub: ConfigurationHub | None = None, segments: SegmentCache | None = None
+) -> grpc.GenericRpcHandler:
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
         handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
     handlers["SubscribeConfiguration"] = configuration.native_subscribe(hub or ConfigurationHub(forwarder))
+    # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
+    handlers["GetNextId"] = next_id_handler(segments or SegmentCache(forwarder))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

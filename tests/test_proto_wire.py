@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import state_pb2
+from dapr.proto.runtime.v1 import lock_pb2, state_pb2
 
 from handlers.proto import runtime_pb2 as pb
 from runtime.routing import string_field
@@ -44,6 +44,27 @@ def test_native_state_responses_read_as_dapr_ones() -> None:
     bulk = pb.GetBulkStateResponse(items=[pb.BulkStateItem(key="k", data=b"d", etag="1", error="e")])
     item = state_pb2.GetBulkStateResponse.FromString(bulk.SerializeToString()).items[0]
     assert (item.key, item.data, item.etag, item.error) == ("k", b"d", "1", "e")
+
+
+def test_dapr_lock_messages_and_statuses_are_the_native_ones_on_the_wire() -> None:
+    try_lock = lock_pb2.TryLockRequest(store_name="s", resource_id="r", lock_owner="o", expiry_in_seconds=7)
+    assert pb.TryLockRequest.FromString(try_lock.SerializeToString()) == pb.TryLockRequest(
+        store_name="s", resource_id="r", lock_owner="o", expire=7
+    )
+    unlock = lock_pb2.UnlockRequest(store_name="s", resource_id="r", lock_owner="o")
+    assert pb.UnlockRequest.FromString(unlock.SerializeToString()) == pb.UnlockRequest(
+        store_name="s", resource_id="r", lock_owner="o"
+    )
+    assert lock_pb2.TryLockResponse.FromString(pb.TryLockResponse(success=True).SerializeToString()).success
+    statuses = {
+        pb.UnlockResponse.SUCCESS: lock_pb2.UnlockResponse.SUCCESS,
+        pb.UnlockResponse.LOCK_UNEXIST: lock_pb2.UnlockResponse.LOCK_DOES_NOT_EXIST,
+        pb.UnlockResponse.LOCK_BELONG_TO_OTHERS: lock_pb2.UnlockResponse.LOCK_BELONGS_TO_OTHERS,
+        pb.UnlockResponse.INTERNAL_ERROR: lock_pb2.UnlockResponse.INTERNAL_ERROR,
+    }
+    for native, dapr in statuses.items():
+        wire = pb.UnlockResponse(status=native).SerializeToString()
+        assert lock_pb2.UnlockResponse.FromString(wire).status == dapr
 
 
 def test_routing_reads_the_store_name_without_decoding() -> None:

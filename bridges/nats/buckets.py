@@ -1,0 +1,95 @@
+"""Opening the KV buckets of the lock and the sequencer: created on first use, checked after.
+
+Both need per-message TTLs (``allow_msg_ttl``) and direct gets, and neither may have subject
+delete markers (``subject_delete_marker_ttl``, the KV ``limit_marker_ttl``): with them an expired
+key leaves a marker behind that reads as neither present nor absent, and a lock would never be
+free again (python-ecosystem.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StorageType
+
+from bridges.errors import BackendUnavailable, EtagMismatch, FailedPrecondition
+from bridges.nats.errors import check_pub_ack, map_nats_errors
+
+HDR_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+HDR_TTL = "Nats-TTL"
+HDR_OPERATION = "KV-Operation"
+HDR_SEQUENCE = "Nats-Sequence"
+HDR_STATUS = "Status"
+DELETE_OPS = ("DEL", "PURGE")
+
+
+async def open_bucket(nc: Client, bucket: str, replicas: int, timeout: float, what: str) -> None:
+    js = nc.jetstream()
+    with map_nats_errors(f"{what}: opening bucket {bucket}"):
+        try:
+            await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                await js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas, direct=True)
+                )
+            except nats.js.errors.BadRequestError:
+                await js.key_value(bucket)  # another runtime created it first
+        config = await _stream_config(nc, f"KV_{bucket}", timeout)
+        if config.get("subject_delete_marker_ttl"):
+            raise FailedPrecondition(
+                f"{what}: bucket {bucket} has limit_marker_ttl set; expired keys would leave markers that "
+                "never free them. Use a bucket without it."
+            )
+        if config.get("allow_msg_ttl") and config.get("allow_direct"):
+            return
+        config.update(allow_msg_ttl=True, allow_direct=True)
+        reply = json.loads(
+            (await nc.request(f"$JS.API.STREAM.UPDATE.KV_{bucket}", json.dumps(config).encode(), timeout=timeout)).data
+        )
+        if "error" in reply:
+            raise FailedPrecondition(
+                f"{what}: bucket {bucket}: cannot enable per-key TTLs: {reply['error'].get('description')}"
+            )
+
+
+async def _stream_config(nc: Client, stream: str, timeout: float) -> dict[str, Any]:
+    info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)).data)
+    config: dict[str, Any] = info["config"]
+    return config
+
+
+@dataclass(slots=True, frozen=True)
+class Last:
+    """The last message of a key: its stream sequence, its data, and whether it marks a delete."""
+
+    seq: int
+    data: bytes
+    deleted: bool
+
+
+async def last_message(nc: Client, bucket: str, subject: str, timeout: float) -> Last | None:
+    """The last message of ``subject`` in the bucket's stream, or None when it has none."""
+    msg = await nc.request(f"$JS.API.DIRECT.GET.KV_{bucket}.{subject}", b"", timeout=timeout)
+    headers = msg.headers or {}
+    status = headers.get(HDR_STATUS)
+    if status is not None:
+        if status == "404":
+            return None
+        raise BackendUnavailable(f"bucket {bucket}: direct get answered {status}")
+    return Last(int(headers[HDR_SEQUENCE]), msg.data, headers.get(HDR_OPERATION) in DELETE_OPS)
+
+
+async def publish(
+    nc: Client, subject: str, data: bytes, headers: dict[str, str], timeout: float, what: str
+) -> int | None:
+    """Publish with JetStream's ack: the stream sequence, or None when the expected sequence was stale."""
+    reply = await nc.request(subject, data, timeout=timeout, headers=headers)
+    try:
+        return check_pub_ack(reply.data, what)
+    except EtagMismatch:
+        return None

@@ -1,0 +1,57 @@
+"""Sequences on Redis: ``INCRBY`` per key; a short Lua script lifts a key to its ``biggerThan``
+floor in the same atomic step when the key is still below it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridges.redis import client as clients
+from bridges.redis.client import map_redis_errors
+from bridges.registry import BridgeEnv
+
+# KEYS[1]: the sequence. ARGV: count, floor. Lua numbers are doubles, so floors stay below 2^53.
+_RESERVE_ABOVE = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+local n, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
+if v - n < floor then
+  v = floor + n
+  redis.call('SET', KEYS[1], v)
+end
+return v
+"""
+
+KEY_PREFIX = "sequencer|||"
+
+
+class RedisSequencer:
+    """A ``Sequencer`` on Redis (metadata ``url``, default ``redis://127.0.0.1:6379``)."""
+
+    def __init__(self, name: str, metadata: dict[str, str], env: BridgeEnv) -> None:
+        self.name = name
+        self._url = metadata.get("url") or "redis://127.0.0.1:6379"
+        self._max_connections = int(metadata.get("maxConnections", "64"))
+        self._redis: Any = None
+        self._above: Any = None
+
+    def features(self) -> frozenset[str]:
+        return frozenset({"SEGMENT"})
+
+    async def start(self) -> None:
+        if self._redis is not None:
+            return
+        self._redis = clients.acquire(self._url, self._max_connections)
+        self._above = self._redis.register_script(_RESERVE_ABOVE)
+        with map_redis_errors(f"sequencer {self.name!r}: connecting to {self._url}"):
+            await self._redis.ping()
+
+    async def stop(self) -> None:
+        if self._redis is None:
+            return
+        self._redis = None
+        await clients.release(self._url)
+
+    async def reserve(self, key: str, count: int, floor: int) -> int:
+        with map_redis_errors(f"sequencer {self.name!r}: key {key!r}"):
+            if floor <= 0:
+                return int(await self._redis.incrby(KEY_PREFIX + key, count))
+            return int(await self._above(keys=[KEY_PREFIX + key], args=[count, floor]))
