@@ -37,6 +37,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.kv": "bridges.nats.configuration:NatsKvConfigurationStore",
         "redis": "bridges.redis.configuration:RedisConfigurationStore",
     },
+    "pubsub": {
+        "kafka": "bridges.kafka.pubsub:KafkaPubSub",
+        "redis": "bridges.redis.pubsub:RedisPubSub",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")
