@@ -364,34 +364,35 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
                 offsets[tp] = point
         return offsets
 
-    async def _commit(self, tps: list[TopicPartition] | None = None) -> None:
+    async def _commit(self, tps: list[TopicPartition] | None = None) -> bool:
+        """Commit what is settled; False when the broker could not be reached (try again later)."""
         offsets = self._offsets(tps)
         if not offsets:
-            return
+            return True
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on (a rebalance): whatever this commit covered is fetched again by
             # the partition's next owner, which is at-least-once, not a loss.
             log.info("pubsub %r: commit on %r failed, will be redelivered: %s", self._pubsub.name, self.topic, exc)
-            return
+            return True
         except KafkaError as exc:
             log.warning("pubsub %r: commit on %r failed, retrying: %r", self._pubsub.name, self.topic, exc)
-            self._dirty.set()
-            return
+            return False
         for tp, offset in offsets.items():
             part = self._parts.get(tp)
             if part is not None:
                 part.committed = max(offset, part.committed or 0)
+        return True
 
     async def _commit_loop(self) -> None:
         # One commit at a time; settles that land while it runs ride in the next one.
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await self._commit()
-            if self._dirty.is_set():
-                await asyncio.sleep(0.01)
+            if not await self._commit():
+                self._dirty.set()
+                await asyncio.sleep(1.0)
 
     # ---- fetching ----
 

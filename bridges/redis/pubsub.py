@@ -244,7 +244,7 @@ class RedisSubscription:
         self._keepalive: asyncio.Task[None] | None = None
         self._next_claim = 0.0
         self._claim_cursor: bytes | str = "0-0"
-        self._acks: tuple[asyncio.Future[None], list[bytes]] | None = None
+        self._acks: list[bytes] = []
         self._ack_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -257,33 +257,29 @@ class RedisSubscription:
     # ---- settling ----
 
     async def settle(self, msg: RedisReceived) -> None:
-        if msg._settled:
+        # The XACK goes out in the background, batched with the acks that come while one is on the
+        # wire, so a subscriber that acks one message at a time does not pay a round trip each.
+        # An ack that never reaches Redis leaves the message pending: taken over and redelivered.
+        if msg._settled or self._closed:
             return
         msg._settled = True
         if self._held.pop(msg.id, None) is not None:
             self._changed.set()
-        if self._acks is None:
-            self._acks = (asyncio.get_running_loop().create_future(), [])
-            if self._ack_task is None or self._ack_task.done():
-                self._ack_task = asyncio.create_task(self._flush_acks())
-        future, ids = self._acks
-        ids.append(msg.id)
-        with map_redis_errors(f"pubsub {self._pubsub.name!r}: ack on {self.topic!r}"):
-            await asyncio.shield(future)
+        self._acks.append(msg.id)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._flush_acks(), name=f"redis-ack-{self.topic}")
 
     async def _flush_acks(self) -> None:
-        # Acks that arrive while one XACK is on the wire go together in the next.
-        while self._acks is not None:
-            future, ids = self._acks
-            self._acks = None
+        while self._acks:
+            ids, self._acks = self._acks, []
             try:
                 await self._pubsub.redis.xack(self.topic, self.group, *ids)
-            except Exception as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
-            # Nobody may await a failed future (the caller was cancelled); mark it retrieved.
-            future.exception()
+            except (redis.exceptions.RedisError, L8Error) as exc:
+                log.warning("pubsub %r: XACK on %r failed: %r", self._pubsub.name, self.topic, exc)
+                if self._closed:
+                    return
+                self._acks[:0] = ids
+                await asyncio.sleep(0.5)
 
     def retry(self, msg: RedisReceived, delay: float) -> None:
         if msg._settled or msg.id not in self._held:
@@ -456,8 +452,7 @@ class RedisSubscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         if self._ack_task is not None:
-            with contextlib.suppress(Exception):
-                await self._ack_task
+            await self._ack_task
         if self._reading is not None:
             self._reading.cancel()
         async with self._fetch_lock:  # the fetch in progress, if any, has returned
