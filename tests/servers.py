@@ -99,8 +99,8 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
     return Server(proc, port, data_dir)
 
 
-def start_redis() -> Server:
-    port = free_port()
+def start_redis(port: int | None = None) -> Server:
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

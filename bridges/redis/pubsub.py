@@ -177,6 +177,13 @@ class RedisPubSub:
                 results[i] = f"redis error: {outcome}"
         return results
 
+    async def create_group(self, topic: str, group: str) -> None:
+        try:
+            await self.redis.xgroup_create(topic, group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
     async def subscribe(
         self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False
     ) -> RedisSubscription:
@@ -185,11 +192,7 @@ class RedisPubSub:
         if max_in_flight < 1:
             raise InvalidArgument(f"max_in_flight must be at least 1, got {max_in_flight}")
         with map_redis_errors(f"pubsub {self.name!r}: creating group {group!r} on {topic!r}"):
-            try:
-                await self.redis.xgroup_create(topic, group, id="0", mkstream=True)
-            except redis.exceptions.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await self.create_group(topic, group)
         consumer = f"{self._consumer_prefix}-{uuid.uuid4().hex[:8]}"
         sub = RedisSubscription(self, topic, group, consumer, 1 if ordered else max_in_flight)
         await sub.start()
@@ -418,29 +421,50 @@ class RedisSubscription:
         async with self._fetch_lock:
             with map_redis_errors(f"pubsub {self._pubsub.name!r}: fetching from {self.topic!r}"):
                 while not self._closed:
-                    self._changed.clear()
-                    out = await self._due(max_messages)
-                    room = min(max_messages - len(out), self._capacity())
-                    if room > 0:
-                        out += await self._claim(room)
-                        room = min(max_messages - len(out), self._capacity())
-                    if out:
+                    try:
+                        out = await self._fetch_once(max_messages, deadline)
+                    except redis.exceptions.ResponseError as exc:
+                        if "NOGROUP" not in str(exc):
+                            raise
+                        # The stream or the group is gone (Redis restarted without persistence, or
+                        # someone deleted it): start again from what the stream holds now.
+                        log.warning(
+                            "pubsub %r: group %r on %r is gone, recreating it",
+                            self._pubsub.name,
+                            self.group,
+                            self.topic,
+                        )
+                        await self._pubsub.create_group(self.topic, self.group)
+                        continue
+                    if out is not None:
                         return out
-                    now = time.monotonic()
-                    wait = deadline - now
-                    if self._retries:
-                        wait = min(wait, self._retries[0][0] - now)
-                    wait = max(0.0, min(wait, self._next_claim - now if self._next_claim > now else wait))
-                    if room > 0:
-                        out = await self._read(room, wait)
-                        if out:
-                            return out
-                    elif wait > 0:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._changed.wait(), wait)
-                    if time.monotonic() >= deadline:
-                        return await self._due(max_messages)
         return []
+
+    async def _fetch_once(self, max_messages: int, deadline: float) -> list[RedisReceived] | None:
+        """Messages, [] when the deadline passed, None to go round again."""
+        self._changed.clear()
+        out = await self._due(max_messages)
+        room = min(max_messages - len(out), self._capacity())
+        if room > 0:
+            out += await self._claim(room)
+            room = min(max_messages - len(out), self._capacity())
+        if out:
+            return out
+        now = time.monotonic()
+        wait = deadline - now
+        if self._retries:
+            wait = min(wait, self._retries[0][0] - now)
+        wait = max(0.0, min(wait, self._next_claim - now if self._next_claim > now else wait))
+        if room > 0:
+            out = await self._read(room, wait)
+            if out:
+                return out
+        elif wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        if time.monotonic() >= deadline:
+            return await self._due(max_messages)
+        return None
 
     async def close(self) -> None:
         if self._closed:
