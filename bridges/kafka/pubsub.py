@@ -224,7 +224,7 @@ class KafkaPubSub:
         self._subs.add(sub)
         return sub
 
-    def _consumer(self, group: str, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
+    def _consumer(self, group: str) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self._brokers,
             client_id=f"{self._client_id}-{uuid.uuid4().hex[:6]}",
@@ -293,7 +293,7 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self.group = group
         self._max_in_flight = max_in_flight
         self._ordered = ordered
-        self._consumer = pubsub._consumer(group, self)
+        self._consumer = pubsub._consumer(group)
         self._parts: dict[TopicPartition, _Partition] = {}
         self._inflight = 0
         self._retries: list[tuple[float, int, KafkaReceived]] = []

@@ -41,6 +41,9 @@ from bridges.registry import BridgeEnv
 
 log = logging.getLogger(__name__)
 
+_PRUNE_EVERY = 300.0  # seconds between sweeps of a group's departed consumers, per subscription
+_PRUNE_IDLE_MS = 3_600_000
+
 # KEYS: stream. ARGV: group, consumer, then pairs (id, retry count or ''). Refreshes the idle time
 # of (and optionally sets the delivery count of) the entries this consumer still owns; returns
 # those ids. The owner check keeps a refresh from stealing an entry another consumer took over.
@@ -59,6 +62,22 @@ for i = 3, #ARGV, 2 do
   end
 end
 return owned
+"""
+
+# KEYS: stream. ARGV: group, min idle ms. Deletes the group's consumers that hold nothing and were
+# idle that long (processes that died or closed); a live one that reads again is simply recreated.
+# Atomic, so no consumer gains a pending entry between the check and the delete.
+_PRUNE = """
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -110,6 +129,7 @@ class RedisPubSub:
         )
         self._redis: Any = None
         self.refresh: Any = None
+        self.prune: Any = None
         self._subs: set[RedisSubscription] = set()
 
     def features(self) -> frozenset[str]:
@@ -126,6 +146,7 @@ class RedisPubSub:
             return
         self._redis = clients.acquire(self._url, self._max_connections)
         self.refresh = self._redis.register_script(_REFRESH)
+        self.prune = self._redis.register_script(_PRUNE)
         with map_redis_errors(f"pubsub {self.name!r}: connecting to {self._url}"):
             await self._redis.ping()
 
@@ -200,6 +221,17 @@ class RedisPubSub:
         return sub
 
 
+def _headers(raw: bytes | None) -> dict[str, str]:
+    # Entries written by other producers may carry no headers, or headers in another shape.
+    if not raw:
+        return {}
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
@@ -246,6 +278,7 @@ class RedisSubscription:
         self._reading: asyncio.Future[Any] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._next_claim = 0.0
+        self._next_prune = time.monotonic() + _PRUNE_EVERY
         self._claim_cursor: bytes | str = "0-0"
         self._acks: list[bytes] = []
         self._ack_task: asyncio.Task[None] | None = None
@@ -268,7 +301,10 @@ class RedisSubscription:
         msg._settled = True
         if self._held.pop(msg.id, None) is not None:
             self._changed.set()
-        self._acks.append(msg.id)
+        self._queue_acks([msg.id])
+
+    def _queue_acks(self, ids: list[bytes]) -> None:
+        self._acks += ids
         if self._ack_task is None or self._ack_task.done():
             self._ack_task = asyncio.create_task(self._flush_acks(), name=f"redis-ack-{self.topic}")
 
@@ -335,9 +371,14 @@ class RedisSubscription:
                 due.append(msg)
         if not due:
             return []
+        try:
+            owned = set(await self._refresh([(m.id, m.attempt + 1) for m in due]))
+        except BaseException:
+            for msg in due:  # still ours and still waiting: try again on the next fetch
+                heapq.heappush(self._retries, (msg.due, next(self._seq), msg))
+            raise
         for msg in due:
             msg.attempt += 1
-        owned = set(await self._refresh([(m.id, m.attempt) for m in due]))
         out = []
         for msg in due:
             if msg.id in owned:
@@ -346,9 +387,8 @@ class RedisSubscription:
                 self._held.pop(msg.id, None)
         return out
 
-    def _received(
-        self, entries: list[Any], attempts: dict[bytes, int] | None
-    ) -> tuple[list[RedisReceived], list[bytes]]:
+    def _received(self, entries: list[Any], attempts: dict[bytes, int] | None) -> list[RedisReceived]:
+        """Hold what is to be handed out; ack (in the background) what is expired or gone."""
         out: list[RedisReceived] = []
         expired: list[bytes] = []
         now_ms = time.time() * 1000
@@ -357,16 +397,17 @@ class RedisSubscription:
                 expired.append(msg_id)
                 continue
             expires = fields.get(b"expires")
-            if expires is not None and int(expires) <= now_ms:
+            if expires is not None and expires.isdigit() and int(expires) <= now_ms:
                 expired.append(msg_id)
                 continue
-            raw = fields.get(b"headers")
-            headers: dict[str, str] = json.loads(raw) if raw else {}
+            headers = _headers(fields.get(b"headers"))
             attempt = attempts.get(msg_id, 1) if attempts is not None else 1
             msg = RedisReceived(self, msg_id, fields.get(b"data", b""), headers, attempt)
             self._held[msg_id] = msg
             out.append(msg)
-        return out, expired
+        if expired:
+            self._queue_acks(expired)
+        return out
 
     async def _claim(self, count: int) -> list[RedisReceived]:
         """Take over messages a dead consumer of the group left pending."""
@@ -379,15 +420,15 @@ class RedisSubscription:
         self._claim_cursor, entries = found[0], found[1]
         if self._claim_cursor in (b"0-0", "0-0"):
             self._next_claim = now + self._pubsub.claim_interval
+            if now >= self._next_prune:
+                self._next_prune = now + _PRUNE_EVERY
+                await self._pubsub.prune(keys=[self.topic], args=[self.group, _PRUNE_IDLE_MS])
         if not entries:
             return []
         ids = sorted((e[0] for e in entries), key=_id_order)
         pending = await r.xpending_range(self.topic, self.group, ids[0], ids[-1], len(ids) + 64, self.consumer)
         attempts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        out, expired = self._received(entries, attempts)
-        if expired:
-            await r.xack(self.topic, self.group, *expired)
-        return out
+        return self._received(entries, attempts)
 
     async def _read(self, count: int, wait: float) -> list[RedisReceived]:
         block = int(wait * 1000)
@@ -409,10 +450,7 @@ class RedisSubscription:
         if not found:
             return []
         entries = found[0][1]
-        out, expired = self._received(entries, None)
-        if expired:
-            await self._pubsub.redis.xack(self.topic, self.group, *expired)
-        return out
+        return self._received(entries, None)
 
     async def fetch(self, max_messages: int, timeout: float) -> list[RedisReceived]:
         if max_messages < 1:
