@@ -374,3 +374,12 @@ async def test_a_subscription_keeps_working_after_the_broker_restarts(spec: Spec
         for close in closers:
             await close()
         server.stop()
+
+
+async def test_closing_a_subscription_ends_a_fetch_that_is_waiting(pubsub: PubSub) -> None:
+    sub = await pubsub.subscribe(unique("t"), unique("g"), max_in_flight=10)
+    waiting = asyncio.create_task(sub.fetch(10, 600))
+    await asyncio.sleep(0)  # let the fetch start waiting
+    await sub.close()
+    assert await asyncio.wait_for(waiting, 60) == []
+    await sub.close()  # closing again is harmless
