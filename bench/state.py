@@ -1,0 +1,505 @@
+"""State API benchmark: l8 GetState against the direct clients and the gRPC floor, in one run.
+
+Run with ``bench/run`` (or ``.venv/bin/python -m bench.state``). Everything listens on loopback
+on free ports; every server is started here and stopped by its PID before the bench exits.
+See bench/README.md for what each row measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+import redis.asyncio as aioredis
+import uvloop
+from dapr.proto.runtime.v1 import state_pb2 as dapr_state
+from nats.js.api import KeyValueConfig, StorageType
+
+from bench import procs
+from bench.load import Call, Measured, concurrent, fixed_count, paced, percentile, sequential
+from bench.servicers import NOOP_METHOD, STATE_METHOD
+from handlers.proto import runtime_pb2 as pb
+
+KEY = "order-1"
+VALUE = b'{"id":"order-1","qty":3,"sku":"A-1000","note":"benchmark value of about one hundred bytes.."}'
+STORE = "statestore"
+APP_ID = "bench"
+NATIVE_METHOD = "/l8.runtime.v1.Runtime/GetState"
+DAPR_METHOD = "/dapr.proto.runtime.v1.Dapr/GetState"
+DAPR_CPU_S_PER_1000 = 0.142  # docs.dapr.io perf: 142 mCPU at 1000 QPS for state get
+TARGET_RPS_RATIO = 0.75
+TARGET_P50_RATIO = 1.3
+TARGET_RSS_MB = 45.0
+TARGET_READY_S = 1.0
+
+
+@dataclass(slots=True)
+class Settings:
+    seq: int
+    seq_warmup: int
+    workers: int
+    duration: float
+    warmup: float
+    cpu_calls: int
+    paced_rate: float
+    paced_calls: int
+    ready_runs: int
+
+
+PROFILES = {
+    "full": Settings(
+        seq=2000, seq_warmup=200, workers=64, duration=3.0, warmup=0.5, cpu_calls=3000,
+        paced_rate=1000, paced_calls=2000, ready_runs=5,
+    ),
+    "quick": Settings(
+        seq=300, seq_warmup=50, workers=64, duration=1.0, warmup=0.2, cpu_calls=500,
+        paced_rate=1000, paced_calls=500, ready_runs=2,
+    ),
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Cpu:
+    """CPU seconds per 1000 GetState, for l8 alone and with its embedded nats-server."""
+
+    label: str
+    calls: int
+    seconds: float
+    l8: float
+    l8_nats: float
+    backend: float | None = None  # redis-server, when it is the store
+
+
+@dataclass(slots=True)
+class L8Stats:
+    backend: str
+    ready_s: list[float] = field(default_factory=list)
+    rss_l8_mb: float = 0.0
+    rss_nats_mb: float = 0.0
+    cpu: list[Cpu] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class L8Process:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    ready_s: float
+    nats_pid: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Cleanup:
+    """Every child process the bench started, stopped by PID in reverse order."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._pids: list[int] = []
+
+    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self._procs.append(proc)
+        return proc
+
+    def add_pid(self, pid: int) -> None:
+        self._pids.append(pid)
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        procs.stop(proc)
+        with contextlib.suppress(ValueError):
+            self._procs.remove(proc)
+
+    def all(self) -> None:
+        while self._procs:
+            procs.stop(self._procs.pop())
+        for pid in self._pids:
+            if procs.alive(pid):
+                procs.kill_pid(pid)
+        self._pids.clear()
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def start_nats(work: Path, cleanup: Cleanup) -> str:
+    port, mon = procs.free_port(), procs.free_port()
+    args = [procs.venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js"]
+    args += ["-sd", str(work / "nats-direct"), "-n", "bench"]
+    proc = cleanup.add(procs.spawn(args, work / "nats-direct.log"))
+    procs.wait_port(mon, proc)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    return f"nats://127.0.0.1:{port}"
+
+
+def start_redis(work: Path, cleanup: Cleanup) -> tuple[str, subprocess.Popen[bytes]]:
+    port = procs.free_port()
+    args = ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = cleanup.add(procs.spawn(args, work / "redis.log"))
+    procs.wait_port(port, proc)
+    return f"redis://127.0.0.1:{port}", proc
+
+
+def start_servicer(kind: str, work: Path, cleanup: Cleanup, **opts: str) -> tuple[int, subprocess.Popen[bytes]]:
+    port = procs.free_port()
+    args = [sys.executable, "-m", "bench.servicers", kind, "--port", str(port)]
+    for key, value in opts.items():
+        args += [f"--{key}", value]
+    proc = cleanup.add(procs.spawn(args, work / f"servicer-{kind}.log"))
+    procs.wait_port(port, proc)
+    return port, proc
+
+
+def l8_config(work: Path, tag: str, redis_url: str | None) -> tuple[Path, int, int]:
+    grpc_port, http_port = procs.free_port(), procs.free_port()
+    component: dict[str, Any] = {"kind": "state", "type": "nats.kv"}
+    if redis_url is not None:
+        component = {"kind": "state", "type": "redis", "metadata": {"url": redis_url}}
+    config = {
+        "app": {"id": APP_ID},
+        "namespace": "default",
+        "bus": {"url": "embedded"},
+        "server": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
+        "workers": "all",
+        "data_dir": str(work / f"l8-{tag}"),
+        "log_level": "warning",
+        "components": {STORE: component},
+    }
+    path = work / f"l8-{tag}.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path, grpc_port, http_port
+
+
+async def _healthz(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = await reader.read(32)
+        return head.startswith(b"HTTP/1.1 204")
+    except OSError:
+        return False
+    finally:
+        writer.close()
+
+
+async def start_l8(work: Path, tag: str, cleanup: Cleanup, redis_url: str | None = None) -> L8Process:
+    """Spawn ``l8 run --config`` and time it until /v1.0/healthz/outbound answers 204."""
+    config, grpc_port, http_port = l8_config(work, tag, redis_url)
+    began = time.perf_counter()
+    proc = cleanup.add(procs.spawn([procs.venv_bin("l8"), "run", "--config", str(config)], work / f"l8-{tag}.log"))
+    deadline = began + 30
+    while not await _healthz(http_port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"l8 exited with code {proc.returncode}; see {work / f'l8-{tag}.log'}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError("l8 was not ready within 30 s")
+        await asyncio.sleep(0.005)
+    ready = time.perf_counter() - began
+    nats_pids = [pid for pid in procs.children(proc.pid) if procs.comm(pid).startswith("nats-server")]
+    if len(nats_pids) != 1:
+        raise RuntimeError(f"expected one embedded nats-server child of l8, found {nats_pids}")
+    cleanup.add_pid(nats_pids[0])
+    return L8Process(proc, grpc_port, http_port, ready, nats_pids[0])
+
+
+def stop_l8(l8: L8Process, cleanup: Cleanup) -> None:
+    cleanup.stop(l8.proc)
+    deadline = time.monotonic() + 5
+    while procs.alive(l8.nats_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if procs.alive(l8.nats_pid):
+        print(f"warning: l8's nats-server (pid {l8.nats_pid}) outlived l8; killing it", file=sys.stderr)
+        procs.kill_pid(l8.nats_pid)
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+def grpc_call(channel: grpc.aio.Channel, method: str, request: bytes) -> Call:
+    stub = channel.unary_unary(method)  # no serializers: bytes in, bytes out, on every row alike
+
+    async def call() -> object:
+        return await stub(request)
+
+    return call
+
+
+async def measure(name: str, call: Call, s: Settings) -> Measured:
+    row = Measured(name)
+    await sequential(call, s.seq, s.seq_warmup, row)
+    await concurrent(call, s.workers, s.duration, s.warmup, row)
+    print(
+        f"  {name:<44} p50 {row.p50:6.3f} ms  p99 {row.p99:6.3f} ms  {row.conc_rps:7.0f} rps @{s.workers}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
+
+
+async def cpu_runs(label: str, call: Call, l8: L8Process, s: Settings, backend_pid: int | None) -> list[Cpu]:
+    """CPU of l8 (and its nats-server, and the store) per 1000 GetState: saturated, then paced."""
+    out: list[Cpu] = []
+    for mode in ("saturated", "paced"):
+        pids = [l8.pid, l8.nats_pid] + ([backend_pid] if backend_pid else [])
+        before = [procs.cpu_seconds(p) for p in pids]
+        if mode == "saturated":
+            n = s.cpu_calls
+            errors, seconds = await fixed_count(call, s.workers, n)
+            what = f"{label}, {s.workers} in flight"
+        else:
+            n = s.paced_calls
+            errors, seconds = await paced(call, s.paced_rate, n)
+            what = f"{label}, paced {s.paced_rate:.0f}/s"
+        after = [procs.cpu_seconds(p) for p in pids]
+        if errors:
+            raise RuntimeError(f"{errors} of {n} GetState calls failed during the CPU run ({what})")
+        used = [a - b for a, b in zip(after, before, strict=True)]
+        per = 1000 / n
+        out.append(
+            Cpu(
+                label=what,
+                calls=n,
+                seconds=seconds,
+                l8=used[0] * per,
+                l8_nats=(used[0] + used[1]) * per,
+                backend=used[2] * per if backend_pid else None,
+            )
+        )
+    return out
+
+
+async def save_state(channel: grpc.aio.Channel) -> None:
+    save = channel.unary_unary("/l8.runtime.v1.Runtime/SaveState")
+    await save(pb.SaveStateRequest(store_name=STORE, states=[pb.StateItem(key=KEY, value=VALUE)]).SerializeToString())
+
+
+async def check(call: Call, decode: Any) -> None:
+    got = decode(await call())
+    if got.data != VALUE:
+        raise RuntimeError(f"GetState answered {got!r}, not the value saved")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured], list[L8Stats]]:
+    rows: list[Measured] = []
+    native_req = pb.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
+    dapr_req = dapr_state.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
+
+    print("starting nats-server, redis-server and the comparison servicers", file=sys.stderr, flush=True)
+    nats_url = start_nats(work, cleanup)
+    redis_url, redis_proc = start_redis(work, cleanup)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    # The same bucket shape as l8's nats.kv store: history 1, file storage, direct gets.
+    kv = await js.create_key_value(KeyValueConfig(bucket="bench", history=1, storage=StorageType.FILE, direct=True))
+    await kv.put(KEY, VALUE)
+    rc = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64))
+    await rc.set(KEY, VALUE)
+
+    noop_port, noop_proc = start_servicer("noop", work, cleanup)
+    snats_port, snats_proc = start_servicer("nats", work, cleanup, nats=nats_url, bucket="bench")
+    sredis_port, sredis_proc = start_servicer("redis", work, cleanup, redis=redis_url)
+
+    print("measuring (sequential p50/p99, then throughput)", file=sys.stderr, flush=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{noop_port}") as ch:
+        rows.append(await measure("gRPC no-op servicer (floor)", grpc_call(ch, NOOP_METHOD, b""), s))
+
+    async def nats_get() -> object:
+        entry = await kv.get(KEY)
+        return entry
+
+    async def redis_get() -> object:
+        value = await rc.get(KEY)
+        if value is None:
+            raise RuntimeError("the key is missing")
+        return value
+
+    rows.append(await measure("direct NATS KV get (nats-py)", nats_get, s))
+    rows.append(await measure("direct Redis GET (redis.asyncio)", redis_get, s))
+    for port, name in ((snats_port, "NATS KV"), (sredis_port, "Redis")):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = grpc_call(ch, STATE_METHOD, native_req)
+            await check(call, pb.GetStateResponse.FromString)
+            rows.append(await measure(f"gRPC servicer → {name} (direct)", call, s))
+    for proc in (noop_proc, snats_proc, sredis_proc):
+        cleanup.stop(proc)
+    await nc.close()
+
+    stats: list[L8Stats] = []
+    for backend, url in (("NATS KV", None), ("Redis", redis_url)):
+        st = L8Stats(backend)
+        tag = "nats" if url is None else "redis"
+        runs = s.ready_runs if url is None else 1
+        for i in range(runs - 1):  # extra cold starts, each on a fresh data dir, for the median
+            print(f"l8 ({backend}): cold start {i + 1} of {runs}", file=sys.stderr, flush=True)
+            extra = await start_l8(work, f"{tag}-ready{i}", cleanup, url)
+            st.ready_s.append(extra.ready_s)
+            stop_l8(extra, cleanup)
+        print(f"l8 ({backend}): cold start {runs} of {runs}, then measuring", file=sys.stderr, flush=True)
+        l8 = await start_l8(work, tag, cleanup, url)
+        st.ready_s.append(l8.ready_s)
+        await asyncio.sleep(1.0)  # idle after ready: RSS as an app would see it before its first call
+        st.rss_l8_mb = procs.rss_mb(l8.pid)
+        st.rss_nats_mb = procs.rss_mb(l8.nats_pid)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{l8.grpc_port}") as ch:
+            await save_state(ch)
+            native = grpc_call(ch, NATIVE_METHOD, native_req)
+            dapr = grpc_call(ch, DAPR_METHOD, dapr_req)
+            await check(native, pb.GetStateResponse.FromString)
+            await check(dapr, dapr_state.GetStateResponse.FromString)
+            rows.append(await measure(f"l8 GetState native API → {backend}", native, s))
+            rows.append(await measure(f"l8 GetState Dapr API → {backend}", dapr, s))
+            st.cpu = await cpu_runs(f"{backend}, native", native, l8, s, redis_proc.pid if url else None)
+        stop_l8(l8, cleanup)
+        stats.append(st)
+    await rc.aclose()
+    return rows, stats
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row_by(rows: list[Measured], prefix: str) -> Measured:
+    return next(r for r in rows if r.name.startswith(prefix))
+
+
+def report(rows: list[Measured], stats: list[L8Stats], s: Settings, elapsed: float, load_start: str) -> str:
+    out: list[str] = []
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out.append(
+        f"l8 State API benchmark — {now} — {procs.os_cpus()} CPUs shared by client and servers, "
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}, uvloop on both sides"
+    )
+    out.append(
+        f"sequential: {s.seq} calls after {s.seq_warmup} warm-up; throughput: {s.workers} workers for "
+        f"{s.duration:g} s after {s.warmup:g} s warm-up; value {len(VALUE)} B"
+    )
+    out.append("")
+    head = f"{'#':<3}{'path':<46}{'seq p50 ms':>11}{'seq p99 ms':>11}{'seq rps':>9}{f'rps @{s.workers}':>10}"
+    head += f"{f'p50 @{s.workers} ms':>13}{f'p99 @{s.workers} ms':>13}{'errors':>8}"
+    out.append(head)
+    out.append("-" * len(head))
+    for i, r in enumerate(rows, 1):
+        out.append(
+            f"{i:<3}{r.name:<46}{r.p50:>11.3f}{r.p99:>11.3f}{r.seq_rps:>9.0f}{r.conc_rps:>10.0f}"
+            f"{percentile(r.conc_ms, 50):>13.2f}{percentile(r.conc_ms, 99):>13.2f}{r.errors:>8}"
+        )
+    errs = [r for r in rows if r.errors]
+    for r in errs:
+        out.append(f"   errors in {r.name!r}: first was {r.first_error}")
+    out.append("")
+
+    out.append("l8 process (idle RSS after ready + 1 s; ready = spawn of `l8 run` until /v1.0/healthz/outbound → 204)")
+    for st in stats:
+        ready = ", ".join(f"{x:.3f}" for x in st.ready_s)
+        out.append(
+            f"  {st.backend:<8} RSS l8 {st.rss_l8_mb:5.1f} MB (+ nats-server {st.rss_nats_mb:5.1f} MB)   "
+            f"ready median {statistics.median(st.ready_s):.3f} s  [{ready}]"
+        )
+    out.append("")
+    out.append(f"CPU seconds per 1000 GetState (utime+stime from /proc)      Dapr published: {DAPR_CPU_S_PER_1000:.2f}")
+    out.append(f"  {'run':<34}{'calls':>7}{'l8':>8}{'l8+nats':>9}{'store':>8}{'vs Dapr (l8+nats)':>19}")
+    for st in stats:
+        for c in st.cpu:
+            store = f"{c.backend:8.3f}" if c.backend is not None else f"{'-':>8}"
+            out.append(
+                f"  {c.label:<34}{c.calls:>7}{c.l8:>8.3f}{c.l8_nats:>9.3f}{store}"
+                f"{c.l8_nats / DAPR_CPU_S_PER_1000:>18.1f}x"
+            )
+    out.append("")
+
+    out.append("targets")
+    out.append(f"  {'check':<62}{'measured':>10}{'target':>10}  result")
+
+    def line(check: str, value: float, target: float, higher_is_better: bool, fmt: str = ".2f") -> None:
+        ok = value >= target if higher_is_better else value <= target
+        sign = "≥" if higher_is_better else "≤"
+        out.append(f"  {check:<62}{value:>10{fmt}}{sign:>5}{target:>5{fmt}}  {'PASS' if ok else 'MISS'}")
+
+    for backend, direct in (("NATS KV", "gRPC servicer → NATS KV"), ("Redis", "gRPC servicer → Redis")):
+        base = _row_by(rows, direct)
+        for api in ("native", "Dapr"):
+            r = _row_by(rows, f"l8 GetState {api} API → {backend}")
+            line(
+                f"{backend} {api}: rps @{s.workers} / direct servicer's",
+                r.conc_rps / base.conc_rps,
+                TARGET_RPS_RATIO,
+                True,
+            )
+            line(f"{backend} {api}: seq p50 / direct servicer's", r.p50 / base.p50, TARGET_P50_RATIO, False)
+    for st in stats:
+        line(f"{st.backend}: idle RSS of the l8 process, MB", st.rss_l8_mb, TARGET_RSS_MB, False, ".1f")
+        line(f"{st.backend}: ready after spawn, median s", statistics.median(st.ready_s), TARGET_READY_S, False)
+    out.append("")
+    out.append(f"total bench time {elapsed:.0f} s; load average at start {load_start}, at end {procs.loadavg()}")
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    if keep:
+        yield Path(tempfile.mkdtemp(prefix="l8-bench-"))
+        return
+    with tempfile.TemporaryDirectory(prefix="l8-bench-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run; the numbers are rough")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs) and print its path")
+    parser.add_argument("--out", help="also write the report to this file")
+    args = parser.parse_args(argv)
+    s = PROFILES["quick" if args.quick else "full"]
+    began = time.perf_counter()
+    load_start = procs.loadavg()
+    cleanup = Cleanup()
+    with workdir(args.keep) as work:
+        try:
+            rows, stats = uvloop.run(run(s, work, cleanup))
+        finally:
+            cleanup.all()
+        if args.keep:
+            print(f"work dir kept: {work}", file=sys.stderr)
+    text = report(rows, stats, s, time.perf_counter() - began, load_start)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
