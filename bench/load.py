@@ -7,6 +7,7 @@ with the same code, so the differences between rows are the servers', not the cl
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,21 @@ class Measured:
 
     name: str
     seq_ms: list[float] = field(default_factory=list)
-    seq_rps: float = 0.0
+    seq_seconds: float = 0.0
     workers: int = 0
-    conc_rps: float = 0.0
+    round_rps: list[float] = field(default_factory=list)
     conc_ms: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
+
+    @property
+    def seq_rps(self) -> float:
+        return len(self.seq_ms) / self.seq_seconds if self.seq_seconds else float("nan")
+
+    @property
+    def conc_rps(self) -> float:
+        """The median of the rounds' rates: a burst of other work on the machine moves one round only."""
+        return statistics.median(self.round_rps) if self.round_rps else float("nan")
 
     @property
     def p50(self) -> float:
@@ -45,17 +55,15 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 async def sequential(call: Call, n: int, warmup: int, row: Measured) -> None:
-    """``warmup`` unmeasured calls, then ``n`` calls one after the other, each timed."""
+    """``warmup`` unmeasured calls, then ``n`` calls one after the other, each timed (added to the row)."""
     for _ in range(warmup):
         await call()
-    samples: list[float] = []
     began = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
         await call()
-        samples.append((time.perf_counter() - t0) * 1000)
-    row.seq_rps = n / (time.perf_counter() - began)
-    row.seq_ms = samples
+        row.seq_ms.append((time.perf_counter() - t0) * 1000)
+    row.seq_seconds += time.perf_counter() - began
 
 
 async def _closed_loop(call: Call, workers: int, duration: float, row: Measured, samples: list[float] | None) -> int:
@@ -85,15 +93,14 @@ async def _closed_loop(call: Call, workers: int, duration: float, row: Measured,
 async def concurrent(call: Call, workers: int, duration: float, warmup: float, row: Measured) -> None:
     """``workers`` tasks call back to back: ``warmup`` seconds unmeasured, then ``duration`` counted.
 
-    Workers start no call after the end; the rate is the calls completed over the wall time until
-    the last one finished (the tail adds about one latency to a window of seconds).
+    Adds one round to the row. Workers start no call after the end; the round's rate is the calls
+    completed over the wall time until the last one finished (the tail adds about one latency).
     """
-    await _closed_loop(call, workers, warmup, row, None)
-    samples: list[float] = []
+    if warmup > 0:
+        await _closed_loop(call, workers, warmup, row, None)
     began = time.perf_counter()
-    done = await _closed_loop(call, workers, duration, row, samples)
-    row.conc_rps = done / (time.perf_counter() - began)
-    row.conc_ms = samples
+    done = await _closed_loop(call, workers, duration, row, row.conc_ms)
+    row.round_rps.append(done / (time.perf_counter() - began))
     row.workers = workers
 
 

@@ -51,11 +51,12 @@ TARGET_READY_S = 1.0
 
 @dataclass(slots=True)
 class Settings:
-    seq: int
-    seq_warmup: int
+    rounds: int  # rows are measured round-robin, so a burst of other work hits every row alike
+    seq: int  # sequential calls per row per round
+    seq_warmup: int  # unmeasured sequential calls before each round's
     workers: int
-    duration: float
-    warmup: float
+    duration: float  # seconds of throughput per row per round
+    warmup: float  # unmeasured seconds before each round's throughput
     cpu_calls: int
     paced_rate: float
     paced_calls: int
@@ -64,11 +65,11 @@ class Settings:
 
 PROFILES = {
     "full": Settings(
-        seq=2000, seq_warmup=200, workers=64, duration=3.0, warmup=0.5, cpu_calls=3000,
+        rounds=3, seq=700, seq_warmup=50, workers=64, duration=1.0, warmup=0.25, cpu_calls=3000,
         paced_rate=1000, paced_calls=2000, ready_runs=5,
     ),
     "quick": Settings(
-        seq=300, seq_warmup=50, workers=64, duration=1.0, warmup=0.2, cpu_calls=500,
+        rounds=2, seq=150, seq_warmup=20, workers=64, duration=0.5, warmup=0.1, cpu_calls=500,
         paced_rate=1000, paced_calls=500, ready_runs=2,
     ),
 }  # fmt: skip
@@ -254,16 +255,22 @@ def grpc_call(channel: grpc.aio.Channel, method: str, request: bytes) -> Call:
     return call
 
 
-async def measure(name: str, call: Call, s: Settings) -> Measured:
-    row = Measured(name)
-    await sequential(call, s.seq, s.seq_warmup, row)
-    await concurrent(call, s.workers, s.duration, s.warmup, row)
-    print(
-        f"  {name:<44} p50 {row.p50:6.3f} ms  p99 {row.p99:6.3f} ms  {row.conc_rps:7.0f} rps @{s.workers}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return row
+async def measure(targets: list[tuple[Measured, Call]], s: Settings) -> None:
+    """Every row in turn, ``s.rounds`` times: sequential calls, then throughput with ``s.workers``."""
+    for row, call in targets:  # one warm-up of every path before the first round
+        await sequential(call, 0, 200, row)
+        await concurrent(call, s.workers, 0.0, 0.5, Measured(row.name))
+    for i in range(s.rounds):
+        print(f"round {i + 1} of {s.rounds}", file=sys.stderr, flush=True)
+        for row, call in targets:
+            await sequential(call, s.seq, s.seq_warmup, row)
+            await concurrent(call, s.workers, s.duration, s.warmup, row)
+            print(
+                f"  {row.name:<44} p50 {row.p50:6.3f} ms  p99 {row.p99:6.3f} ms  "
+                f"{row.round_rps[-1]:7.0f} rps @{s.workers}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 async def cpu_runs(label: str, call: Call, l8: L8Process, s: Settings, backend_pid: int | None) -> list[Cpu]:
@@ -313,7 +320,6 @@ async def check(call: Call, decode: Any) -> None:
 
 
 async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured], list[L8Stats]]:
-    rows: list[Measured] = []
     native_req = pb.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
     dapr_req = dapr_state.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
 
@@ -321,24 +327,37 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
     nats_url = start_nats(work, cleanup)
     redis_url, redis_proc = start_redis(work, cleanup)
     nc = await nats.connect(nats_url)
-    js = nc.jetstream()
     # The same bucket shape as l8's nats.kv store: history 1, file storage, direct gets.
-    kv = await js.create_key_value(KeyValueConfig(bucket="bench", history=1, storage=StorageType.FILE, direct=True))
+    cfg = KeyValueConfig(bucket="bench", history=1, storage=StorageType.FILE, direct=True)
+    kv = await nc.jetstream().create_key_value(cfg)
     await kv.put(KEY, VALUE)
     rc = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64))
     await rc.set(KEY, VALUE)
+    noop_port, _ = start_servicer("noop", work, cleanup)
+    snats_port, _ = start_servicer("nats", work, cleanup, nats=nats_url, bucket="bench")
+    sredis_port, _ = start_servicer("redis", work, cleanup, redis=redis_url)
 
-    noop_port, noop_proc = start_servicer("noop", work, cleanup)
-    snats_port, snats_proc = start_servicer("nats", work, cleanup, nats=nats_url, bucket="bench")
-    sredis_port, sredis_proc = start_servicer("redis", work, cleanup, redis=redis_url)
-
-    print("measuring (sequential p50/p99, then throughput)", file=sys.stderr, flush=True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{noop_port}") as ch:
-        rows.append(await measure("gRPC no-op servicer (floor)", grpc_call(ch, NOOP_METHOD, b""), s))
+    # Cold starts first, with nothing else busy: each on a fresh data dir; the last one stays up.
+    stats: list[L8Stats] = []
+    l8s: list[L8Process] = []
+    for backend, url in (("NATS KV", None), ("Redis", redis_url)):
+        st = L8Stats(backend)
+        tag = "nats" if url is None else "redis"
+        runs = s.ready_runs if url is None else max(1, s.ready_runs // 2)
+        for i in range(runs):
+            print(f"l8 ({backend}): cold start {i + 1} of {runs}", file=sys.stderr, flush=True)
+            l8 = await start_l8(work, f"{tag}-{i}", cleanup, url)
+            st.ready_s.append(l8.ready_s)
+            if i < runs - 1:
+                stop_l8(l8, cleanup)
+        await asyncio.sleep(1.0)  # idle after ready: RSS as an app would see it before its first call
+        st.rss_l8_mb = procs.rss_mb(l8.pid)
+        st.rss_nats_mb = procs.rss_mb(l8.nats_pid)
+        stats.append(st)
+        l8s.append(l8)
 
     async def nats_get() -> object:
-        entry = await kv.get(KEY)
-        return entry
+        return await kv.get(KEY)
 
     async def redis_get() -> object:
         value = await rc.get(KEY)
@@ -346,46 +365,46 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
             raise RuntimeError("the key is missing")
         return value
 
-    rows.append(await measure("direct NATS KV get (nats-py)", nats_get, s))
-    rows.append(await measure("direct Redis GET (redis.asyncio)", redis_get, s))
-    for port, name in ((snats_port, "NATS KV"), (sredis_port, "Redis")):
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            call = grpc_call(ch, STATE_METHOD, native_req)
+    channels = {
+        port: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        for port in (noop_port, snats_port, sredis_port, *(l8.grpc_port for l8 in l8s))
+    }
+    try:
+        targets: list[tuple[Measured, Call]] = [
+            (Measured("gRPC no-op servicer (floor)"), grpc_call(channels[noop_port], NOOP_METHOD, b"")),
+            (Measured("direct NATS KV get (nats-py)"), nats_get),
+            (Measured("direct Redis GET (redis.asyncio)"), redis_get),
+            (Measured("gRPC servicer → NATS KV (direct)"), grpc_call(channels[snats_port], STATE_METHOD, native_req)),
+            (Measured("gRPC servicer → Redis (direct)"), grpc_call(channels[sredis_port], STATE_METHOD, native_req)),
+        ]
+        for _row, call in targets[3:]:
             await check(call, pb.GetStateResponse.FromString)
-            rows.append(await measure(f"gRPC servicer → {name} (direct)", call, s))
-    for proc in (noop_proc, snats_proc, sredis_proc):
-        cleanup.stop(proc)
-    await nc.close()
-
-    stats: list[L8Stats] = []
-    for backend, url in (("NATS KV", None), ("Redis", redis_url)):
-        st = L8Stats(backend)
-        tag = "nats" if url is None else "redis"
-        runs = s.ready_runs if url is None else 1
-        for i in range(runs - 1):  # extra cold starts, each on a fresh data dir, for the median
-            print(f"l8 ({backend}): cold start {i + 1} of {runs}", file=sys.stderr, flush=True)
-            extra = await start_l8(work, f"{tag}-ready{i}", cleanup, url)
-            st.ready_s.append(extra.ready_s)
-            stop_l8(extra, cleanup)
-        print(f"l8 ({backend}): cold start {runs} of {runs}, then measuring", file=sys.stderr, flush=True)
-        l8 = await start_l8(work, tag, cleanup, url)
-        st.ready_s.append(l8.ready_s)
-        await asyncio.sleep(1.0)  # idle after ready: RSS as an app would see it before its first call
-        st.rss_l8_mb = procs.rss_mb(l8.pid)
-        st.rss_nats_mb = procs.rss_mb(l8.nats_pid)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{l8.grpc_port}") as ch:
+        natives: list[Call] = []
+        for st, l8 in zip(stats, l8s, strict=True):
+            ch = channels[l8.grpc_port]
             await save_state(ch)
             native = grpc_call(ch, NATIVE_METHOD, native_req)
             dapr = grpc_call(ch, DAPR_METHOD, dapr_req)
             await check(native, pb.GetStateResponse.FromString)
             await check(dapr, dapr_state.GetStateResponse.FromString)
-            rows.append(await measure(f"l8 GetState native API → {backend}", native, s))
-            rows.append(await measure(f"l8 GetState Dapr API → {backend}", dapr, s))
-            st.cpu = await cpu_runs(f"{backend}, native", native, l8, s, redis_proc.pid if url else None)
+            targets.append((Measured(f"l8 GetState native API → {st.backend}"), native))
+            targets.append((Measured(f"l8 GetState Dapr API → {st.backend}"), dapr))
+            natives.append(native)
+
+        await measure(targets, s)
+
+        for st, l8, native in zip(stats, l8s, natives, strict=True):
+            print(f"l8 ({st.backend}): CPU runs", file=sys.stderr, flush=True)
+            store_pid = redis_proc.pid if st.backend == "Redis" else None
+            st.cpu = await cpu_runs(f"{st.backend}, native", native, l8, s, store_pid)
+    finally:
+        for ch in channels.values():
+            await ch.close()
+        await nc.close()
+        await rc.aclose()
+    for l8 in l8s:
         stop_l8(l8, cleanup)
-        stats.append(st)
-    await rc.aclose()
-    return rows, stats
+    return [row for row, _ in targets], stats
 
 
 # ----------------------------------------------------------------------------- report
@@ -403,9 +422,11 @@ def report(rows: list[Measured], stats: list[L8Stats], s: Settings, elapsed: flo
         f"Python {platform.python_version()}, grpcio {grpc.__version__}, uvloop on both sides"
     )
     out.append(
-        f"sequential: {s.seq} calls after {s.seq_warmup} warm-up; throughput: {s.workers} workers for "
-        f"{s.duration:g} s after {s.warmup:g} s warm-up; value {len(VALUE)} B"
+        f"rows measured round-robin, {s.rounds} rounds; per row and round: {s.seq} sequential calls "
+        f"(after {s.seq_warmup} unmeasured), then {s.workers} workers for {s.duration:g} s (after "
+        f"{s.warmup:g} s unmeasured)"
     )
+    out.append(f"p50/p99 pool every round's calls; rps @{s.workers} is the median of the rounds; value {len(VALUE)} B")
     out.append("")
     head = f"{'#':<3}{'path':<46}{'seq p50 ms':>11}{'seq p99 ms':>11}{'seq rps':>9}{f'rps @{s.workers}':>10}"
     head += f"{f'p50 @{s.workers} ms':>13}{f'p99 @{s.workers} ms':>13}{'errors':>8}"
