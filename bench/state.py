@@ -77,14 +77,15 @@ PROFILES = {
 
 @dataclass(slots=True)
 class Cpu:
-    """CPU seconds per 1000 GetState, for l8 alone and with its embedded nats-server."""
+    """CPU seconds per 1000 calls of the process serving gRPC and of the servers behind it."""
 
     label: str
     calls: int
     seconds: float
-    l8: float
-    l8_nats: float
-    backend: float | None = None  # redis-server, when it is the store
+    server: float  # l8, or the comparison servicer
+    nats: float | None  # l8's embedded nats-server, or the one the NATS servicer reads
+    redis: float | None  # redis-server, when it is the store
+    sidecar: bool  # l8: compare server + nats (the whole sidecar) with Dapr's figure
 
 
 @dataclass(slots=True)
@@ -93,7 +94,6 @@ class L8Stats:
     ready_s: list[float] = field(default_factory=list)
     rss_l8_mb: float = 0.0
     rss_nats_mb: float = 0.0
-    cpu: list[Cpu] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -140,7 +140,7 @@ class Cleanup:
 # ----------------------------------------------------------------------------- servers
 
 
-def start_nats(work: Path, cleanup: Cleanup) -> str:
+def start_nats(work: Path, cleanup: Cleanup) -> tuple[str, subprocess.Popen[bytes]]:
     port, mon = procs.free_port(), procs.free_port()
     args = [procs.venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js"]
     args += ["-sd", str(work / "nats-direct"), "-n", "bench"]
@@ -156,7 +156,7 @@ def start_nats(work: Path, cleanup: Cleanup) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-    return f"nats://127.0.0.1:{port}"
+    return f"nats://127.0.0.1:{port}", proc
 
 
 def start_redis(work: Path, cleanup: Cleanup) -> tuple[str, subprocess.Popen[bytes]]:
@@ -273,12 +273,14 @@ async def measure(targets: list[tuple[Measured, Call]], s: Settings) -> None:
             )
 
 
-async def cpu_runs(label: str, call: Call, l8: L8Process, s: Settings, backend_pid: int | None) -> list[Cpu]:
-    """CPU of l8 (and its nats-server, and the store) per 1000 GetState: saturated, then paced."""
+async def cpu_runs(
+    label: str, call: Call, s: Settings, server: int, nats_pid: int | None, redis_pid: int | None, *, sidecar: bool
+) -> list[Cpu]:
+    """CPU of the gRPC server process and the servers behind it per 1000 calls: saturated, then paced."""
     out: list[Cpu] = []
+    pids = [server, nats_pid, redis_pid]
     for mode in ("saturated", "paced"):
-        pids = [l8.pid, l8.nats_pid] + ([backend_pid] if backend_pid else [])
-        before = [procs.cpu_seconds(p) for p in pids]
+        before = [procs.cpu_seconds(p) if p else 0.0 for p in pids]
         if mode == "saturated":
             n = s.cpu_calls
             errors, seconds = await fixed_count(call, s.workers, n)
@@ -287,19 +289,19 @@ async def cpu_runs(label: str, call: Call, l8: L8Process, s: Settings, backend_p
             n = s.paced_calls
             errors, seconds = await paced(call, s.paced_rate, n)
             what = f"{label}, paced {s.paced_rate:.0f}/s"
-        after = [procs.cpu_seconds(p) for p in pids]
+        after = [procs.cpu_seconds(p) if p else 0.0 for p in pids]
         if errors:
-            raise RuntimeError(f"{errors} of {n} GetState calls failed during the CPU run ({what})")
-        used = [a - b for a, b in zip(after, before, strict=True)]
-        per = 1000 / n
+            raise RuntimeError(f"{errors} of {n} calls failed during the CPU run ({what})")
+        per = [(a - b) * 1000 / n for a, b in zip(after, before, strict=True)]
         out.append(
             Cpu(
                 label=what,
                 calls=n,
                 seconds=seconds,
-                l8=used[0] * per,
-                l8_nats=(used[0] + used[1]) * per,
-                backend=used[2] * per if backend_pid else None,
+                server=per[0],
+                nats=per[1] if nats_pid else None,
+                redis=per[2] if redis_pid else None,
+                sidecar=sidecar,
             )
         )
     return out
@@ -319,12 +321,12 @@ async def check(call: Call, decode: Any) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured], list[L8Stats]]:
+async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured], list[L8Stats], list[Cpu]]:
     native_req = pb.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
     dapr_req = dapr_state.GetStateRequest(store_name=STORE, key=KEY).SerializeToString()
 
     print("starting nats-server, redis-server and the comparison servicers", file=sys.stderr, flush=True)
-    nats_url = start_nats(work, cleanup)
+    nats_url, nats_proc = start_nats(work, cleanup)
     redis_url, redis_proc = start_redis(work, cleanup)
     nc = await nats.connect(nats_url)
     # The same bucket shape as l8's nats.kv store: history 1, file storage, direct gets.
@@ -333,9 +335,9 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
     await kv.put(KEY, VALUE)
     rc = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64))
     await rc.set(KEY, VALUE)
-    noop_port, _ = start_servicer("noop", work, cleanup)
-    snats_port, _ = start_servicer("nats", work, cleanup, nats=nats_url, bucket="bench")
-    sredis_port, _ = start_servicer("redis", work, cleanup, redis=redis_url)
+    noop_port, noop_proc = start_servicer("noop", work, cleanup)
+    snats_port, snats_proc = start_servicer("nats", work, cleanup, nats=nats_url, bucket="bench")
+    sredis_port, sredis_proc = start_servicer("redis", work, cleanup, redis=redis_url)
 
     # Cold starts first, with nothing else busy: each on a fresh data dir; the last one stays up.
     stats: list[L8Stats] = []
@@ -393,10 +395,18 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
 
         await measure(targets, s)
 
+        print("CPU runs", file=sys.stderr, flush=True)
+        cpu: list[Cpu] = []
+        cpu += await cpu_runs("gRPC no-op servicer", targets[0][1], s, noop_proc.pid, None, None, sidecar=False)
+        cpu += await cpu_runs(
+            "servicer → NATS KV", targets[3][1], s, snats_proc.pid, nats_proc.pid, None, sidecar=False
+        )
+        cpu += await cpu_runs(
+            "servicer → Redis", targets[4][1], s, sredis_proc.pid, None, redis_proc.pid, sidecar=False
+        )
         for st, l8, native in zip(stats, l8s, natives, strict=True):
-            print(f"l8 ({st.backend}): CPU runs", file=sys.stderr, flush=True)
-            store_pid = redis_proc.pid if st.backend == "Redis" else None
-            st.cpu = await cpu_runs(f"{st.backend}, native", native, l8, s, store_pid)
+            redis_pid = redis_proc.pid if st.backend == "Redis" else None
+            cpu += await cpu_runs(f"l8 native → {st.backend}", native, s, l8.pid, l8.nats_pid, redis_pid, sidecar=True)
     finally:
         for ch in channels.values():
             await ch.close()
@@ -404,7 +414,7 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
         await rc.aclose()
     for l8 in l8s:
         stop_l8(l8, cleanup)
-    return [row for row, _ in targets], stats
+    return [row for row, _ in targets], stats, cpu
 
 
 # ----------------------------------------------------------------------------- report
@@ -414,7 +424,9 @@ def _row_by(rows: list[Measured], prefix: str) -> Measured:
     return next(r for r in rows if r.name.startswith(prefix))
 
 
-def report(rows: list[Measured], stats: list[L8Stats], s: Settings, elapsed: float, load_start: str) -> str:
+def report(
+    rows: list[Measured], stats: list[L8Stats], cpu: list[Cpu], s: Settings, elapsed: float, load_start: str
+) -> str:
     out: list[str] = []
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out.append(
@@ -450,15 +462,25 @@ def report(rows: list[Measured], stats: list[L8Stats], s: Settings, elapsed: flo
             f"ready median {statistics.median(st.ready_s):.3f} s  [{ready}]"
         )
     out.append("")
-    out.append(f"CPU seconds per 1000 GetState (utime+stime from /proc)      Dapr published: {DAPR_CPU_S_PER_1000:.2f}")
-    out.append(f"  {'run':<34}{'calls':>7}{'l8':>8}{'l8+nats':>9}{'store':>8}{'vs Dapr (l8+nats)':>19}")
-    for st in stats:
-        for c in st.cpu:
-            store = f"{c.backend:8.3f}" if c.backend is not None else f"{'-':>8}"
-            out.append(
-                f"  {c.label:<34}{c.calls:>7}{c.l8:>8.3f}{c.l8_nats:>9.3f}{store}"
-                f"{c.l8_nats / DAPR_CPU_S_PER_1000:>18.1f}x"
-            )
+    out.append(
+        f"CPU seconds per 1000 calls (utime+stime from /proc); Dapr's published sidecar figure for a state get: "
+        f"{DAPR_CPU_S_PER_1000:.3f}"
+    )
+    out.append(
+        f"  {'run':<44}{'calls':>6}{'l8/servicer':>12}{'nats-server':>12}{'redis':>7}"
+        f"{'l8+nats':>9}{'l8+nats / Dapr':>16}"
+    )
+
+    def cell(v: float | None, width: int) -> str:
+        return f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
+
+    for c in cpu:
+        whole = c.server + (c.nats or 0.0)
+        out.append(
+            f"  {c.label:<44}{c.calls:>6}{c.server:>12.3f}{cell(c.nats, 12)}{cell(c.redis, 7)}"
+            + (f"{whole:>9.3f}{whole / DAPR_CPU_S_PER_1000:>15.1f}x" if c.sidecar else f"{'-':>9}{'-':>16}")
+        )
+    out.append("  (l8's nats-server is its embedded bus and, for NATS KV, its store; the NATS servicer's is its store)")
     out.append("")
 
     out.append("targets")
@@ -509,12 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = Cleanup()
     with workdir(args.keep) as work:
         try:
-            rows, stats = uvloop.run(run(s, work, cleanup))
+            rows, stats, cpu = uvloop.run(run(s, work, cleanup))
         finally:
             cleanup.all()
         if args.keep:
             print(f"work dir kept: {work}", file=sys.stderr)
-    text = report(rows, stats, s, time.perf_counter() - began, load_start)
+    text = report(rows, stats, cpu, s, time.perf_counter() - began, load_start)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
