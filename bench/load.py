@@ -104,17 +104,30 @@ async def concurrent(call: Call, workers: int, duration: float, warmup: float, r
     row.workers = workers
 
 
-async def paced(call: Call, rate: float, n: int) -> tuple[int, float]:
-    """Open loop: start one call every 1/rate seconds, ``n`` in all; returns (errors, seconds)."""
-    errors = 0
+@dataclass(slots=True)
+class Run:
+    """A fixed number of calls: how long they took and what failed."""
+
+    calls: int
+    seconds: float = 0.0
+    errors: int = 0
+    first_error: str = ""
+
+    def failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def paced(call: Call, rate: float, n: int) -> Run:
+    """Open loop: start one call every 1/rate seconds, ``n`` in all."""
+    run = Run(n)
     tasks: set[asyncio.Task[None]] = set()
 
     async def one() -> None:
-        nonlocal errors
         try:
             await call()
-        except Exception:
-            errors += 1
+        except Exception as exc:
+            run.failed(exc)
 
     began = time.perf_counter()
     for i in range(n):
@@ -126,23 +139,25 @@ async def paced(call: Call, rate: float, n: int) -> tuple[int, float]:
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.gather(*tasks)
-    return errors, time.perf_counter() - began
+    run.seconds = time.perf_counter() - began
+    return run
 
 
-async def fixed_count(call: Call, workers: int, n: int) -> tuple[int, float]:
-    """Exactly ``n`` calls with ``workers`` in flight; returns (errors, seconds)."""
+async def fixed_count(call: Call, workers: int, n: int) -> Run:
+    """Exactly ``n`` calls with ``workers`` in flight."""
+    run = Run(n)
     remaining = n
-    errors = 0
 
     async def worker() -> None:
-        nonlocal remaining, errors
+        nonlocal remaining
         while remaining > 0:
             remaining -= 1
             try:
                 await call()
-            except Exception:
-                errors += 1
+            except Exception as exc:
+                run.failed(exc)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return errors, time.perf_counter() - began
+    run.seconds = time.perf_counter() - began
+    return run
