@@ -38,7 +38,7 @@ def _die_with_parent() -> None:
 
 
 def child_env() -> dict[str, str]:
-    """The bench's environment, less what the bench sets for its own gRPC client."""
+    """The bench's environment, less what bench/run sets for the bench's own gRPC client."""
     env = dict(os.environ)
     env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
     return env
