@@ -64,9 +64,9 @@ class BusConfig(_Model):
     port: int | None = Field(default=None, ge=0, le=65535, description="embedded server client port; free if unset")
     monitor_port: int | None = Field(default=None, ge=0, le=65535)
     request_timeout: float = Field(default=5.0, gt=0, description="seconds, for calls that carry no deadline")
-    # Requests for a handler that runs in this same process skip the server round trip; the
-    # queue group still serves every other process, and this one when the option is off.
-    local_dispatch: bool = False
+    # Requests for a handler that runs in this same process skip the server round trip (a third
+    # of the latency of a GetState); the queue group still serves every other process's requests.
+    local_dispatch: bool = True
 
     @property
     def embedded(self) -> bool:

@@ -146,3 +146,19 @@ def l8_running(config: dict[str, Any] | None = None, *args: str, **kw: Any) -> I
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         stop_pid(proc)
+
+
+def wait_until_served(address: str, probe: Any, timeout: float = 30.0) -> None:
+    """Call ``probe(channel)`` until it stops failing with UNAVAILABLE (a worker still starting)."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        while True:
+            try:
+                probe(channel)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                    raise
+            time.sleep(0.1)

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from handlers.proto import runtime_pb2 as pb
+from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
-from tests.process import l8_running, start_worker, stop_all
+from tests.process import l8_running, start_worker, stop_all, wait_until_served
 from tests.servers import Server
 
 HERE = Path(__file__).parent
@@ -60,6 +62,12 @@ def test_subscriptions_work_when_the_handlers_run_in_a_separate_l8_worker(
     worker = start_worker(cfg, nats_server.url, "configuration")
     try:
         with l8_running(cfg, "--workers", "none") as l8:
+            wait_until_served(
+                l8.grpc_address,
+                lambda ch: runtime_pb2_grpc.RuntimeStub(ch).GetConfiguration(
+                    pb.GetConfigurationRequest(store_name="configstore", keys=["probe"]), timeout=5
+                ),
+            )
             run_client(l8.grpc_port, l8.http_port, l8.log())
     finally:
         stop_all([worker])

@@ -8,6 +8,7 @@ separator and each part becomes one token: kept as it is when it uses only lette
 from __future__ import annotations
 
 import base64
+import functools
 import re
 
 _PLAIN = re.compile(r"^[A-Za-z0-9-]+$")
@@ -19,6 +20,7 @@ def _token(part: str) -> str:
     return "_" + base64.urlsafe_b64encode(part.encode()).decode().rstrip("=")
 
 
+@functools.lru_cache(maxsize=8192)
 def encode(key: str) -> str:
     return ".".join(_token(part) for part in key.split("||"))
 
