@@ -8,6 +8,7 @@ them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -36,11 +37,16 @@ def metadata_response(config: Config) -> Any:
     return resp
 
 
-def dapr_service(forwarder: Forwarder, config: Config) -> grpc.GenericRpcHandler:
+def dapr_service(
+    forwarder: Forwarder, config: Config, special: Mapping[str, grpc.RpcMethodHandler] | None = None
+) -> grpc.GenericRpcHandler:
+    """``special`` holds the rpcs that are not forwarded to a component's worker (InvokeService)."""
+
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         data: bytes = metadata_response(config).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
     handlers["GetMetadata"] = grpc.unary_unary_rpc_method_handler(get_metadata)
+    handlers.update(special or {})
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -10,12 +10,14 @@ from grpc_reflection.v1alpha import reflection
 from runtime import dapr, native
 from runtime.config import Config
 from runtime.forward import Forwarder
+from runtime.invoke import Invoker, grpc_handler
 
 
 class GrpcServer:
-    def __init__(self, config: Config, forwarder: Forwarder) -> None:
+    def __init__(self, config: Config, forwarder: Forwarder, invoker: Invoker) -> None:
         self._config = config
         self._forwarder = forwarder
+        self._invoker = invoker
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port = 0
@@ -32,8 +34,13 @@ class GrpcServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
+        # Dapr's InvokeServiceRequest and InvokeResponse are the native ones on the wire.
+        special = {"InvokeService": grpc_handler(self._invoker)}
         server.add_generic_rpc_handlers(
-            (native.native_service(self._forwarder), dapr.dapr_service(self._forwarder, self._config))
+            (
+                native.native_service(self._forwarder, special),
+                dapr.dapr_service(self._forwarder, self._config, special),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -6,6 +6,7 @@ answer UNIMPLEMENTED with a message saying so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -47,10 +48,18 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def native_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:
+def native_service(
+    forwarder: Forwarder, special: Mapping[str, grpc.RpcMethodHandler] | None = None
+) -> grpc.GenericRpcHandler:
+    """``special`` holds the rpcs that are not forwarded to a component's worker (InvokeService)."""
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
-        handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
+        if special and method.name in special:
+            handlers[method.name] = special[method.name]
+        elif route:
+            handlers[method.name] = forwarding_handler(forwarder, *route)
+        else:
+            handlers[method.name] = unimplemented(SERVICE, method)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
