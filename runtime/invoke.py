@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -324,13 +325,20 @@ class InvokeServer:
             return
         self._state = "stopped"
         subscription, self._subscription = self._subscription, None
+        began = time.monotonic()
         if subscription is not None:
+            # Drain rather than unsubscribe: invocations the server already handed to this
+            # process are served, not dropped to wait out their callers' deadlines.
             try:
-                await subscription.unsubscribe()
-            except Exception as exc:  # the connection may already be gone
-                log.debug("unsubscribe from %s failed: %s", self.subject, exc)
+                async with asyncio.timeout(timeout):
+                    await subscription.drain()
+            except Exception as exc:  # a timeout, or the connection is already gone
+                log.debug("draining %s failed: %s", self.subject, exc)
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
         if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            left = max(timeout - (time.monotonic() - began), 0.1)
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=left)
             for task in pending:
                 task.cancel()
             if pending:

@@ -115,8 +115,9 @@ def dapr_invoke(sidecar: L8Process, calls: list[dict[str, Any]], protocol: str =
     return results
 
 
-def native(sidecar: L8Process) -> tuple[grpc.Channel, runtime_pb2_grpc.RuntimeStub]:
-    channel = grpc.insecure_channel(sidecar.grpc_address)
+def native(sidecar: L8Process) -> tuple[grpc.aio.Channel, runtime_pb2_grpc.RuntimeStub]:
+    # grpc.aio, as the in-process tests use: sync and aio gRPC in one process do not mix well.
+    channel = grpc.aio.insecure_channel(sidecar.grpc_address)
     return channel, runtime_pb2_grpc.RuntimeStub(channel)
 
 
@@ -126,9 +127,10 @@ def invoke_request(app_id: str, method: str, data: bytes = b"", content_type: st
     return pb.InvokeServiceRequest(id=app_id, message=message)
 
 
-def expect_code(code: grpc.StatusCode, fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(grpc.RpcError) as info:
-        fn(*args, **kwargs)
+async def expect_code(code: grpc.StatusCode, fn: Any, *args: Any, **kwargs: Any) -> str:
+    kwargs.setdefault("timeout", 30)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await fn(*args, **kwargs)
     assert info.value.code() == code, (info.value.code(), info.value.details())
     return info.value.details() or ""
 
@@ -212,14 +214,16 @@ def test_app_errors_come_back_with_their_code_and_message_through_the_dapr_sdk(a
     assert f"no sidecar of app {ghost!r} answers" in over_grpc[2]["message"]
 
 
-def test_native_invoke_service_reaches_the_app_with_caller_id_traceparent_and_metadata(apps: Apps) -> None:
+async def test_native_invoke_service_reaches_the_app_with_caller_id_traceparent_and_metadata(apps: Apps) -> None:
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
-        resp, call = stub.InvokeService.with_call(
+    async with channel:
+        call = stub.InvokeService(
             invoke_request(apps.beta, "echo", b'{"n": 1}', "application/json"),
             metadata=(("traceparent", TRACEPARENT), ("x-tenant", "acme"), ("x-blob-bin", b"\x00\x01")),
             timeout=30,
         )
+        resp = await call
+        answered = await call.initial_metadata()
     assert resp.content_type == "application/json"
     echoed = json.loads(resp.data.value)
     assert echoed["data"] == '{"n": 1}'
@@ -229,10 +233,10 @@ def test_native_invoke_service_reaches_the_app_with_caller_id_traceparent_and_me
     assert meta["traceparent"] == [TRACEPARENT]
     assert meta["x-tenant"] == ["acme"]
     assert meta["x-blob-bin"] == ["0001"]
-    assert ("x-echo-app", apps.beta) in call.initial_metadata()
+    assert ("x-echo-app", apps.beta) in tuple(answered)
 
 
-def test_dapr_invoke_service_and_native_invoke_service_carry_the_same_bytes(apps: Apps) -> None:
+async def test_dapr_invoke_service_and_native_invoke_service_carry_the_same_bytes(apps: Apps) -> None:
     from dapr.proto.common.v1 import common_pb2
     from dapr.proto.runtime.v1 import dapr_pb2_grpc, invoke_pb2
 
@@ -242,40 +246,42 @@ def test_dapr_invoke_service_and_native_invoke_service_carry_the_same_bytes(apps
     request.message.data.value = b"from dapr"
     native_request = invoke_request(apps.beta, "echo", b"from dapr", "text/plain")
     assert request.SerializeToString() == native_request.SerializeToString()
-    with grpc.insecure_channel(apps.alpha.sidecar.grpc_address) as channel:
-        resp = dapr_pb2_grpc.DaprStub(channel).InvokeService(request, timeout=30)
+    async with grpc.aio.insecure_channel(apps.alpha.sidecar.grpc_address) as channel:
+        resp = await dapr_pb2_grpc.DaprStub(channel).InvokeService(request, timeout=30)
     assert isinstance(resp, common_pb2.InvokeResponse)
     assert json.loads(resp.data.value)["data"] == "from dapr"
 
 
-def test_replicas_of_one_app_share_the_invocations(apps: Apps) -> None:
+async def test_replicas_of_one_app_share_the_invocations(apps: Apps) -> None:
     expected = {r.pid for r in apps.betas}
     seen: set[int] = set()
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
+    async with channel:
         for _ in range(200):
-            resp = stub.InvokeService(invoke_request(apps.beta, "echo"), timeout=30)
+            resp = await stub.InvokeService(invoke_request(apps.beta, "echo"), timeout=30)
             seen.add(json.loads(resp.data.value)["pid"])
             if seen == expected:
                 break
     assert seen == expected
 
 
-def test_app_errors_come_back_with_their_code_and_message_through_the_native_api(apps: Apps) -> None:
+async def test_app_errors_come_back_with_their_code_and_message_through_the_native_api(apps: Apps) -> None:
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
-        message = expect_code(grpc.StatusCode.UNKNOWN, stub.InvokeService, invoke_request(apps.beta, "fail", b"x"))
+    async with channel:
+        message = await expect_code(
+            grpc.StatusCode.UNKNOWN, stub.InvokeService, invoke_request(apps.beta, "fail", b"x")
+        )
         assert "boom: x" in message
-        expect_code(grpc.StatusCode.UNIMPLEMENTED, stub.InvokeService, invoke_request(apps.beta, "no-such"))
+        await expect_code(grpc.StatusCode.UNIMPLEMENTED, stub.InvokeService, invoke_request(apps.beta, "no-such"))
         # An app answering with no data is a success with empty data.
-        assert stub.InvokeService(invoke_request(apps.beta, "empty"), timeout=30) == pb.InvokeResponse()
+        assert await stub.InvokeService(invoke_request(apps.beta, "empty"), timeout=30) == pb.InvokeResponse()
 
 
-def test_a_slow_app_fails_with_deadline_exceeded_at_the_callers_deadline(apps: Apps) -> None:
+async def test_a_slow_app_fails_with_deadline_exceeded_at_the_callers_deadline(apps: Apps) -> None:
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
+    async with channel:
         began = time.monotonic()
-        expect_code(
+        await expect_code(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             stub.InvokeService,
             invoke_request(apps.beta, "slow", b"60"),
@@ -284,31 +290,32 @@ def test_a_slow_app_fails_with_deadline_exceeded_at_the_callers_deadline(apps: A
         # Far below the app's 60 s: the caller's deadline ended the call, not the app.
         assert time.monotonic() - began < 30
         # The replicas still answer.
-        assert stub.InvokeService(invoke_request(apps.beta, "echo"), timeout=30).content_type == "application/json"
+        answer = await stub.InvokeService(invoke_request(apps.beta, "echo"), timeout=30)
+        assert answer.content_type == "application/json"
 
 
-def test_invoking_an_app_with_no_running_replica_is_unavailable_naming_the_app(apps: Apps) -> None:
+async def test_invoking_an_app_with_no_running_replica_is_unavailable_naming_the_app(apps: Apps) -> None:
     ghost = unique("ghost")
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
-        message = expect_code(grpc.StatusCode.UNAVAILABLE, stub.InvokeService, invoke_request(ghost, "echo"))
+    async with channel:
+        message = await expect_code(grpc.StatusCode.UNAVAILABLE, stub.InvokeService, invoke_request(ghost, "echo"))
     assert f"app {ghost!r}" in message
     status, _, body = http(apps.alpha.sidecar, "GET", f"/v1.0/invoke/{ghost}/method/echo")
     assert status == 503
     assert ghost in json.loads(body)["message"]
 
 
-def test_bad_invocations_are_invalid_argument_saying_what_is_wrong(apps: Apps) -> None:
+async def test_bad_invocations_are_invalid_argument_saying_what_is_wrong(apps: Apps) -> None:
     channel, stub = native(apps.alpha.sidecar)
-    with channel:
-        message = expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request("", "echo"))
+    async with channel:
+        message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request("", "echo"))
         assert "app id is empty" in message
-        message = expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request(apps.beta, ""))
+        message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request(apps.beta, ""))
         assert "method name is empty" in message
-        message = expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request("a.*", "echo"))
+        message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request("a.*", "echo"))
         assert "'a.*'" in message
         raw = channel.unary_unary("/l8.runtime.v1.Runtime/InvokeService")
-        message = expect_code(grpc.StatusCode.INVALID_ARGUMENT, raw, b"\x0a\x05ab", timeout=30)
+        message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, raw, b"\x0a\x05ab", timeout=30)
         assert "not a valid InvokeServiceRequest" in message
     for path, what in [
         ("/v1.0/invoke//method/echo", "app id is empty"),
@@ -320,12 +327,12 @@ def test_bad_invocations_are_invalid_argument_saying_what_is_wrong(apps: Apps) -
         assert what in json.loads(body)["message"]
 
 
-def test_the_sidecar_of_an_app_stops_cleanly_with_invocations_configured(nats_server: Server) -> None:
+async def test_the_sidecar_of_an_app_stops_cleanly_with_invocations_configured(nats_server: Server) -> None:
     replica = start_replica(nats_server, unique("ns"), unique("solo"))
     try:
         channel, stub = native(replica.sidecar)
-        with channel:
-            resp = stub.InvokeService(invoke_request(replica.app_id, "echo", b"self"), timeout=30)
+        async with channel:
+            resp = await stub.InvokeService(invoke_request(replica.app_id, "echo", b"self"), timeout=30)
         assert json.loads(resp.data.value)["data"] == "self"
     finally:
         stop_pid(replica.app)
