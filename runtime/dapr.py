@@ -2,8 +2,9 @@
 
 The state messages of the native API are wire-compatible with Dapr's (tests/test_proto_wire.py),
 so translating a Dapr state request into the native one is the identity on its bytes and the
-front forwards them as they came. Rpcs l8 does not serve are not registered, and gRPC answers
-them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
+front forwards them as they came; the same holds for InvokeService (runtime/invoke.py). Rpcs l8
+does not serve are not registered, and gRPC answers them UNIMPLEMENTED, which is what the SDK
+expects of a sidecar that lacks them.
 """
 
 from __future__ import annotations

@@ -246,6 +246,15 @@ async def test_dapr_invoke_service_and_native_invoke_service_carry_the_same_byte
     request.message.data.value = b"from dapr"
     native_request = invoke_request(apps.beta, "echo", b"from dapr", "text/plain")
     assert request.SerializeToString() == native_request.SerializeToString()
+    # The verbs of the HTTP extension and the response have the same numbers in both protos.
+    assert dict(pb.HTTPExtension.Verb.items()) == dict(common_pb2.HTTPExtension.Verb.items())
+    ext = pb.HTTPExtension(verb=pb.HTTPExtension.PATCH, querystring="a=1")
+    assert common_pb2.HTTPExtension.FromString(ext.SerializeToString()).querystring == "a=1"
+    answer = common_pb2.InvokeResponse(content_type="text/csv")
+    answer.data.value = b"a,b"
+    assert pb.InvokeResponse.FromString(answer.SerializeToString()) == pb.InvokeResponse(
+        data=answer.data, content_type="text/csv"
+    )
     async with grpc.aio.insecure_channel(apps.alpha.sidecar.grpc_address) as channel:
         resp = await dapr_pb2_grpc.DaprStub(channel).InvokeService(request, timeout=30)
     assert isinstance(resp, common_pb2.InvokeResponse)
