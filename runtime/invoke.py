@@ -327,11 +327,10 @@ class InvokeServer:
         subscription, self._subscription = self._subscription, None
         began = time.monotonic()
         if subscription is not None:
-            # Drain rather than unsubscribe: invocations the server already handed to this
+            # Retire rather than unsubscribe: invocations the server already routed to this
             # process are served, not dropped to wait out their callers' deadlines.
             try:
-                async with asyncio.timeout(timeout):
-                    await subscription.drain()
+                await self._bus.retire(subscription, timeout=timeout)
             except Exception as exc:  # a timeout, or the connection is already gone
                 log.debug("draining %s failed: %s", self.subject, exc)
                 with contextlib.suppress(Exception):
