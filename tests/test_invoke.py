@@ -151,7 +151,13 @@ def test_two_apps_call_each_other_with_dapr_sdk_invoke_method_over_http(apps: Ap
     results = dapr_invoke(
         apps.alpha.sidecar,
         [
-            {"app": apps.beta, "method": "echo", "data": "hello", "content_type": "text/plain"},
+            {
+                "app": apps.beta,
+                "method": "echo",
+                "data": "hello",
+                "content_type": "text/plain",
+                "metadata": [["x-order", "42"]],
+            },
             {"app": apps.beta, "method": "relay", "data": json.dumps({"app": alpha, "method": "echo", "data": "back"})},
             {"app": apps.beta, "method": "echo", "data": "posted", "verb": "POST", "query": [["q", "1"]]},
         ],
@@ -164,6 +170,7 @@ def test_two_apps_call_each_other_with_dapr_sdk_invoke_method_over_http(apps: Ap
     assert results[0]["content_type"] == "application/json"
     assert echoed["metadata"]["dapr-caller-app-id"] == [alpha]
     assert echoed["metadata"]["dapr-callee-app-id"] == [apps.beta]
+    assert echoed["metadata"]["x-order"] == ["42"]  # a header of the HTTP call
 
     relayed = json.loads(results[1]["text"])
     assert relayed["via"] == apps.beta
@@ -179,7 +186,13 @@ def test_two_apps_call_each_other_with_dapr_sdk_invoke_method_over_grpc(apps: Ap
     results = dapr_invoke(
         apps.alpha.sidecar,
         [
-            {"app": apps.beta, "method": "echo", "data": "hello", "content_type": "text/plain"},
+            {
+                "app": apps.beta,
+                "method": "echo",
+                "data": "hello",
+                "content_type": "text/plain",
+                "metadata": [["x-order", "43"]],
+            },
             {"app": apps.beta, "method": "relay", "data": json.dumps(relay)},
         ],
         protocol="grpc",
@@ -188,6 +201,7 @@ def test_two_apps_call_each_other_with_dapr_sdk_invoke_method_over_grpc(apps: Ap
     echoed = json.loads(results[0]["text"])
     assert (echoed["app"], echoed["data"], echoed["content_type"]) == (apps.beta, "hello", "text/plain")
     assert echoed["metadata"]["dapr-caller-app-id"] == [alpha]
+    assert echoed["metadata"]["x-order"] == ["43"]  # gRPC metadata of the call
     assert results[0]["content_type"] == "application/json"
     relayed = json.loads(results[1]["text"])
     assert (relayed["via"], relayed["protocol"]) == (apps.beta, "grpc")
