@@ -161,6 +161,23 @@ class Bus:
         """Call ``listener`` after every reconnect (it runs in the driver's callback: be quick)."""
         self._reconnect_listeners.append(listener)
 
+    async def retire(self, subscription: Any, *, grace: float = 0.25, timeout: float = 10.0) -> None:
+        """Leave a (queue) subscription without losing a message the server routed to it.
+
+        The server may route a message to the subscription just before it handles the UNSUB and
+        send it after the PONG of a flush, and nats-py drops a message whose subscription is gone,
+        so ``drain()`` alone can lose it: a request then waits out its deadline instead of going
+        to another member of the group. So the UNSUB goes first, the subscription keeps serving
+        for ``grace`` seconds, then drains (its second UNSUB is a no-op for the server).
+        """
+        nc = self.nc
+        async with asyncio.timeout(timeout):
+            # nats-py has no public call that unsubscribes at the server and keeps the local handler.
+            await nc._send_unsubscribe(subscription._id)
+            await nc.flush()
+            await asyncio.sleep(grace)
+            await subscription.drain()
+
     async def _on_error(self, exc: Exception) -> None:
         log.warning("bus error: %s", exc)
 

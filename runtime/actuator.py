@@ -9,7 +9,7 @@ from typing import Any
 from runtime import __version__
 from runtime.config import Config
 from runtime.health import Health, Status
-from runtime.http import Request, Response
+from runtime.http import Request, Response, Router
 
 _JSON = {"content-type": "application/json"}
 
@@ -19,9 +19,10 @@ def _json(status: int, body: Any) -> Response:
 
 
 class Routes:
-    def __init__(self, config: Config, health: Health) -> None:
+    def __init__(self, config: Config, health: Health, invoke: Router | None = None) -> None:
         self._config = config
         self._health = health
+        self._invoke = invoke  # Dapr's /v1.0/invoke/{app}/method/{method}, any verb
         self._exact = {
             "/actuator/health/liveness": self.liveness,
             "/actuator/health/readiness": self.readiness,
@@ -32,6 +33,8 @@ class Routes:
         }
 
     async def __call__(self, request: Request) -> Response:
+        if self._invoke is not None and request.path.startswith("/v1.0/invoke/"):
+            return await self._invoke(request)
         route = self._exact.get(request.path.rstrip("/") or "/")
         if route is None:
             return _json(404, {"errorCode": "ERR_NOT_FOUND", "message": f"no route for {request.path}"})

@@ -17,6 +17,7 @@ class AppChannel:
         self._max = max_message_bytes
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
 
     @property
     def configured(self) -> bool:
@@ -67,8 +68,17 @@ class AppChannel:
             stub = self._stubs["health"] = appcallback_pb2_grpc.AppCallbackHealthCheckStub(self._open())
         return stub
 
+    def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """A bytes-in, bytes-out call of ``method`` (``/package.Service/Rpc``): for messages that
+        l8 passes through without decoding, such as OnInvoke's."""
+        call = self._unary.get(method)
+        if call is None:
+            call = self._unary[method] = self._open().unary_unary(method)
+        return call
+
     async def close(self) -> None:
         channel, self._channel = self._channel, None
         self._stubs.clear()
+        self._unary.clear()
         if channel is not None:
             await channel.close()

@@ -1,21 +1,20 @@
 """The Dapr front: ``dapr.proto.runtime.v1.Dapr``, so Dapr SDKs work against l8 unchanged.
 
-The state and lock messages of the native API are wire-compatible with Dapr's
-(tests/test_proto_wire.py), so translating a Dapr state or lock request into the native one is the
-identity on its bytes and the front forwards them as they came. Rpcs l8 does not serve are not
-registered, and gRPC answers them UNIMPLEMENTED, which is what the SDK expects of a sidecar that
-lacks them.
+The state, lock and invocation messages of the native API are wire-compatible with Dapr's
+(tests/test_proto_wire.py), so translating such a Dapr request into the native one is the identity
+on its bytes and the front forwards them as they came. Rpcs l8 does not serve are not registered,
+and gRPC answers them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
-from runtime import __version__, configuration, native
+from runtime import __version__, native
 from runtime.config import Config
-from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder, forwarding_handler
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
@@ -41,13 +40,16 @@ def metadata_response(config: Config) -> Any:
     return resp
 
 
-def dapr_service(forwarder: Forwarder, config: Config, hub: ConfigurationHub | None = None) -> grpc.GenericRpcHandler:
+def dapr_service(
+    forwarder: Forwarder, config: Config, special: Mapping[str, grpc.RpcMethodHandler] | None = None
+) -> grpc.GenericRpcHandler:
+    """``special`` holds the rpcs that are not forwarded to a component's worker (InvokeService)."""
+
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         data: bytes = metadata_response(config).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
     handlers["GetMetadata"] = grpc.unary_unary_rpc_method_handler(get_metadata)
-    # Dapr's configuration messages differ from the native ones: translated in runtime/configuration.py.
-    handlers.update(configuration.dapr_handlers(hub or ConfigurationHub(forwarder), forwarder))
+    handlers.update(special or {})
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -7,17 +7,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from runtime import dapr, native
+from runtime import configuration, dapr, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
-from runtime.sequencer import SegmentCache
+from runtime.invoke import Invoker, grpc_handler
+from runtime.sequencer import SegmentCache, next_id_handler
 
 
 class GrpcServer:
-    def __init__(self, config: Config, forwarder: Forwarder) -> None:
+    def __init__(self, config: Config, forwarder: Forwarder, invoker: Invoker) -> None:
         self._config = config
         self._forwarder = forwarder
+        self._invoker = invoker
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._segments = SegmentCache(forwarder)
@@ -36,10 +38,20 @@ class GrpcServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
+        # Dapr's InvokeServiceRequest and InvokeResponse are the native ones on the wire.
+        invoke = grpc_handler(self._invoker)
+        native_special = {
+            "InvokeService": invoke,
+            "SubscribeConfiguration": configuration.native_subscribe(self.configuration),
+            # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
+            "GetNextId": next_id_handler(self._segments),
+        }
+        # Dapr's configuration messages differ from the native ones: translated in runtime/configuration.py.
+        dapr_special = {"InvokeService": invoke, **configuration.dapr_handlers(self.configuration, self._forwarder)}
         server.add_generic_rpc_handlers(
             (
-                native.native_service(self._forwarder, self.configuration, self._segments),
-                dapr.dapr_service(self._forwarder, self._config, self.configuration),
+                native.native_service(self._forwarder, native_special),
+                dapr.dapr_service(self._forwarder, self._config, dapr_special),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

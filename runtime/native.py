@@ -6,16 +6,14 @@ answer UNIMPLEMENTED with a message saying so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
 from bridges.errors import Code
 from handlers.proto import runtime_pb2
-from runtime import configuration
-from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder, abort, forwarding_handler
-from runtime.sequencer import SegmentCache, next_id_handler
 
 SERVICE = "l8.runtime.v1.Runtime"
 
@@ -57,14 +55,18 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
 
 
 def native_service(
-    forwarder: Forwarder, hub: ConfigurationHub | None = None, segments: SegmentCache | None = None
+    forwarder: Forwarder, special: Mapping[str, grpc.RpcMethodHandler] | None = None
 ) -> grpc.GenericRpcHandler:
+    """``special`` holds the rpcs not forwarded as they came to a component's worker: invocations,
+    configuration subscriptions and the sequencer's segment cache."""
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
-        handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
-    handlers["SubscribeConfiguration"] = configuration.native_subscribe(hub or ConfigurationHub(forwarder))
-    # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
-    handlers["GetNextId"] = next_id_handler(segments or SegmentCache(forwarder))
+        if special and method.name in special:
+            handlers[method.name] = special[method.name]
+        elif route:
+            handlers[method.name] = forwarding_handler(forwarder, *route)
+        else:
+            handlers[method.name] = unimplemented(SERVICE, method)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

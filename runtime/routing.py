@@ -29,13 +29,19 @@ def string_field(buf: bytes, number: int) -> str:
     Serializers write fields in number order, so field 1 is usually read off the first bytes.
     """
     if number == 1 and len(buf) > 1 and buf[0] == 0x0A and buf[1] < 0x80 and 2 + buf[1] <= len(buf):
-        try:
-            return buf[2 : 2 + buf[1]].decode()
-        except UnicodeDecodeError:
-            raise Malformed("field is not UTF-8") from None
+        found = buf[2 : 2 + buf[1]]
+    else:
+        found = bytes_field(buf, number)
+    try:
+        return found.decode()
+    except UnicodeDecodeError:
+        raise Malformed("field is not UTF-8") from None
+
+
+def bytes_field(buf: bytes, number: int) -> bytes:
+    """The first value of length-delimited field ``number`` (bytes, string or message), or b""."""
     pos = 0
     end = len(buf)
-    found = b""
     while pos < end:
         tag, pos = _varint(buf, pos)
         field, wire = tag >> 3, tag & 7
@@ -44,8 +50,7 @@ def string_field(buf: bytes, number: int) -> str:
             if pos + length > end:
                 raise Malformed("truncated field")
             if field == number:
-                found = buf[pos : pos + length]
-                break
+                return buf[pos : pos + length]
             pos += length
         elif wire == 0:
             _, pos = _varint(buf, pos)
@@ -57,7 +62,4 @@ def string_field(buf: bytes, number: int) -> str:
             raise Malformed(f"unsupported wire type {wire}")
     if pos > end:
         raise Malformed("truncated field")
-    try:
-        return found.decode()
-    except UnicodeDecodeError:
-        raise Malformed("field is not UTF-8") from None
+    return b""

@@ -1,8 +1,9 @@
 """Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
 
-Start order: embedded bus → bus connection → components → worker host → gRPC and HTTP servers.
-Stop runs the other way: the fronts stop taking calls and finish those in flight, then the
-worker host drains, then components, the bus connection and the embedded server stop.
+Start order: embedded bus → bus connection → components → worker host → invocation server (when
+the app has a callback) → gRPC and HTTP servers. Stop runs the other way: the fronts stop taking
+calls and finish those in flight, then the invocation server and the worker host drain, then
+components, the app channel, the bus connection and the embedded server stop.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pathlib import Path
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, WorkerHost, subjects
 from runtime.actuator import Routes, split_address
+from runtime.app_channel import AppChannel
 from runtime.components import Components
 from runtime.config import Config
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
 from runtime.http import HttpServer
+from runtime.invoke import Invoker, InvokeServer, http_route
 
 log = logging.getLogger("l8")
 
@@ -38,6 +41,8 @@ class Sidecar:
         self.bus: Bus | None = None
         self.components: Components | None = None
         self.workers: WorkerHost | None = None
+        self.app_channel: AppChannel | None = None
+        self.invocations: InvokeServer | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.started_in: float | None = None
@@ -94,11 +99,25 @@ class Sidecar:
         await self.workers.start()
         await self._start_watchers()
         if self.serve:
+            if cfg.app.callback is not None:
+                # Only a sidecar that can reach its app answers the app's invocations; one
+                # without joins no queue group, so callers never wait on it.
+                self.app_channel = AppChannel(cfg.app.callback, cfg.server.max_message_bytes)
+                self.invocations = InvokeServer(
+                    self.bus,
+                    cfg.namespace,
+                    cfg.app.id,
+                    self.app_channel,
+                    concurrency=cfg.concurrency,
+                    default_timeout=cfg.bus.request_timeout,
+                )
+                await self.invocations.start()
             forwarder = Forwarder(self.bus, cfg)
-            self.grpc = GrpcServer(cfg, forwarder)
+            invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
+            self.grpc = GrpcServer(cfg, forwarder, invoker)
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
-            self.http = HttpServer(host, port, Routes(cfg, self.health))
+            self.http = HttpServer(host, port, Routes(cfg, self.health, http_route(invoker)))
             try:
                 await self.http.start()
             except OSError as exc:
@@ -129,10 +148,14 @@ class Sidecar:
             await self.grpc.stop()
         if self.http is not None:
             await self.http.stop()
+        if self.invocations is not None:
+            await self.invocations.stop()
         if self.workers is not None:
             await self.workers.stop()
         if self.components is not None:
             await self.components.stop()
+        if self.app_channel is not None:
+            await self.app_channel.close()
         if self.bus is not None:
             await self.bus.stop()
         if self.embedded is not None:

@@ -39,9 +39,9 @@ def run_client(grpc_port: int, http_port: int, log: str) -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr + log
-    # The SDK prints "... watcher for keys [...] stopped." when a stream ends with an error, as
-    # the one still open does when the client closes; an unsubscribed stream ends cleanly.
-    assert out.stdout.rstrip().endswith("ok"), out.stdout
+    # The SDK's watcher thread of the stream unsubscribed just before the end may print "... watcher
+    # for keys [...] stopped." as the client exits; the one unsubscribed long before ended cleanly.
+    assert "ok" in out.stdout, out.stdout  # a thread's print may land on the same line
     assert "keys ['greeting'] stopped" not in out.stdout, out.stdout
 
 
