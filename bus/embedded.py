@@ -47,6 +47,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _is_nats_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return b"nats-server" in cmdline and state != "Z"
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec.
     libc = ctypes.CDLL(None, use_errno=True)
@@ -74,6 +83,7 @@ class EmbeddedNats:
         self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.data_dir / "nats-server.log"
+        self._pid_path = self.data_dir / "nats-server.pid"
 
     @property
     def url(self) -> str:
@@ -88,6 +98,7 @@ class EmbeddedNats:
             return
         binary = find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._wait_for_previous()
         if not self.port:
             self.port = free_port(self.host)
         if not self.monitor_port:
@@ -100,6 +111,7 @@ class EmbeddedNats:
             "-js",
             "-sd", str(self.data_dir / "jetstream"),
             "-n", self.name,
+            "-P", str(self._pid_path),
         ]  # fmt: skip
         logfile = open(self._log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, at start only
         try:
@@ -133,6 +145,22 @@ class EmbeddedNats:
             log.warning("nats-server pid %s ignored SIGTERM; killing it", proc.pid)
             proc.kill()
             proc.wait()
+
+    async def _wait_for_previous(self, timeout: float = 10.0) -> None:
+        """Wait for a server of an earlier l8 on this data dir to finish exiting.
+
+        When l8 is killed, its server gets SIGTERM from the kernel and takes a moment to flush and
+        exit; two servers on one JetStream store must never overlap.
+        """
+        try:
+            pid = int(self._pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while _is_nats_server(pid):
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(f"nats-server pid {pid} still uses {self.data_dir}; stop it first")
+            await asyncio.sleep(0.05)
 
     async def _wait_ready(self) -> None:
         assert self._proc is not None
