@@ -33,6 +33,9 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.kv": "bridges.nats.state:NatsKvStateStore",
         "redis": "bridges.redis.state:RedisStateStore",
     },
+    "pubsub": {
+        "nats.jetstream": "bridges.nats.pubsub:JetStreamPubSub",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

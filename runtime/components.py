@@ -19,6 +19,7 @@ log = logging.getLogger("l8.runtime.components")
 # api -> the handler class serving one component of it, imported when a config needs it.
 HANDLERS = {
     "state": "handlers.state:StateHandler",
+    "pubsub": "handlers.pubsub:PubSubHandler",
 }
 
 

@@ -8,13 +8,16 @@ them UNIMPLEMENTED, which is what the SDK expects of a sidecar that lacks them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from runtime import __version__, native
 from runtime.config import Config
 from runtime.forward import Forwarder, forwarding_handler
+
+if TYPE_CHECKING:
+    from runtime.subscriber import SubscriberManager
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
 
@@ -23,6 +26,10 @@ ROUTES: dict[str, tuple[str, str]] = {
     name: native.ROUTES[name]
     for name in ("GetState", "GetBulkState", "SaveState", "DeleteState", "DeleteBulkState", "ExecuteStateTransaction")
 }
+# Dapr's publish messages are wire-compatible with the native ones too.
+ROUTES["PublishEvent"] = native.ROUTES["PublishEvent"]
+ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
+ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 
 
 def metadata_response(config: Config) -> Any:
@@ -36,11 +43,17 @@ def metadata_response(config: Config) -> Any:
     return resp
 
 
-def dapr_service(forwarder: Forwarder, config: Config) -> grpc.GenericRpcHandler:
+def dapr_service(
+    forwarder: Forwarder, config: Config, subscriber: SubscriberManager | None = None
+) -> grpc.GenericRpcHandler:
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         data: bytes = metadata_response(config).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
     handlers["GetMetadata"] = grpc.unary_unary_rpc_method_handler(get_metadata)
+    if subscriber is not None:
+        from runtime.streaming import dapr_messages, stream_handler
+
+        handlers["SubscribeTopicEventsAlpha1"] = stream_handler(forwarder, subscriber, dapr_messages())
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

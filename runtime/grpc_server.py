@@ -10,12 +10,14 @@ from grpc_reflection.v1alpha import reflection
 from runtime import dapr, native
 from runtime.config import Config
 from runtime.forward import Forwarder
+from runtime.subscriber import SubscriberManager
 
 
 class GrpcServer:
-    def __init__(self, config: Config, forwarder: Forwarder) -> None:
+    def __init__(self, config: Config, forwarder: Forwarder, subscriber: SubscriberManager | None = None) -> None:
         self._config = config
         self._forwarder = forwarder
+        self._subscriber = subscriber
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port = 0
@@ -33,7 +35,10 @@ class GrpcServer:
             ]
         )
         server.add_generic_rpc_handlers(
-            (native.native_service(self._forwarder), dapr.dapr_service(self._forwarder, self._config))
+            (
+                native.native_service(self._forwarder, self._subscriber),
+                dapr.dapr_service(self._forwarder, self._config, self._subscriber),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

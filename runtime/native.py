@@ -6,13 +6,16 @@ answer UNIMPLEMENTED with a message saying so.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from bridges.errors import Code
 from handlers.proto import runtime_pb2
 from runtime.forward import Forwarder, abort, forwarding_handler
+
+if TYPE_CHECKING:
+    from runtime.subscriber import SubscriberManager
 
 SERVICE = "l8.runtime.v1.Runtime"
 
@@ -24,6 +27,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "DeleteState": ("state", "delete"),
     "DeleteBulkState": ("state", "bulkdelete"),
     "ExecuteStateTransaction": ("state", "transaction"),
+    "PublishEvent": ("pubsub", "publish"),
+    "PublishBulkEvent": ("pubsub", "bulkpublish"),
 }
 
 
@@ -47,10 +52,14 @@ def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def native_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:
+def native_service(forwarder: Forwarder, subscriber: SubscriberManager | None = None) -> grpc.GenericRpcHandler:
     descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
         route = ROUTES.get(method.name)
         handlers[method.name] = forwarding_handler(forwarder, *route) if route else unimplemented(SERVICE, method)
+    if subscriber is not None:
+        from runtime.streaming import native_messages, stream_handler
+
+        handlers["SubscribeTopicEvents"] = stream_handler(forwarder, subscriber, native_messages())
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

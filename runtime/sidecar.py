@@ -15,12 +15,14 @@ from pathlib import Path
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, WorkerHost
 from runtime.actuator import Routes, split_address
+from runtime.app_channel import AppChannel
 from runtime.components import Components
 from runtime.config import Config
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
 from runtime.http import HttpServer
+from runtime.subscriber import Bridges, SubscriberManager
 
 log = logging.getLogger("l8")
 
@@ -39,6 +41,7 @@ class Sidecar:
         self.workers: WorkerHost | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
+        self.subscriber: SubscriberManager | None = None
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -79,7 +82,8 @@ class Sidecar:
         role = "sidecar" if self.serve else "worker"
         self.bus = Bus(servers, name=f"l8-{role}:{cfg.app.id}")
         await self.bus.start()
-        self.components = Components(cfg, BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id), self.health)
+        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id)
+        self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
             self.bus, cfg.namespace, concurrency=cfg.concurrency, default_timeout=cfg.bus.request_timeout
@@ -89,7 +93,11 @@ class Sidecar:
         await self.workers.start()
         if self.serve:
             forwarder = Forwarder(self.bus, cfg)
-            self.grpc = GrpcServer(cfg, forwarder)
+            pubsubs = {s.name: s.bridge for s in self.components.served if s.api == "pubsub"}
+            self.subscriber = SubscriberManager(
+                cfg, AppChannel(cfg.app.callback, cfg.server.max_message_bytes), Bridges(cfg, env, pubsubs)
+            )
+            self.grpc = GrpcServer(cfg, forwarder, self.subscriber)
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
             self.http = HttpServer(host, port, Routes(cfg, self.health))
@@ -97,6 +105,8 @@ class Sidecar:
                 await self.http.start()
             except OSError as exc:
                 raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
+            # Last: events flow to the app only once everything they may call back into is up.
+            await self.subscriber.start()
 
     async def stop(self) -> None:
         async with self._lock:
@@ -110,6 +120,9 @@ class Sidecar:
             log.info("l8 stopped")
 
     async def _stop(self) -> None:
+        # Deliveries first: stop fetching, let the app answer what is in flight, hand back the rest.
+        if self.subscriber is not None:
+            await self.subscriber.stop()
         if self.grpc is not None:
             await self.grpc.stop()
         if self.http is not None:
