@@ -41,7 +41,7 @@ HDR_RAW = "l8-raw"  # the payload is not an envelope (published with rawPayload=
 HDR_EXPIRES = "l8-expires"  # unix seconds after which a raw payload is not delivered
 HDR_TRACEPARENT = "traceparent"
 _EMPTY = b""
-_CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64", "topic", "pubsubname")
+_CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64")
 
 
 def _truthy(value: str | None) -> bool:
