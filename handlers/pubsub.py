@@ -460,20 +460,27 @@ def _lookup(event: Event, path: tuple[str, ...]) -> Any:
 
 
 def _eval(node: Node, event: Event) -> Any:
+    """CEL's logic: reading a missing field is an error, which ``&&``/``||`` absorb only when the
+    other side decides the result, and which makes the rule not match."""
     kind = node[0]
     if kind == "lit":
         return node[1]
     if kind == "path":
         return _lookup(event, node[1])
     if kind == "not":
-        return _eval(node[1], event) is not True
-    if kind == "and":
-        return _eval(node[1], event) is True and _eval(node[2], event) is True
-    if kind == "or":
-        return _eval(node[1], event) is True or _eval(node[2], event) is True
+        value = _eval(node[1], event)
+        return value if value is _MISSING else value is not True
+    if kind in ("and", "or"):
+        decides = kind == "or"  # True decides an ||, False decides an &&
+        left, right = _eval(node[1], event), _eval(node[2], event)
+        if (left is not _MISSING and bool(left) is decides) or (right is not _MISSING and bool(right) is decides):
+            return decides
+        if left is _MISSING or right is _MISSING:
+            return _MISSING
+        return not decides
     op, left, right = node[1], _eval(node[2], event), _eval(node[3], event)
     if left is _MISSING or right is _MISSING:
-        return False  # CEL errors on a missing field, which makes the rule not match
+        return _MISSING
     if op == "==":
         return bool(left == right)
     if op == "!=":
@@ -481,7 +488,7 @@ def _eval(node: Node, event: Event) -> Any:
     try:
         return bool({"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op])
     except TypeError:
-        return False
+        return _MISSING
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,0 +1,341 @@
+"""Pub/sub semantics above the bridge: envelope, raw payloads, TTL, routing rules, the app's own
+subscriptions, the Dapr front, and bad input that publishes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from dapr.proto.runtime.v1 import appcallback_pb2 as ac
+from dapr.proto.runtime.v1 import dapr_pb2_grpc
+from dapr.proto.runtime.v1 import pubsub_pb2 as dapr_pubsub
+
+from handlers.proto import runtime_pb2 as pb
+from handlers.pubsub import Event, Routes, RuleError
+from runtime.sidecar import Sidecar
+from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
+from tests.pubsub_app import AppServer, RecordingApp, subscription
+from tests.servers import Server
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[AppServer]:
+    server = await AppServer(RecordingApp()).start()
+    yield server
+    await server.stop()
+
+
+async def sidecar_with(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer, subscriptions: list[dict[str, Any]], **meta: str
+) -> Sidecar:
+    config = sidecar_config(
+        nats_server.url,
+        {"pubsub": {"kind": "pubsub", "type": "nats.jetstream", "metadata": meta}},
+        app={"id": unique("app"), "callback": app.address},
+        subscriptions=[{"pubsub": "pubsub", **s} for s in subscriptions],
+    )
+    return await make_sidecar(config)
+
+
+def event(**envelope: Any) -> Event:
+    return Event(
+        id=envelope.get("id", "1"),
+        source=envelope.get("source", "s"),
+        type=envelope.get("type", "t"),
+        specversion="1.0",
+        datacontenttype="application/json",
+        data=json.dumps(envelope.get("data")).encode(),
+        topic="topic",
+        pubsubname="pubsub",
+        envelope=envelope,
+    )
+
+
+def test_routing_rules_match_on_event_fields_first_match_wins_then_the_default() -> None:
+    routes = Routes.of(
+        [
+            ('event.type == "widget" && event.data.size > 2', "/big-widgets"),
+            ("event.type == 'widget' || event.source == \"legacy\"", "/widgets"),
+            ("!(event.data.kind != 'x')", "/x"),
+        ],
+        "/default",
+    )
+    assert routes.route(event(type="widget", data={"size": 3})) == "/big-widgets"
+    assert routes.route(event(type="widget", data={"size": 1})) == "/widgets"
+    assert routes.route(event(type="other", source="legacy")) == "/widgets"
+    assert routes.route(event(type="other", data={"kind": "x"})) == "/x"
+    assert routes.route(event(type="other", data={"missing": 1})) == "/default"
+    assert Routes.of([('event.type == "a"', "/a")], None).route(event(type="b")) is None
+
+
+@pytest.mark.parametrize(
+    "match",
+    ["", "event.type ==", "__import__('os')", "event.type == 'a' ;", "other.type == 'a'", "(event.type == 'a'"],
+)
+def test_a_rule_the_evaluator_cannot_read_is_refused(match: str) -> None:
+    with pytest.raises(RuleError):
+        Routes.of([(match, "/p")], "")
+
+
+async def test_the_envelope_carries_the_cloudevent_attributes_and_raw_payloads_travel_as_they_came(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic = unique("env")
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [{"topic": topic}])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        await stub.PublishEvent(
+            pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"\x00\xffbin"),
+            metadata=(("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),),
+        )
+        await stub.PublishEvent(
+            pb.PublishEventRequest(
+                pubsub_name="pubsub",
+                topic=topic,
+                data=b"\x01raw",
+                data_content_type="application/octet-stream",
+                metadata={"rawPayload": "true"},
+            )
+        )
+        given = {"specversion": "1.0", "id": "mine", "source": "elsewhere", "type": "custom", "data": {"a": 1}}
+        await stub.PublishEvent(
+            pb.PublishEventRequest(
+                pubsub_name="pubsub",
+                topic=topic,
+                data=json.dumps(given).encode(),
+                data_content_type="application/cloudevents+json",
+            )
+        )
+    got = await app.app.wait_for(lambda ds: len(ds) >= 3)
+    binary = next(d for d in got if d.data == b"\x00\xffbin")
+    assert binary.event.source == sidecar.config.app.id
+    assert binary.event.spec_version == "1.0"
+    assert binary.event.data_content_type == "text/plain"
+    assert binary.event.extensions["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert binary.metadata["traceparent"] == binary.event.extensions["traceparent"]
+    assert {"time", "topic", "pubsubname"} <= set(binary.event.extensions)
+    raw = next(d for d in got if d.data == b"\x01raw")
+    assert raw.event.data_content_type == "application/octet-stream"
+    kept = next(d for d in got if d.id == "mine")
+    assert (kept.event.source, kept.event.type, json.loads(kept.data)) == ("elsewhere", "custom", {"a": 1})
+
+
+async def test_an_event_whose_ttl_passed_before_delivery_is_not_delivered(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic = unique("ttl")
+    config = sidecar_config(
+        nats_server.url,
+        {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}},
+        app={"id": unique("app"), "callback": app.address},
+    )
+    publisher = await make_sidecar(config)
+    channel, stub = native_stub(publisher)
+    async with channel:
+        await stub.PublishEvent(
+            pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"old", metadata={"ttlInSeconds": "1"})
+        )
+        await asyncio.sleep(1.5)  # the TTL is the thing under test: let it pass before anyone subscribes
+        await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"fresh"))
+    await publisher.stop()
+    subscriber = await make_sidecar(
+        config.model_copy(update={"subscriptions": [sub_config(topic)]}),
+    )
+    got = await app.app.wait_for(lambda ds: any(d.data == b"fresh" for d in ds))
+    assert [d.data for d in got] == [b"fresh"]
+    await subscriber.stop()
+
+
+def sub_config(topic: str) -> Any:
+    from runtime.config import SubscriptionConfig
+
+    return SubscriptionConfig(pubsub="pubsub", topic=topic, concurrency=1)
+
+
+async def test_subscriptions_the_app_lists_are_delivered_with_its_routing_rules_and_bulk_settings(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic, bulk_topic = unique("listed"), unique("listed-bulk")
+    app.app.subscriptions = [
+        subscription(
+            "pubsub",
+            topic,
+            routes=ac.TopicRoutes(rules=[ac.TopicRule(match='event.type == "special"', path="/special")], default="/d"),
+        ),
+        subscription(
+            "pubsub",
+            bulk_topic,
+            bulk_subscribe=ac.BulkSubscribeConfig(enabled=True, max_messages_count=3, max_await_duration_ms=100),
+        ),
+    ]
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        special = {"specversion": "1.0", "id": "s1", "source": "x", "type": "special"}
+        await stub.PublishEvent(
+            pb.PublishEventRequest(
+                pubsub_name="pubsub",
+                topic=topic,
+                data=json.dumps(special).encode(),
+                data_content_type="application/cloudevents+json",
+            )
+        )
+        await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"plain"))
+        for i in range(6):
+            await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=bulk_topic, data=b"%d" % i))
+    got = await app.app.wait_for(lambda ds: len(ds) >= 8)
+    paths = {d.data: d.path for d in got if d.topic == topic}
+    assert paths == {b"": "/special", b"plain": "/d"}
+    assert sorted(d.data for d in got if d.topic == bulk_topic) == [b"%d" % i for i in range(6)]
+    assert all(size <= 3 for size in app.app.bulk_sizes)
+
+
+async def test_with_concurrency_n_at_most_n_events_are_with_the_app_at_once(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic = unique("conc")
+    app.app.delay = 0.05
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [{"topic": topic, "concurrency": 3}])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        await stub.PublishBulkEvent(
+            pb.BulkPublishRequest(
+                pubsub_name="pubsub",
+                topic=topic,
+                entries=[pb.BulkPublishRequestEntry(entry_id=str(i), event=b"x") for i in range(30)],
+            )
+        )
+    await app.app.wait_for(lambda ds: len(ds) >= 30)
+    assert 1 < app.app.max_in_flight <= 3
+
+
+async def test_the_dapr_front_publishes_and_bulk_publishes(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic = unique("dapr")
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [{"topic": topic}])
+    assert sidecar.grpc is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc.port}") as channel:
+        stub = dapr_pb2_grpc.DaprStub(channel)
+        await stub.PublishEvent(dapr_pubsub.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"one"))
+        entries = [dapr_pubsub.BulkPublishRequestEntry(entry_id="a", event=b"two", content_type="text/plain")]
+        resp = await stub.BulkPublishEvent(
+            dapr_pubsub.BulkPublishRequest(pubsub_name="pubsub", topic=topic, entries=entries)
+        )
+        assert list(resp.failedEntries) == []
+        entries = [dapr_pubsub.BulkPublishRequestEntry(entry_id="b", event=b"three", content_type="text/plain")]
+        await stub.BulkPublishEventAlpha1(
+            dapr_pubsub.BulkPublishRequest(pubsub_name="pubsub", topic=topic, entries=entries)
+        )
+    got = await app.app.wait_for(lambda ds: len(ds) >= 3)
+    assert sorted(d.data for d in got) == [b"one", b"three", b"two"]
+
+
+BAD = [
+    (pb.PublishEventRequest(pubsub_name="", topic="t", data=b"x"), "name is empty"),
+    (pb.PublishEventRequest(pubsub_name="nope", topic="t", data=b"x"), "'nope' is not configured"),
+    (pb.PublishEventRequest(pubsub_name="pubsub", topic="", data=b"x"), "topic is empty"),
+    (
+        pb.PublishEventRequest(
+            pubsub_name="pubsub", topic="t", data=b"{", data_content_type="application/cloudevents+json"
+        ),
+        "not JSON",
+    ),
+    (
+        pb.PublishEventRequest(
+            pubsub_name="pubsub",
+            topic="t",
+            data=b'{"specversion": "0.3"}',
+            data_content_type="application/cloudevents+json",
+        ),
+        "specversion",
+    ),
+    (
+        pb.PublishEventRequest(
+            pubsub_name="pubsub", topic="t", data=b"[1]", data_content_type="application/cloudevents+json"
+        ),
+        "JSON object",
+    ),
+    (pb.PublishEventRequest(pubsub_name="pubsub", topic="t", data=b"{x", data_content_type="application/json"), "JSON"),
+    (pb.PublishEventRequest(pubsub_name="pubsub", topic="t", data=b"x", metadata={"ttlInSeconds": "soon"}), "ttl"),
+    (pb.PublishEventRequest(pubsub_name="pubsub", topic="t", data=b"x" * (2 << 20)), "bytes"),
+]
+
+
+@pytest.mark.parametrize(("request_", "says"), BAD, ids=[f"bad-{i}" for i in range(len(BAD))])
+async def test_bad_publish_input_is_invalid_argument_and_publishes_nothing(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer, request_: Any, says: str
+) -> None:
+    topic = unique("bad")
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [{"topic": topic, "concurrency": 1}])
+    request_ = pb.PublishEventRequest.FromString(request_.SerializeToString())
+    if request_.topic == "t":
+        request_.topic = topic
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PublishEvent(request_)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert says.lower() in (err.value.details() or "").lower(), err.value.details()
+        # A good event after the bad one is the first and only one to arrive.
+        await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"good"))
+    got = await app.app.wait_for(lambda ds: len(ds) >= 1)
+    assert [d.data for d in got] == [b"good"]
+
+
+async def test_a_bulk_publish_with_one_bad_entry_publishes_nothing(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    topic = unique("badbulk")
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [{"topic": topic, "concurrency": 1}])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        for entries, says in [
+            ([pb.BulkPublishRequestEntry(entry_id="a", event=b"1"), pb.BulkPublishRequestEntry(entry_id="a")], "twice"),
+            (
+                [
+                    pb.BulkPublishRequestEntry(entry_id="a", event=b"1"),
+                    pb.BulkPublishRequestEntry(entry_id="b", event=b"{", content_type="application/cloudevents+json"),
+                ],
+                "entries[1]",
+            ),
+            ([pb.BulkPublishRequestEntry(entry_id="", event=b"1")], "entry_id is empty"),
+            ([], "at least one entry"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.PublishBulkEvent(pb.BulkPublishRequest(pubsub_name="pubsub", topic=topic, entries=entries))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (err.value.details() or ""), err.value.details()
+        await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"good"))
+    got = await app.app.wait_for(lambda ds: len(ds) >= 1)
+    assert [d.data for d in got] == [b"good"]
+
+
+async def test_a_streaming_subscription_with_a_bad_first_message_is_refused(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        for init, says in [
+            (pb.SubscribeTopicEventsRequestInitial(pubsub_name="", topic="t"), "pubsubName is required"),
+            (pb.SubscribeTopicEventsRequestInitial(pubsub_name="pubsub", topic=""), "topic is required"),
+            (pb.SubscribeTopicEventsRequestInitial(pubsub_name="nope", topic="t"), "not configured"),
+        ]:
+            call = stub.SubscribeTopicEvents(iter([pb.SubscribeTopicEventsRequest(initial_request=init)]))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (err.value.details() or "")
+
+
+def test_data_base64_of_a_given_cloudevent_reaches_the_app_decoded() -> None:
+    from handlers.pubsub import decode
+
+    raw = json.dumps({"specversion": "1.0", "id": "1", "data_base64": base64.b64encode(b"\x00\x01").decode()})
+    assert decode(raw.encode(), {}, "pubsub", "t").data == b"\x00\x01"
