@@ -339,3 +339,57 @@ def test_data_base64_of_a_given_cloudevent_reaches_the_app_decoded() -> None:
 
     raw = json.dumps({"specversion": "1.0", "id": "1", "data_base64": base64.b64encode(b"\x00\x01").decode()})
     assert decode(raw.encode(), {}, "pubsub", "t").data == b"\x00\x01"
+
+
+def test_l8_asyncapi_prints_the_configured_topics_and_subscriptions(tmp_path: Any) -> None:
+    import subprocess
+
+    from tests.process import L8, write_config
+
+    path = write_config(
+        tmp_path / "l8.yaml",
+        {
+            "app": {"id": "orders", "callback": "127.0.0.1:1"},
+            "namespace": "shop",
+            "components": {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}},
+            "subscriptions": [
+                {"pubsub": "pubsub", "topic": "orders", "deadLetterTopic": "dead", "concurrency": 1},
+                {"pubsub": "pubsub", "topic": "a.b c", "bulk": {"enabled": True}},
+            ],
+        },
+    )
+    out = subprocess.run([L8, "asyncapi", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["asyncapi"] == "3.0.0"
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert {"l8.shop.evt.pubsub.orders", "l8.shop.evt.pubsub.>"} <= addresses
+    orders = next(c for c in doc["channels"].values() if c["address"] == "l8.shop.evt.pubsub.orders")
+    assert "ordered" in orders["description"] and "'dead'" in orders["description"]
+    assert "CloudEvent" in doc["components"]["schemas"]
+
+
+def test_a_subscription_on_an_unconfigured_pubsub_or_without_an_app_callback_stops_l8_at_start(tmp_path: Any) -> None:
+    from runtime.config import ConfigError, load_config
+    from tests.process import write_config
+
+    base = {"components": {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}}}
+    bad = write_config(
+        tmp_path / "a.yaml",
+        {**base, "app": {"callback": "127.0.0.1:1"}, "subscriptions": [{"pubsub": "nope", "topic": "t"}]},
+    )
+    with pytest.raises(ConfigError, match="'nope' is not a configured pub/sub component"):
+        load_config(bad)
+    no_app = write_config(tmp_path / "b.yaml", {**base, "subscriptions": [{"pubsub": "pubsub", "topic": "t"}]})
+    with pytest.raises(ConfigError, match=r"app\.callback"):
+        load_config(no_app)
+    bad_rule = write_config(
+        tmp_path / "c.yaml",
+        {
+            **base,
+            "app": {"callback": "127.0.0.1:1"},
+            "subscriptions": [{"pubsub": "pubsub", "topic": "t", "rules": [{"match": "os.system", "path": "/"}]}],
+        },
+    )
+    with pytest.raises(ConfigError, match="rules"):
+        load_config(bad_rule)
