@@ -393,3 +393,41 @@ def test_a_subscription_on_an_unconfigured_pubsub_or_without_an_app_callback_sto
     )
     with pytest.raises(ConfigError, match="rules"):
         load_config(bad_rule)
+
+
+async def test_replicas_of_one_app_id_share_the_events_and_another_app_id_gets_its_own_copy(
+    make_sidecar: SidecarFactory, nats_server: Server
+) -> None:
+    topic, ns = unique("shared"), unique("ns")
+    apps = [await AppServer(RecordingApp()).start() for _ in range(3)]
+    for app in apps:
+        app.app.delay = 0.01  # long enough that one replica cannot take everything first
+    try:
+        sidecars = []
+        for app, app_id in zip(apps, ["orders", "orders", "audit"], strict=True):
+            config = sidecar_config(
+                nats_server.url,
+                {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}},
+                app={"id": app_id, "callback": app.address},
+                namespace=ns,
+                subscriptions=[{"pubsub": "pubsub", "topic": topic, "concurrency": 2}],
+            )
+            sidecars.append(await make_sidecar(config))
+        channel, stub = native_stub(sidecars[0])
+        async with channel:
+            await stub.PublishBulkEvent(
+                pb.BulkPublishRequest(
+                    pubsub_name="pubsub",
+                    topic=topic,
+                    entries=[pb.BulkPublishRequestEntry(entry_id=str(i), event=b"%d" % i) for i in range(60)],
+                )
+            )
+        await apps[2].app.wait_for(lambda ds: len({d.data for d in ds}) == 60)
+        deadline = asyncio.get_running_loop().time() + 60
+        while len({d.data for a in apps[:2] for d in a.app.deliveries}) < 60:
+            assert asyncio.get_running_loop().time() < deadline, "the replicas did not get every event"
+            await asyncio.sleep(0.05)
+        assert apps[0].app.deliveries and apps[1].app.deliveries, "one replica got no events"
+    finally:
+        for app in apps:
+            await app.stop()
