@@ -163,7 +163,9 @@ async def bulk_fill(stub: Any, topic: str, n: int) -> None:
         assert not resp.failed_entries, resp.failed_entries[0]
 
 
-async def faststream_rate(bus_url: str, stream: str, subject: str, n: int, batch: int) -> float:
+async def faststream_rate(bus_url: str, stream: str, subject: str, n: int, batch: bool) -> float:
+    """FastStream's pull consumer on the same stream: 100 per fetch, a handler per message (unary)
+    or one handler call per fetched list (``batch``), acked by FastStream after the handler."""
     from faststream import AckPolicy
     from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 
@@ -171,20 +173,31 @@ async def faststream_rate(bus_url: str, stream: str, subject: str, n: int, batch
     done = asyncio.Event()
     seen = {"n": 0, "first": 0.0, "last": 0.0}
 
-    @broker.subscriber(
-        subject,
-        stream=JStream(name=stream, declare=False),
-        durable=f"faststream-{batch}",
-        pull_sub=PullSub(batch_size=batch),
-        ack_policy=AckPolicy.ACK,
-    )
-    async def handle(msg: NatsMessage) -> None:  # annotated: a bare body would be parsed as JSON
+    def note(k: int) -> None:
         if seen["n"] == 0:
             seen["first"] = time.perf_counter()
-        seen["n"] += 1
-        if seen["n"] == n:
+        seen["n"] += k
+        if seen["n"] >= n and not done.is_set():
             seen["last"] = time.perf_counter()
             done.set()
+
+    sub = broker.subscriber(
+        subject,
+        stream=JStream(name=stream, declare=False),
+        durable=f"faststream-{subject.rpartition('.')[2]}",
+        pull_sub=PullSub(batch_size=100, batch=batch),
+        ack_policy=AckPolicy.ACK,
+    )
+    if batch:
+
+        @sub
+        async def handle_batch(body: list[Any]) -> None:
+            note(len(body))
+    else:
+
+        @sub
+        async def handle(msg: NatsMessage) -> None:  # annotated: a bare body would be parsed as JSON
+            note(1)
 
     await broker.start()
     try:
@@ -209,7 +222,8 @@ async def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="l8-bench-pubsub-"))
     nats = EmbeddedNats(tmp / "nats", name="bench")
     await nats.start()
-    expect = {"unary": n, "bulk": n, "latency": 300}
+    rounds = 3
+    expect = {f"{kind}{r}": n for r in range(rounds) for kind in ("unary", "bulk")} | {"latency": 300}
     app = AppProcess(expect)
     await app.start()
     rows: list[tuple[str, str, str]] = []
@@ -248,30 +262,40 @@ async def main(n: int) -> None:
                 ("publish, native PublishEvent (64 in flight)", f"{nat:,.0f}/s", f"gRPC floor {floor:,.0f}/s"),
                 ("publish, Dapr PublishEvent (64 in flight)", f"{dap:,.0f}/s", f"gRPC floor {floor:,.0f}/s"),
             ]
-            await bulk_fill(native, "unary", n)
-            await bulk_fill(native, "bulk", n)
+            for r in range(rounds):
+                await bulk_fill(native, f"unary{r}", n)
+                await bulk_fill(native, f"bulk{r}", n)
         await publisher.stop()
 
+        # Phase 2: deliver what is waiting; FastStream reads the same topic of the same stream with
+        # its own durable consumer. The machine is shared, so rounds interleave the two and each
+        # row reports its best round.
         stream = f"L8_EVT_{NS}_pubsub"
-        fs_unary = await faststream_rate(nats.url, stream, event_subject(NS, "pubsub", topic_token("unary")), n, 1)
-        fs_bulk = await faststream_rate(nats.url, stream, event_subject(NS, "pubsub", topic_token("bulk")), n, 100)
-
-        # Phase 2: deliver what is waiting, unary then bulk.
-        for topic, sub, fs in [
-            ("unary", {"concurrency": 64}, fs_unary),
-            ("bulk", {"concurrency": 4, "bulk": {"enabled": True, "maxMessages": 100, "maxAwaitMs": 50}}, fs_bulk),
-        ]:
-            sidecar = Sidecar(config(nats.url, app.port, [{"pubsub": "pubsub", "topic": topic, **sub}]))
-            await sidecar.start()
-            got = await app.result(90)
-            await sidecar.stop()
-            assert got["topic"] == topic and got["count"] == n, got
-            l8_rate = n / (got["last"] - got["first"])
-            what = "OnTopicEvent, concurrency 64" if topic == "unary" else "OnBulkTopicEvent, 100 per call"
-            fs_what = "PullSub batch 1" if topic == "unary" else "PullSub batch 100"
+        best: dict[tuple[str, str], float] = {}
+        kinds = {
+            "unary": {"concurrency": 64},
+            "bulk": {"concurrency": 8, "bulk": {"enabled": True, "maxMessages": 100, "maxAwaitMs": 50}},
+        }
+        for r in range(rounds):
+            for kind, sub in kinds.items():
+                topic = f"{kind}{r}"
+                subject = event_subject(NS, "pubsub", topic_token(topic))
+                fs = await faststream_rate(nats.url, stream, subject, n, kind == "bulk")
+                sidecar = Sidecar(config(nats.url, app.port, [{"pubsub": "pubsub", "topic": topic, **sub}]))
+                await sidecar.start()
+                got = await app.result(90)
+                await sidecar.stop()
+                assert got["topic"] == topic and got["count"] == n, got
+                l8_rate = n / (got["last"] - got["first"])
+                best[("l8", kind)] = max(best.get(("l8", kind), 0.0), l8_rate)
+                best[("fs", kind)] = max(best.get(("fs", kind), 0.0), fs)
+        for kind in kinds:
+            what = "OnTopicEvent, concurrency 64" if kind == "unary" else "OnBulkTopicEvent, 100 per call"
+            fs_what = "PullSub 100/fetch, per message" if kind == "unary" else "PullSub 100/fetch, batch=True"
+            l8_rate, fs = best[("l8", kind)], best[("fs", kind)]
             rows.append(
                 (
-                    f"deliver {topic} ({what})",
+                    f"deliver {kind} ({what})",
                     f"{l8_rate:,.0f}/s",
                     f"FastStream in-process consumer ({fs_what}) {fs:,.0f}/s = {l8_rate / fs:.2f}x",
                 )
@@ -311,7 +335,7 @@ async def main(n: int) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pubsub")
-    parser.add_argument("--events", type=int, default=10000)
+    parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--app", type=int, help=argparse.SUPPRESS)
     parser.add_argument("expect", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()

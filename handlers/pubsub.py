@@ -20,6 +20,7 @@ import base64
 import enum
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -27,6 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from bridges.errors import InvalidArgument, L8Error, Unimplemented
 from bridges.protocols import PubSub, Received
@@ -42,6 +45,20 @@ HDR_EXPIRES = "l8-expires"  # unix seconds after which a raw payload is not deli
 HDR_TRACEPARENT = "traceparent"
 _EMPTY = b""
 _CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64")
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # what orjson refuses and json takes (integers past 64 bits); else ValueError
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _truthy(value: str | None) -> bool:
@@ -70,7 +87,8 @@ def _is_text(content_type: str) -> bool:
 
 
 def new_traceparent() -> str:
-    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 @dataclass(slots=True)
@@ -168,7 +186,7 @@ class PubSubHandler:
             if _is_json(content_type):
                 if data:
                     try:
-                        event["data"] = json.loads(data)
+                        event["data"] = _loads(data)
                     except ValueError:
                         raise InvalidArgument(
                             f"{what}: the data is not valid JSON, but its content type is {content_type!r}"
@@ -197,7 +215,7 @@ class PubSubHandler:
         if ttl is not None:
             event["expiration"] = _rfc3339(time.time() + ttl)
         headers[HDR_TRACEPARENT] = tp
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        body = _dumps(event)
         if len(body) > limit:
             raise InvalidArgument(
                 f"{what} is {len(body)} bytes in its envelope; pub/sub {self.component!r} takes at most {limit}"
@@ -214,7 +232,7 @@ def _check_topic(topic: str) -> None:
 
 def _given_cloudevent(data: bytes, what: str) -> dict[str, Any]:
     try:
-        event = json.loads(data)
+        event = _loads(data)
     except ValueError:
         raise InvalidArgument(f"{what}: content type {CLOUDEVENT_JSON} but the payload is not JSON") from None
     if not isinstance(event, dict):
@@ -282,7 +300,7 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> E
             envelope={"data_base64": base64.b64encode(raw).decode()},
         )
     try:
-        envelope = json.loads(raw)
+        envelope = _loads(raw)
     except ValueError:
         raise MalformedEvent("the message is not JSON") from None
     if not isinstance(envelope, dict):
@@ -298,7 +316,7 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> E
     elif isinstance(envelope["data"], str) and not _is_json(content_type):
         data = envelope["data"].encode()
     else:
-        data = json.dumps(envelope["data"], separators=(",", ":"), ensure_ascii=False).encode()
+        data = _dumps(envelope["data"])
     expiration = envelope.get("expiration")
     return Event(
         id=str(envelope.get("id") or ""),

@@ -182,6 +182,7 @@ class _Loop:
         self._settler: Settler | None = None
         self._app_down_until = 0.0
         self._down_backoff = 0.0
+        self._bulk_alpha = False
 
     def start(self) -> None:
         if self._task is None:
@@ -358,11 +359,11 @@ class _Loop:
         assert self._settler is not None
         by_path: dict[str, list[tuple[str, Received, Event]]] = {}
         try:
-            for received in batch:
+            for i, received in enumerate(batch):
                 prepared = await self._prepare(received)
                 if prepared is not None:
                     event, path = prepared
-                    by_path.setdefault(path, []).append((uuid.uuid4().hex, received, event))
+                    by_path.setdefault(path, []).append((str(i), received, event))
             await asyncio.gather(*(self._bulk_call(path, entries) for path, entries in by_path.items()))
         except L8Error as exc:
             log.warning("settling events of %s/%s failed: %s", self.spec.pubsub, self.spec.topic, exc)
@@ -374,11 +375,14 @@ class _Loop:
         statuses: dict[str, int] = {}
         failure: BaseException | None = None
         try:
-            try:
-                resp = await self._m.app.callback.OnBulkTopicEvent(request, timeout=self._m.delivery_timeout)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
+            if not self._bulk_alpha:
+                try:
+                    resp = await self._m.app.callback.OnBulkTopicEvent(request, timeout=self._m.delivery_timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._bulk_alpha = True  # an app of an older SDK: ask it the alpha way from now on
+            if self._bulk_alpha:
                 resp = await self._m.app.alpha.OnBulkTopicEventAlpha1(request, timeout=self._m.delivery_timeout)
             statuses = {s.entry_id: s.status for s in resp.statuses}
             self._note_app(None)
@@ -386,6 +390,9 @@ class _Loop:
             failure = exc
             self._note_app(exc)
         for eid, received, _event in entries:
+            if failure is None and statuses.get(eid) == SUCCESS:
+                await received.ack()  # the common case, without the settler's bookkeeping
+                continue
             if failure is not None:
                 verdict, why = _verdict_of_error(failure)
             elif eid not in statuses:
@@ -419,7 +426,7 @@ def topic_event_request(event: Event, path: str) -> Any:
         path=path,
     )
     if event.extensions:
-        req.extensions.update(event.extensions)
+        _extensions(req.extensions, event.extensions)
     return req
 
 
@@ -439,8 +446,21 @@ def bulk_request(pubsub: str, topic: str, path: str, entries: list[tuple[str, Ev
         ce.data_content_type = event.datacontenttype
         ce.data = event.data
         if event.extensions:
-            ce.extensions.update(event.extensions)
+            _extensions(ce.extensions, event.extensions)
     return req
+
+
+def _extensions(struct: Any, values: dict[str, Any]) -> None:
+    # Setting string fields directly is faster than Struct.update; extensions are mostly strings.
+    fields = struct.fields
+    rest: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            fields[key].string_value = value
+        else:
+            rest[key] = value
+    if rest:
+        struct.update(rest)
 
 
 class StreamSession:

@@ -94,8 +94,11 @@ class _Received:
 
     async def ack(self) -> None:
         if self._settle():
-            with map_nats_errors("pub/sub: ack"):
+            try:
                 await self._msg.ack()
+            except Exception:  # the hot path: translate only when it fails
+                with map_nats_errors("pub/sub: ack"):
+                    raise
 
     async def retry(self, delay: float) -> None:
         if self._settle():
