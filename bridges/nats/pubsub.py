@@ -17,6 +17,7 @@ import base64
 import hashlib
 import logging
 import re
+from collections import deque
 from typing import Any
 
 import nats.errors
@@ -37,6 +38,8 @@ HDR_TTL = "Nats-TTL"
 _PLAIN = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")
 _HEADER_ROOM = 8192  # the envelope, headers and subject under the server's payload limit
 _PUBLISH_PARALLELISM = 256
+_STATUS = "Status"
+_BATCH_SETTLE_TICKS = 2  # loop turns without a new message before a partial batch is handed out
 
 
 def topic_token(topic: str) -> str:
@@ -112,48 +115,93 @@ class _Received:
 
 
 class JetStreamSubscription:
-    def __init__(self, psub: Any, topic: str, owner: set[JetStreamSubscription]) -> None:
-        self._psub = psub
+    """A pull subscription on a durable consumer, with its own inbox.
+
+    nats-py's ``fetch`` waits on a queue once per message; here the inbox callback appends to a
+    buffer and a fetch waits once, which matters at tens of thousands of events a second. A pull
+    request may outlive the fetch that sent it: what arrives later stays in the buffer for the next
+    fetch, or is handed back on close.
+    """
+
+    def __init__(self, nc: Client, stream: str, durable: str, topic: str, owner: set[JetStreamSubscription]) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
         self._owner = owner
         self._topic = topic
+        self._buf: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._sub: Any = None
         self._unsettled: set[_Received] = set()
         self._closed = False
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(
+            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        if headers is not None and _STATUS in headers and not msg.data:
+            # 404 no messages, 408 request expired, 409 limits: the pull ended; 100 heartbeat
+            if headers[_STATUS] not in ("404", "408", "100"):
+                log.debug("pull on %r ended: %s %s", self._topic, headers[_STATUS], headers.get("Description", ""))
+            return
+        self._buf.append(msg)
+        self._arrived.set()
+
+    def _take(self, n: int) -> list[Received]:
+        out: list[Received] = []
+        while self._buf and len(out) < n:
+            received = _Received(self._buf.popleft(), self._topic, self)
+            self._unsettled.add(received)
+            out.append(received)
+        if not self._buf:
+            self._arrived.clear()
+        return out
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Received]:
         if self._closed:
             return []
+        n = max(1, max_messages)
+        if len(self._buf) >= n:
+            return self._take(n)
+        want = n - len(self._buf)
+        request = b'{"batch":%d,"expires":%d}' % (want, int(max(timeout, 0.001) * 1e9))
         try:
-            msgs = await self._psub.fetch(max(1, max_messages), timeout=max(timeout, 0.001))
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
+            await self._nc.publish(self._next, request, reply=self._inbox)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
             raise BackendUnavailable(f"pub/sub fetch on {self._topic!r}: {type(exc).__name__}") from None
-        except nats.errors.Error as exc:
-            if self._closed:
+        if not self._buf:
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
                 return []
-            raise BackendUnavailable(f"pub/sub fetch on {self._topic!r}: {exc}") from None
-        out: list[Received] = []
-        for msg in msgs:
-            received = _Received(msg, self._topic, self)
-            self._unsettled.add(received)
-            out.append(received)
-        return out
+        # A batch arrives back to back: let the rest of it land before handing it out.
+        waited = 0
+        while len(self._buf) < n and waited < _BATCH_SETTLE_TICKS:
+            before = len(self._buf)
+            await asyncio.sleep(0)
+            waited = 0 if len(self._buf) > before else waited + 1
+        return self._take(n)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._owner.discard(self)
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # the connection may be gone; the durable consumer stays
+                log.debug("unsubscribe of %r failed: %s", self._topic, exc)
         # Hand back what was fetched and never settled, so it is redelivered now, not after ack_wait.
+        self._take(len(self._buf))
         for received in list(self._unsettled):
             try:
                 await received.retry(0)
             except L8Error as exc:
                 log.debug("could not hand back a message of %r: %s", self._topic, exc)
-        try:
-            await self._psub.unsubscribe()
-        except Exception as exc:  # the connection may be gone; the durable consumer stays
-            log.debug("unsubscribe of %r failed: %s", self._topic, exc)
 
 
 class JetStreamPubSub:
@@ -265,8 +313,8 @@ class JetStreamPubSub:
                 # A consumer made under another config whose fixed fields differ: deleting it would
                 # lose the group's place in the stream, so keep it as it is.
                 log.warning("consumer %s keeps its earlier config: %s", durable, exc.description)
-            psub = await js.pull_subscribe_bind(durable, self.stream)
-        sub = JetStreamSubscription(psub, topic, self._subs)
+        sub = JetStreamSubscription(self._nc, self.stream, durable, topic, self._subs)
+        await sub.open()
         self._subs.add(sub)
         return sub
 
