@@ -431,3 +431,56 @@ async def test_replicas_of_one_app_id_share_the_events_and_another_app_id_gets_i
     finally:
         for app in apps:
             await app.stop()
+
+
+async def test_an_event_still_failing_after_max_deliveries_goes_to_the_dead_letter_topic(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    from tests.pubsub_app import RETRY, SUCCESS
+
+    topic, dlq = unique("max"), unique("max-dlq")
+    app.app.decide = lambda e, _n: RETRY if e.topic == topic else SUCCESS
+    subs = [
+        {"topic": topic, "deadLetterTopic": dlq, "maxDeliveries": 3, "backoff": {"initial": 0.01, "max": 0.05}},
+        {"topic": dlq},
+    ]
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, subs)
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"doomed"))
+    got = await app.app.wait_for(lambda ds: any(d.topic == dlq for d in ds))
+    assert [d.data for d in got if d.topic == topic] == [b"doomed"] * 3
+    assert [d.data for d in got if d.topic == dlq] == [b"doomed"]
+
+
+class UnimplementedFor(RecordingApp):
+    """Answers UNIMPLEMENTED for one topic, as the Dapr SDK's App does for a topic it has no handler for."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+        self.refused = 0
+
+    async def OnTopicEvent(self, request: Any, context: Any) -> Any:
+        if request.topic == self.topic:
+            self.refused += 1
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no handler")
+        return await super().OnTopicEvent(request, context)
+
+
+async def test_an_event_the_app_answers_unimplemented_for_is_dead_lettered_not_redelivered(
+    make_sidecar: SidecarFactory, nats_server: Server
+) -> None:
+    topic, dlq = unique("unimpl"), unique("unimpl-dlq")
+    app = await AppServer(UnimplementedFor(topic)).start()
+    try:
+        subs = [{"topic": topic, "deadLetterTopic": dlq}, {"topic": dlq}]
+        sidecar = await sidecar_with(make_sidecar, nats_server, app, subs)
+        channel, stub = native_stub(sidecar)
+        async with channel:
+            await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"nobody"))
+        got = await app.app.wait_for(lambda ds: any(d.topic == dlq for d in ds))
+        assert [d.data for d in got] == [b"nobody"]
+        assert isinstance(app.app, UnimplementedFor) and app.app.refused == 1
+    finally:
+        await app.stop()
