@@ -262,6 +262,10 @@ class _Loop:
                         await self._hand_back(batch[i:])
                         break
                     await self._slots.acquire()
+                    if self._stopping.is_set():
+                        self._slots.release()
+                        await self._hand_back(batch[i:])
+                        break
                     self._spawn(self._deliver_one(received))
         finally:
             # Deliveries in flight finish (the app answers, the message settles); then the rest goes back.
@@ -272,9 +276,9 @@ class _Loop:
     async def _fetch(self, sub: Subscription) -> list[Received]:
         spec = self.spec
         if not spec.bulk:
-            # Take as many as there are free slots, so fetched events never wait long on the app.
-            free = 1 + _free(self._slots)
-            return await sub.fetch(free, _FETCH_WAIT)
+            # Ask for a full window: the broker holds back what is past max_ack_pending anyway, and
+            # one pull per window costs far less than one per freed slot.
+            return await sub.fetch(spec.concurrency, _FETCH_WAIT)
         batch = await sub.fetch(spec.bulk_max_messages, _FETCH_WAIT)
         if not batch:
             return batch
