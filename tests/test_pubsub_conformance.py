@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -17,7 +17,13 @@ from runtime.sidecar import Sidecar
 from tests import pubsub_backends
 from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
 from tests.pubsub_app import DROP, RETRY, SUCCESS, AppServer, RecordingApp
-from tests.servers import Server
+from tests.servers import Server, running
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[Server]:
+    with running(pubsub_backends.start_tansu()) as server:
+        yield server
 
 
 @pytest.fixture(params=pubsub_backends.types())
