@@ -484,3 +484,29 @@ async def test_an_event_the_app_answers_unimplemented_for_is_dead_lettered_not_r
         assert isinstance(app.app, UnimplementedFor) and app.app.refused == 1
     finally:
         await app.stop()
+
+
+async def test_with_concurrency_one_a_retried_event_keeps_its_place_in_the_order(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    from tests.pubsub_app import RETRY, SUCCESS
+
+    topic = unique("order")
+    retried: set[bytes] = set()
+
+    def decide(e: Any, _n: int) -> int:
+        if e.data in (b"3", b"7") and e.data not in retried:
+            retried.add(e.data)
+            return RETRY
+        return SUCCESS
+
+    app.app.decide = decide
+    sub = {"topic": topic, "concurrency": 1, "backoff": {"initial": 0.05, "max": 0.1}}
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [sub])
+    channel, stub = native_stub(sidecar)
+    async with channel:
+        for i in range(10):
+            await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=b"%d" % i))
+    got = await app.app.wait_for(lambda ds: len([d for d in ds if d.status == SUCCESS]) >= 10)
+    assert [d.data for d in got if d.status == SUCCESS] == [b"%d" % i for i in range(10)]
+    assert [d.data for d in got] == [b"0", b"1", b"2", b"3", b"3", b"4", b"5", b"6", b"7", b"7", b"8", b"9"]
