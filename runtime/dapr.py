@@ -32,7 +32,7 @@ ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
 ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 
 
-def metadata_response(config: Config) -> Any:
+def metadata_response(config: Config, subscriber: SubscriberManager | None = None) -> Any:
     # Imported on first use: the Dapr message set is large and only this rpc needs it.
     from dapr.proto.runtime.v1 import metadata_pb2
 
@@ -40,6 +40,18 @@ def metadata_response(config: Config) -> Any:
     for name, comp in sorted(config.components.items()):
         resp.registered_components.add(name=name, type=f"{comp.kind}.{comp.type}", version="v1")
     resp.extended_metadata["namespace"] = config.namespace
+    kinds = {"config": metadata_pb2.DECLARATIVE, "app": metadata_pb2.PROGRAMMATIC}
+    for spec in subscriber.specs() if subscriber is not None else ():
+        sub = resp.subscriptions.add(
+            pubsub_name=spec.pubsub,
+            topic=spec.topic,
+            dead_letter_topic=spec.dead_letter_topic or "",
+            type=kinds.get(spec.origin, metadata_pb2.UNKNOWN),
+        )
+        for rule in spec.routes.rules:
+            sub.rules.rules.add(match=rule.match, path=rule.path)
+        if spec.routes.default is not None:
+            sub.rules.rules.add(match="", path=spec.routes.default)
     return resp
 
 
@@ -47,7 +59,7 @@ def dapr_service(
     forwarder: Forwarder, config: Config, subscriber: SubscriberManager | None = None
 ) -> grpc.GenericRpcHandler:
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        data: bytes = metadata_response(config).SerializeToString()
+        data: bytes = metadata_response(config, subscriber).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}

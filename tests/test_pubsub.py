@@ -510,3 +510,26 @@ async def test_with_concurrency_one_a_retried_event_keeps_its_place_in_the_order
     got = await app.app.wait_for(lambda ds: len([d for d in ds if d.status == SUCCESS]) >= 10)
     assert [d.data for d in got if d.status == SUCCESS] == [b"%d" % i for i in range(10)]
     assert [d.data for d in got] == [b"0", b"1", b"2", b"3", b"3", b"4", b"5", b"6", b"7", b"7", b"8", b"9"]
+
+
+async def test_dapr_get_metadata_lists_the_subscriptions_being_delivered(
+    make_sidecar: SidecarFactory, nats_server: Server, app: AppServer
+) -> None:
+    from dapr.proto.runtime.v1 import metadata_pb2
+
+    topic, listed = unique("meta"), unique("listed")
+    app.app.subscriptions = [subscription("pubsub", listed)]
+    sub = {"topic": topic, "deadLetterTopic": "dead", "rules": [{"match": 'event.type == "x"', "path": "/x"}]}
+    sidecar = await sidecar_with(make_sidecar, nats_server, app, [sub])
+    assert sidecar.grpc is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc.port}") as channel:
+        stub = dapr_pb2_grpc.DaprStub(channel)
+        for _ in range(600):  # the app's own subscriptions are listed once l8 has asked it
+            resp = await stub.GetMetadata(metadata_pb2.GetMetadataRequest())
+            if len(resp.subscriptions) == 2:
+                break
+            await asyncio.sleep(0.05)
+    subs = {s.topic: s for s in resp.subscriptions}
+    assert subs[topic].type == metadata_pb2.DECLARATIVE and subs[topic].dead_letter_topic == "dead"
+    assert [(r.match, r.path) for r in subs[topic].rules.rules] == [('event.type == "x"', "/x"), ("", "")]
+    assert subs[listed].type == metadata_pb2.PROGRAMMATIC
