@@ -48,6 +48,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "pubsub": {
         "kafka": "bridges.kafka.pubsub:KafkaPubSub",
         "redis": "bridges.redis.pubsub:RedisPubSub",
+        "nats.jetstream": "bridges.nats.pubsub:JetStreamPubSub",
     },
 }
 

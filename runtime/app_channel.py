@@ -34,7 +34,11 @@ class AppChannel:
                     ("grpc.max_send_message_length", self._max),
                     # Reconnect quickly when the app comes back after a restart.
                     ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                    # Channels to one target share connections (and their reconnect backoff) by
+                    # default: the subscriber's channel, refused while the app was starting, would
+                    # then fail the first invocations fast. Each AppChannel connects on its own.
+                    ("grpc.use_local_subchannel_pool", 1),
                 ],
             )
         return self._channel

@@ -1,4 +1,4 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only) and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `asyncapi` and `version`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--namespace", help="the namespace on the bus (namespace)")
     worker.add_argument("--concurrency", type=int, help="requests handled at once (concurrency)")
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
+    spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
+    spec.add_argument("--app-id", help="the app's id (app.id)")
+    spec.add_argument("--app-port", type=_port("--app-port"), help="also list the subscriptions this app declares")
+    spec.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    spec.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
+    spec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -140,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "asyncapi":
+        from runtime.asyncapi import render
+
+        print(render(config, ask_app=args.app_port is not None))
+        return 0
     if args.command == "worker":
         if config.bus.embedded:
             print(

@@ -22,6 +22,7 @@ HANDLERS = {
     "configuration": "handlers.configuration:ConfigurationHandler",
     "lock": "handlers.lock:LockHandler",
     "sequencer": "handlers.sequencer:SequencerHandler",
+    "pubsub": "handlers.pubsub:PubSubHandler",
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bridges import registry
 from bus.subjects import TOKEN
@@ -20,7 +20,7 @@ from bus.subjects import TOKEN
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 # Building blocks whose handlers exist; grows with each capability.
-API_NAMES = ("state", "configuration", "lock", "sequencer")
+API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub")
 
 
 class ConfigError(Exception):
@@ -130,6 +130,55 @@ class ComponentConfig(_Model):
         return v
 
 
+class BulkConfig(_Model):
+    enabled: bool = False
+    maxMessages: int = Field(default=100, ge=1, le=10000)
+    maxAwaitMs: int = Field(default=1000, ge=1)
+
+
+class RuleConfig(_Model):
+    match: str
+    path: str
+
+
+class BackoffConfig(_Model):
+    initial: float = Field(default=0.2, gt=0, description="seconds before the first redelivery")
+    max: float = Field(default=5.0, gt=0, description="the longest wait between redeliveries")
+
+
+class SubscriptionConfig(_Model):
+    """A subscription declared in config; the app's ListTopicSubscriptions adds its own."""
+
+    pubsub: str
+    topic: str
+    route: str = ""
+    rules: list[RuleConfig] = Field(default_factory=list)
+    deadLetterTopic: str | None = None
+    bulk: BulkConfig = Field(default_factory=BulkConfig)
+    concurrency: int = Field(default=32, ge=1, le=10000, description="events delivered at once; 1 keeps order")
+    maxDeliveries: int = Field(default=0, ge=0, description="then dead-letter; 0 is unlimited")
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the topic is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _rules(self) -> SubscriptionConfig:
+        from handlers.pubsub import Rule, RuleError
+
+        for i, rule in enumerate(self.rules):
+            try:
+                Rule.compile(rule.match, rule.path)
+            except RuleError as exc:
+                raise ValueError(f"rules[{i}]: {exc}") from None
+        return self
+
+
 class Config(_Model):
     app: AppConfig = Field(default_factory=AppConfig)
     namespace: str = "default"
@@ -141,6 +190,9 @@ class Config(_Model):
     data_dir: str = ".l8"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    # Seconds l8 waits for the app to answer one OnTopicEvent / OnBulkTopicEvent call.
+    delivery_timeout: float = Field(default=60.0, gt=0)
 
     @field_validator("namespace")
     @classmethod
@@ -167,6 +219,19 @@ class Config(_Model):
             if not TOKEN.match(name):
                 raise ValueError(f"component name {name!r} may use only letters, digits, '_' and '-'")
         return v
+
+    @model_validator(mode="after")
+    def _subscriptions(self) -> Config:
+        pubsubs = [n for n, c in self.components.items() if c.kind == "pubsub"]
+        for i, sub in enumerate(self.subscriptions):
+            if sub.pubsub not in pubsubs:
+                raise ValueError(
+                    f"subscriptions[{i}].pubsub: {sub.pubsub!r} is not a configured pub/sub component; "
+                    f"configured: {', '.join(pubsubs) or 'none'}"
+                )
+        if self.subscriptions and self.app.callback is None:
+            raise ValueError("subscriptions: delivering events needs the app's callback (app.callback / --app-port)")
+        return self
 
     def apis(self) -> list[str]:
         """The apis whose handlers run in this process."""

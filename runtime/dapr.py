@@ -9,13 +9,16 @@ and gRPC answers them UNIMPLEMENTED, which is what the SDK expects of a sidecar 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from runtime import __version__, native
 from runtime.config import Config
 from runtime.forward import Forwarder, forwarding_handler
+
+if TYPE_CHECKING:
+    from runtime.subscriber import SubscriberManager
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
 
@@ -27,9 +30,13 @@ ROUTES: dict[str, tuple[str, str]] = {
 # Dapr's lock messages have the native fields, numbers and enum values (expiry_in_seconds is the
 # native expire, LOCK_DOES_NOT_EXIST is LOCK_UNEXIST): the bytes go through as they came.
 ROUTES.update(TryLockAlpha1=native.ROUTES["TryLock"], UnlockAlpha1=native.ROUTES["Unlock"])
+# Dapr's publish messages are wire-compatible with the native ones too.
+ROUTES["PublishEvent"] = native.ROUTES["PublishEvent"]
+ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
+ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 
 
-def metadata_response(config: Config) -> Any:
+def metadata_response(config: Config, subscriber: SubscriberManager | None = None) -> Any:
     # Imported on first use: the Dapr message set is large and only this rpc needs it.
     from dapr.proto.runtime.v1 import metadata_pb2
 
@@ -37,16 +44,31 @@ def metadata_response(config: Config) -> Any:
     for name, comp in sorted(config.components.items()):
         resp.registered_components.add(name=name, type=f"{comp.kind}.{comp.type}", version="v1")
     resp.extended_metadata["namespace"] = config.namespace
+    kinds = {"config": metadata_pb2.DECLARATIVE, "app": metadata_pb2.PROGRAMMATIC}
+    for spec in subscriber.specs() if subscriber is not None else ():
+        sub = resp.subscriptions.add(
+            pubsub_name=spec.pubsub,
+            topic=spec.topic,
+            dead_letter_topic=spec.dead_letter_topic or "",
+            type=kinds.get(spec.origin, metadata_pb2.UNKNOWN),
+        )
+        for rule in spec.routes.rules:
+            sub.rules.rules.add(match=rule.match, path=rule.path)
+        if spec.routes.default is not None:
+            sub.rules.rules.add(match="", path=spec.routes.default)
     return resp
 
 
 def dapr_service(
-    forwarder: Forwarder, config: Config, special: Mapping[str, grpc.RpcMethodHandler] | None = None
+    forwarder: Forwarder,
+    config: Config,
+    special: Mapping[str, grpc.RpcMethodHandler] | None = None,
+    subscriber: SubscriberManager | None = None,
 ) -> grpc.GenericRpcHandler:
-    """``special`` holds the rpcs that are not forwarded to a component's worker (InvokeService)."""
+    """``special`` holds the rpcs not forwarded as they came to a component's worker."""
 
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        data: bytes = metadata_response(config).SerializeToString()
+        data: bytes = metadata_response(config, subscriber).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}

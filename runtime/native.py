@@ -31,6 +31,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "TryLock": ("lock", "trylock"),
     "Unlock": ("lock", "unlock"),
     "LockKeepAlive": ("lock", "keepalive"),
+    "PublishEvent": ("pubsub", "publish"),
+    "PublishBulkEvent": ("pubsub", "bulkpublish"),
 }
 
 

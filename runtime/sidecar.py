@@ -25,6 +25,7 @@ from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
 from runtime.http import HttpServer
 from runtime.invoke import Invoker, InvokeServer, http_route
+from runtime.subscriber import Bridges, SubscriberManager
 
 log = logging.getLogger("l8")
 
@@ -45,6 +46,7 @@ class Sidecar:
         self.invocations: InvokeServer | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
+        self.subscriber: SubscriberManager | None = None
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -85,7 +87,8 @@ class Sidecar:
         role = "sidecar" if self.serve else "worker"
         self.bus = Bus(servers, name=f"l8-{role}:{cfg.app.id}")
         await self.bus.start()
-        self.components = Components(cfg, BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id), self.health)
+        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id)
+        self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
             self.bus,
@@ -114,7 +117,13 @@ class Sidecar:
                 await self.invocations.start()
             forwarder = Forwarder(self.bus, cfg)
             invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
-            self.grpc = GrpcServer(cfg, forwarder, invoker)
+            pubsubs = {s.name: s.bridge for s in self.components.served if s.api == "pubsub"}
+            # Deliveries get a channel of their own: the subscriber closes it when it has drained,
+            # while invocations may still be answering.
+            self.subscriber = SubscriberManager(
+                cfg, AppChannel(cfg.app.callback, cfg.server.max_message_bytes), Bridges(cfg, env, pubsubs)
+            )
+            self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber)
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
             self.http = HttpServer(host, port, Routes(cfg, self.health, http_route(invoker)))
@@ -122,6 +131,8 @@ class Sidecar:
                 await self.http.start()
             except OSError as exc:
                 raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
+            # Last: events flow to the app only once everything they may call back into is up.
+            await self.subscriber.start()
 
     async def _start_watchers(self) -> None:
         """Handlers that push changes (configuration) publish them for every front on the bus."""
@@ -144,6 +155,9 @@ class Sidecar:
             log.info("l8 stopped")
 
     async def _stop(self) -> None:
+        # Deliveries first: stop fetching, let the app answer what is in flight, hand back the rest.
+        if self.subscriber is not None:
+            await self.subscriber.stop()
         if self.grpc is not None:
             await self.grpc.stop()
         if self.http is not None:

@@ -1,0 +1,602 @@
+"""The Pub/Sub API: publish and bulk publish in a CloudEvents 1.0 envelope, and what a subscriber
+needs to turn a broker message back into an event, route it and settle it.
+
+Publishing: the payload is wrapped in an envelope (id, source = the caller's app id, type,
+specversion, datacontenttype, data or data_base64, topic, pubsubname, time, traceparent) unless
+the request says ``rawPayload=true``, in which case the bytes travel as they came; a payload whose
+content type is ``application/cloudevents+json`` is the envelope, completed where it lacks fields.
+``ttlInSeconds`` sets ``expiration``; the broker may also drop the event itself. A request is
+checked whole before anything is published, so bad input publishes nothing.
+
+Delivering (used by the runtime's subscriber, which owns the transport to the app): ``decode``
+turns a message into an ``Event``; ``Routes`` picks the path with a small evaluator of the CEL
+subset Dapr's examples use; ``Settler`` carries out the app's verdict: ack, retry with backoff,
+or dead-letter then drop.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bridges.errors import InvalidArgument, L8Error, Unimplemented
+from bridges.protocols import PubSub, Received
+from handlers.base import RequestInfo, parse_ttl
+from handlers.proto import runtime_pb2 as pb
+
+log = logging.getLogger("l8.handlers.pubsub")
+
+EVENT_TYPE = "com.dapr.event.sent"
+CLOUDEVENT_JSON = "application/cloudevents+json"
+HDR_RAW = "l8-raw"  # the payload is not an envelope (published with rawPayload=true)
+HDR_EXPIRES = "l8-expires"  # unix seconds after which a raw payload is not delivered
+HDR_TRACEPARENT = "traceparent"
+_EMPTY = b""
+_CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64")
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # what orjson refuses and json takes (integers past 64 bits); else ValueError
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1", "yes")
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _is_json(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base == "application/json" or base.endswith("+json")
+
+
+def _is_text(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base.startswith("text/") or base in ("application/xml",) or base.endswith("+xml")
+
+
+def new_traceparent() -> str:
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
+
+
+@dataclass(slots=True)
+class Outgoing:
+    data: bytes
+    headers: dict[str, str]
+    ttl: int | None
+
+
+class PubSubHandler:
+    """Serves one pub/sub component: ops ``publish`` and ``bulkpublish``."""
+
+    def __init__(self, component: str, bridge: PubSub, metadata: dict[str, str]) -> None:
+        self.component = component
+        self.bridge = bridge
+        self._ops: dict[str, Callable[[bytes, RequestInfo], Awaitable[bytes]]] = {
+            "publish": self.publish,
+            "bulkpublish": self.bulk_publish,
+        }
+
+    async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
+        fn = self._ops.get(op)
+        if fn is None:
+            raise Unimplemented(f"pubsub has no operation {op!r}")
+        return await fn(payload, ctx)
+
+    async def publish(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        req = pb.PublishEventRequest.FromString(payload)
+        _check_topic(req.topic)
+        out = self.envelope(req.topic, req.data, req.data_content_type, req.metadata, ctx, "the event")
+        await self.bridge.publish(req.topic, out.data, out.headers, ttl=out.ttl)
+        return _EMPTY
+
+    async def bulk_publish(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        req = pb.BulkPublishRequest.FromString(payload)
+        _check_topic(req.topic)
+        if not req.entries:
+            raise InvalidArgument("a bulk publish needs at least one entry")
+        seen: set[str] = set()
+        prepared: list[Outgoing] = []
+        for i, entry in enumerate(req.entries):
+            where = f"entries[{i}]"
+            if not entry.entry_id:
+                raise InvalidArgument(f"{where}: entry_id is empty")
+            if entry.entry_id in seen:
+                raise InvalidArgument(f"{where}: entry_id {entry.entry_id!r} is used twice")
+            seen.add(entry.entry_id)
+            metadata = {**req.metadata, **entry.metadata}
+            prepared.append(self.envelope(req.topic, entry.event, entry.content_type, metadata, ctx, where))
+        # The batch interface has no per-message TTL; events with one go on their own.
+        if any(o.ttl is not None for o in prepared):
+            errors: list[str | None] = []
+            for o in prepared:
+                try:
+                    await self.bridge.publish(req.topic, o.data, o.headers, ttl=o.ttl)
+                    errors.append(None)
+                except L8Error as exc:
+                    errors.append(str(exc))
+        else:
+            errors = await self.bridge.publish_batch(req.topic, [(o.data, o.headers) for o in prepared])
+        resp = pb.BulkPublishResponse()
+        for entry, error in zip(req.entries, errors, strict=True):
+            if error is not None:
+                resp.failed_entries.add(entry_id=entry.entry_id, error=error)
+        data: bytes = resp.SerializeToString()
+        return data
+
+    def envelope(
+        self,
+        topic: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+        ctx: RequestInfo,
+        what: str,
+    ) -> Outgoing:
+        ttl = parse_ttl(metadata, what)
+        traceparent: str | None = getattr(ctx, "traceparent", None)
+        headers: dict[str, str] = {}
+        limit = self.bridge.limits.max_message_bytes
+        if _truthy(metadata.get("rawPayload")):
+            headers[HDR_RAW] = "1"
+            if traceparent:
+                headers[HDR_TRACEPARENT] = traceparent
+            if ttl is not None:
+                headers[HDR_EXPIRES] = str(int(time.time()) + ttl)
+            if len(data) > limit:
+                raise InvalidArgument(f"{what} is {len(data)} bytes; pub/sub {self.component!r} takes at most {limit}")
+            return Outgoing(data, headers, ttl)
+        content_type = content_type or "text/plain"
+        if content_type.split(";", 1)[0].strip().lower() == CLOUDEVENT_JSON:
+            event = _given_cloudevent(data, what)
+        else:
+            event = {"datacontenttype": content_type}
+            if _is_json(content_type):
+                if data:
+                    try:
+                        event["data"] = _loads(data)
+                    except ValueError:
+                        raise InvalidArgument(
+                            f"{what}: the data is not valid JSON, but its content type is {content_type!r}"
+                        ) from None
+            elif _is_text(content_type):
+                try:
+                    event["data"] = data.decode()
+                except UnicodeDecodeError:
+                    event["data_base64"] = base64.b64encode(data).decode()
+            else:
+                event["data_base64"] = base64.b64encode(data).decode()
+        event.setdefault("id", str(uuid.uuid4()))
+        event.setdefault("source", ctx.app_id or "l8")
+        event.setdefault("type", EVENT_TYPE)
+        event.setdefault("specversion", "1.0")
+        event.setdefault("datacontenttype", "application/json" if "data" in event else "application/octet-stream")
+        for key, value in metadata.items():
+            if key.startswith("cloudevent.") and len(key) > 11:
+                event[key[11:]] = value
+        event["topic"] = topic
+        event["pubsubname"] = self.component
+        event.setdefault("time", _rfc3339(time.time()))
+        tp = traceparent or str(event.get("traceparent") or "") or new_traceparent()
+        event["traceparent"] = tp
+        event.setdefault("traceid", tp)
+        if ttl is not None:
+            event["expiration"] = _rfc3339(time.time() + ttl)
+        headers[HDR_TRACEPARENT] = tp
+        body = _dumps(event)
+        if len(body) > limit:
+            raise InvalidArgument(
+                f"{what} is {len(body)} bytes in its envelope; pub/sub {self.component!r} takes at most {limit}"
+            )
+        return Outgoing(body, headers, ttl)
+
+
+def _check_topic(topic: str) -> None:
+    if not topic:
+        raise InvalidArgument("the topic is empty")
+    if not topic.strip():
+        raise InvalidArgument("the topic is blank")
+
+
+def _given_cloudevent(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        event = _loads(data)
+    except ValueError:
+        raise InvalidArgument(f"{what}: content type {CLOUDEVENT_JSON} but the payload is not JSON") from None
+    if not isinstance(event, dict):
+        raise InvalidArgument(f"{what}: a CloudEvent must be a JSON object, not {type(event).__name__}")
+    spec = event.get("specversion", "1.0")
+    if spec != "1.0":
+        raise InvalidArgument(f"{what}: specversion {spec!r} is not supported; l8 speaks CloudEvents 1.0")
+    for key in ("id", "source", "type", "datacontenttype", "subject"):
+        if key in event and not (isinstance(event[key], str) and event[key]):
+            raise InvalidArgument(f"{what}: the CloudEvent attribute {key!r} must be a non-empty string")
+    if "data" in event and "data_base64" in event:
+        raise InvalidArgument(f"{what}: a CloudEvent holds data or data_base64, not both")
+    if "data_base64" in event:
+        raw = event["data_base64"]
+        try:
+            base64.b64decode(raw, validate=True)
+        except (ValueError, TypeError):
+            raise InvalidArgument(f"{what}: data_base64 is not valid base64") from None
+    return event
+
+
+# ---- delivery ----
+
+
+class MalformedEvent(InvalidArgument):
+    pass
+
+
+@dataclass(slots=True)
+class Event:
+    """An event as the app sees it: the envelope's attributes and the data as bytes."""
+
+    id: str
+    source: str
+    type: str
+    specversion: str
+    datacontenttype: str
+    data: bytes
+    topic: str
+    pubsubname: str
+    extensions: dict[str, Any] = field(default_factory=dict)
+    traceparent: str | None = None
+    expires_at: float | None = None
+    envelope: dict[str, Any] = field(default_factory=dict)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+
+def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> Event:
+    """The event in a broker message; MalformedEvent if it is not a CloudEvents 1.0 envelope."""
+    if headers.get(HDR_RAW):
+        expires = headers.get(HDR_EXPIRES)
+        return Event(
+            id=str(uuid.uuid4()),
+            source="",
+            type=EVENT_TYPE,
+            specversion="1.0",
+            datacontenttype="application/octet-stream",
+            data=raw,
+            topic=topic,
+            pubsubname=pubsub,
+            traceparent=headers.get(HDR_TRACEPARENT),
+            expires_at=float(expires) if expires else None,
+            envelope={"data_base64": base64.b64encode(raw).decode()},
+        )
+    try:
+        envelope = _loads(raw)
+    except ValueError:
+        raise MalformedEvent("the message is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise MalformedEvent("the message is not a JSON object")
+    content_type = str(envelope.get("datacontenttype") or "")
+    if "data_base64" in envelope:
+        try:
+            data = base64.b64decode(envelope["data_base64"])
+        except (ValueError, TypeError):
+            raise MalformedEvent("data_base64 is not base64") from None
+    elif "data" not in envelope or envelope["data"] is None:
+        data = b""
+    elif isinstance(envelope["data"], str) and not _is_json(content_type):
+        data = envelope["data"].encode()
+    else:
+        data = _dumps(envelope["data"])
+    expiration = envelope.get("expiration")
+    return Event(
+        id=str(envelope.get("id") or ""),
+        source=str(envelope.get("source") or ""),
+        type=str(envelope.get("type") or ""),
+        specversion=str(envelope.get("specversion") or "1.0"),
+        datacontenttype=content_type,
+        data=data,
+        # The subscription's, not the envelope's: a dead-lettered event must reach the dead-letter
+        # topic's handler, and the app's handler lookup goes by (pubsub, topic, path).
+        topic=topic,
+        pubsubname=pubsub,
+        extensions={k: v for k, v in envelope.items() if k not in _CORE},
+        traceparent=headers.get(HDR_TRACEPARENT) or envelope.get("traceparent"),
+        expires_at=_parse_time(expiration) if isinstance(expiration, str) else None,
+        envelope=envelope,
+    )
+
+
+# ---- routing: a CEL subset ----
+
+
+class RuleError(ValueError):
+    pass
+
+
+_TOKENS = re.compile(
+    r"""\s*(?:
+    (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+    |(?P<num>-?\d+(?:\.\d+)?)
+    |(?P<op>==|!=|<=|>=|&&|\|\||[<>!()])
+    |(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+    )""",
+    re.VERBOSE,
+)
+
+Node = tuple[Any, ...]
+
+
+def _tokenize(text: str) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKENS.match(text, pos)
+        if m is None or m.end() == pos:
+            raise RuleError(f"cannot read {text[pos:]!r} in match {text!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        value = m.group(kind or "")
+        if kind == "str":
+            inner = value[1:-1] if value[0] == '"' else value[1:-1].replace("\\'", "'").replace('"', '\\"')
+            try:
+                out.append(("lit", json.loads('"' + inner + '"')))
+            except ValueError:
+                raise RuleError(f"bad string {value} in match {text!r}") from None
+        elif kind == "num":
+            out.append(("lit", float(value) if "." in value else int(value)))
+        elif kind == "name" and value in ("true", "false", "null"):
+            out.append(("lit", {"true": True, "false": False, "null": None}[value]))
+        elif kind == "name":
+            parts = value.split(".")
+            if parts[0] != "event":
+                raise RuleError(f"{value!r}: a match reads fields of 'event' only")
+            out.append(("path", tuple(parts[1:])))
+        else:
+            out.append(("op", value))
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.pos = 0
+
+    def parse(self) -> Node:
+        if not self.tokens:
+            raise RuleError("the match is empty")
+        node = self._or()
+        if self.pos != len(self.tokens):
+            raise RuleError(f"unexpected {self.tokens[self.pos][1]!r} in match {self.text!r}")
+        return node
+
+    def _peek(self) -> tuple[str, Any] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _take_op(self, *ops: str) -> str | None:
+        tok = self._peek()
+        if tok is not None and tok[0] == "op" and tok[1] in ops:
+            self.pos += 1
+            return str(tok[1])
+        return None
+
+    def _or(self) -> Node:
+        node = self._and()
+        while self._take_op("||"):
+            node = ("or", node, self._and())
+        return node
+
+    def _and(self) -> Node:
+        node = self._not()
+        while self._take_op("&&"):
+            node = ("and", node, self._not())
+        return node
+
+    def _not(self) -> Node:
+        if self._take_op("!"):
+            return ("not", self._not())
+        return self._cmp()
+
+    def _cmp(self) -> Node:
+        left = self._primary()
+        op = self._take_op("==", "!=", "<", ">", "<=", ">=")
+        if op is None:
+            return left
+        return ("cmp", op, left, self._primary())
+
+    def _primary(self) -> Node:
+        tok = self._peek()
+        if tok is None:
+            raise RuleError(f"match {self.text!r} ends too soon")
+        if tok == ("op", "("):
+            self.pos += 1
+            node = self._or()
+            if not self._take_op(")"):
+                raise RuleError(f"a '(' is not closed in match {self.text!r}")
+            return node
+        if tok[0] in ("lit", "path"):
+            self.pos += 1
+            return tok
+        raise RuleError(f"unexpected {tok[1]!r} in match {self.text!r}")
+
+
+_MISSING = object()
+
+
+def _lookup(event: Event, path: tuple[str, ...]) -> Any:
+    if not path:
+        return _MISSING
+    head, rest = path[0], path[1:]
+    value: Any
+    if head == "data":
+        value = event.envelope.get("data", _MISSING)
+        if value is _MISSING and event.data and _is_json(event.datacontenttype):
+            try:
+                value = json.loads(event.data)
+            except ValueError:
+                return _MISSING
+    elif head in ("id", "source", "type", "specversion", "datacontenttype", "topic", "pubsubname"):
+        value = getattr(event, head)
+    else:
+        value = event.envelope.get(head, event.extensions.get(head, _MISSING))
+    for part in rest:
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _eval(node: Node, event: Event) -> Any:
+    """CEL's logic: reading a missing field is an error, which ``&&``/``||`` absorb only when the
+    other side decides the result, and which makes the rule not match."""
+    kind = node[0]
+    if kind == "lit":
+        return node[1]
+    if kind == "path":
+        return _lookup(event, node[1])
+    if kind == "not":
+        value = _eval(node[1], event)
+        return value if value is _MISSING else value is not True
+    if kind in ("and", "or"):
+        decides = kind == "or"  # True decides an ||, False decides an &&
+        left, right = _eval(node[1], event), _eval(node[2], event)
+        if (left is not _MISSING and bool(left) is decides) or (right is not _MISSING and bool(right) is decides):
+            return decides
+        if left is _MISSING or right is _MISSING:
+            return _MISSING
+        return not decides
+    op, left, right = node[1], _eval(node[2], event), _eval(node[3], event)
+    if left is _MISSING or right is _MISSING:
+        return _MISSING
+    if op == "==":
+        return bool(left == right)
+    if op == "!=":
+        return bool(left != right)
+    try:
+        return bool({"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op])
+    except TypeError:
+        return _MISSING
+
+
+@dataclass(slots=True, frozen=True)
+class Rule:
+    match: str
+    path: str
+    tree: Node
+
+    @classmethod
+    def compile(cls, match: str, path: str) -> Rule:
+        return cls(match, path, _Parser(match).parse())
+
+    def matches(self, event: Event) -> bool:
+        return _eval(self.tree, event) is True
+
+
+@dataclass(slots=True, frozen=True)
+class Routes:
+    """Rules in order, first match wins, then ``default``; None means no route."""
+
+    rules: tuple[Rule, ...] = ()
+    default: str | None = ""
+
+    @classmethod
+    def of(cls, rules: list[tuple[str, str]], default: str | None) -> Routes:
+        return cls(tuple(Rule.compile(m, p) for m, p in rules), default)
+
+    def route(self, event: Event) -> str | None:
+        for rule in self.rules:
+            if rule.matches(event):
+                return rule.path
+        return self.default
+
+
+# ---- settling ----
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DROP = "drop"
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    initial: float = 0.2
+    maximum: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.maximum, self.initial * float(2 ** max(0, min(attempt - 1, 30))))
+
+
+class Settler:
+    """Carries out a verdict on a message of one subscription."""
+
+    def __init__(
+        self,
+        bridge: PubSub,
+        *,
+        dead_letter_topic: str | None,
+        max_deliveries: int = 0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.dead_letter_topic = dead_letter_topic or None
+        self.max_deliveries = max_deliveries
+        self.backoff = backoff or Backoff()
+
+    async def settle(self, received: Received, verdict: Verdict, why: str = "") -> Verdict:
+        """Returns what was done: a RETRY past max deliveries becomes a DROP (dead-lettered)."""
+        if verdict is Verdict.ACK:
+            await received.ack()
+            return verdict
+        if verdict is Verdict.RETRY:
+            if self.max_deliveries and received.attempt >= self.max_deliveries:
+                why = why or f"not processed after {received.attempt} deliveries"
+                verdict = Verdict.DROP
+            else:
+                await received.retry(self.backoff.delay(received.attempt))
+                return verdict
+        if self.dead_letter_topic:
+            headers = dict(received.headers)
+            headers["l8-dead-letter-reason"] = " ".join(why.split())[:500] or "dropped"
+            headers["l8-original-topic"] = received.topic
+            try:
+                await self.bridge.publish(self.dead_letter_topic, received.data, headers)
+            except L8Error as exc:
+                # Never lose it: without its dead-letter copy, it stays in the topic.
+                log.warning("dead-lettering to %r failed, redelivering: %s", self.dead_letter_topic, exc)
+                await received.retry(self.backoff.delay(received.attempt))
+                return Verdict.RETRY
+        await received.drop()
+        return Verdict.DROP
