@@ -1,9 +1,10 @@
-"""Opening the KV buckets of the lock and the sequencer: created on first use, checked after.
+"""Opening the KV buckets of l8's NATS bridges: created on first use, checked after.
 
-Both need per-message TTLs (``allow_msg_ttl``) and direct gets, and neither may have subject
-delete markers (``subject_delete_marker_ttl``, the KV ``limit_marker_ttl``): with them an expired
-key leaves a marker behind that reads as neither present nor absent, and a lock would never be
-free again (python-ecosystem.md §2).
+All need per-message TTLs (``allow_msg_ttl``) and direct gets; state and configuration also need
+atomic batches (``allow_atomic``) for their transactions. None may have subject delete markers
+(``subject_delete_marker_ttl``, the KV ``limit_marker_ttl``): with them an expired key leaves a
+marker behind that reads as neither present nor absent, and a lock would never be free again
+(python-ecosystem.md §2).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ HDR_STATUS = "Status"
 DELETE_OPS = ("DEL", "PURGE")
 
 
-async def open_bucket(nc: Client, bucket: str, replicas: int, timeout: float, what: str) -> None:
+async def open_bucket(
+    nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool = False
+) -> None:
     js = nc.jetstream()
     with map_nats_errors(f"{what}: opening bucket {bucket}"):
         try:
@@ -45,15 +48,18 @@ async def open_bucket(nc: Client, bucket: str, replicas: int, timeout: float, wh
                 f"{what}: bucket {bucket} has limit_marker_ttl set; expired keys would leave markers that "
                 "never free them. Use a bucket without it."
             )
-        if config.get("allow_msg_ttl") and config.get("allow_direct"):
+        needed = {"allow_msg_ttl": True, "allow_direct": True}
+        if atomic:
+            needed["allow_atomic"] = True
+        if all(config.get(flag) for flag in needed):
             return
-        config.update(allow_msg_ttl=True, allow_direct=True)
+        config.update(needed)
         reply = json.loads(
             (await nc.request(f"$JS.API.STREAM.UPDATE.KV_{bucket}", json.dumps(config).encode(), timeout=timeout)).data
         )
         if "error" in reply:
             raise FailedPrecondition(
-                f"{what}: bucket {bucket}: cannot enable per-key TTLs: {reply['error'].get('description')}"
+                f"{what}: bucket {bucket}: cannot enable {', '.join(needed)}: {reply['error'].get('description')}"
             )
 
 

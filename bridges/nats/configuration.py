@@ -17,13 +17,12 @@ import logging
 import uuid
 from typing import Any
 
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import DeliverPolicy
 
-from bridges.errors import BackendUnavailable, InvalidArgument
-from bridges.nats import keys
+from bridges.errors import BackendUnavailable
+from bridges.nats import buckets, keys
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import ChangeSink, ConfigChange, ConfigEntry, ConfigurationLimits
 from bridges.registry import BridgeEnv
@@ -62,24 +61,8 @@ class NatsKvConfigurationStore:
         return self.limits.features
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
-        with map_nats_errors(f"configuration store {self.name!r}: opening bucket {self.bucket}"):
-            try:
-                await js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                try:
-                    await js.create_key_value(
-                        KeyValueConfig(
-                            bucket=self.bucket,
-                            history=1,
-                            storage=StorageType.FILE,
-                            replicas=self._replicas,
-                            direct=True,
-                        )
-                    )
-                except nats.js.errors.BadRequestError:
-                    await js.key_value(self.bucket)  # another runtime created it first
-            await self._ensure_atomic()
+        what = f"configuration store {self.name!r}"
+        await buckets.open_bucket(self._nc, self.bucket, self._replicas, self._timeout, what, atomic=True)
         server_limit = self._nc.max_payload - 8192
         self.limits.max_value_bytes = min(self._max_value, server_limit) if self._max_value else server_limit
 
@@ -92,26 +75,6 @@ class NatsKvConfigurationStore:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection may already be draining
                 log.debug("configuration watcher of %r: unsubscribe failed: %s", self.name, exc)
-
-    async def _ensure_atomic(self) -> None:
-        info = json.loads(
-            (await self._nc.request(f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout)).data
-        )
-        config = info["config"]
-        if config.get("allow_atomic") and config.get("allow_direct"):
-            return
-        config.update(allow_atomic=True, allow_direct=True)
-        reply = json.loads(
-            (
-                await self._nc.request(
-                    f"$JS.API.STREAM.UPDATE.{self._stream}", json.dumps(config).encode(), timeout=self._timeout
-                )
-            ).data
-        )
-        if "error" in reply:
-            raise InvalidArgument(
-                f"bucket {self.bucket}: cannot enable atomic batches: {reply['error'].get('description')}"
-            )
 
     def _subject(self, key: str) -> str:
         return self._prefix + keys.encode(key)

@@ -8,17 +8,14 @@ transactions are JetStream atomic batches, so they apply whole or not at all.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
 
-from bridges.errors import EtagMismatch, InvalidArgument, InvalidEtag
-from bridges.nats import keys
+from bridges.errors import EtagMismatch, InvalidEtag
+from bridges.nats import buckets, keys
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import StateDelete, StateEntry, StateLimits, StateOp, StateSet
 from bridges.registry import BridgeEnv
@@ -53,50 +50,14 @@ class NatsKvStateStore:
         return self.limits.features
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
-        with map_nats_errors(f"state store {self.name!r}: opening bucket {self.bucket}"):
-            try:
-                await js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                try:
-                    await js.create_key_value(
-                        KeyValueConfig(
-                            bucket=self.bucket,
-                            history=1,
-                            storage=StorageType.FILE,
-                            replicas=self._replicas,
-                            direct=True,
-                        )
-                    )
-                except nats.js.errors.BadRequestError:
-                    await js.key_value(self.bucket)  # another runtime created it first
-            await self._ensure_stream_features()
+        what = f"state store {self.name!r}"
+        await buckets.open_bucket(self._nc, self.bucket, self._replicas, self._timeout, what, atomic=True)
         # Leave room for headers and the request envelope under the server's payload limit.
         server_limit = self._nc.max_payload - 4096
         self.limits.max_value_bytes = min(self._max_value, server_limit) if self._max_value else server_limit
 
     async def stop(self) -> None:
         return None
-
-    async def _ensure_stream_features(self) -> None:
-        info = json.loads(
-            (await self._nc.request(f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout)).data
-        )
-        config = info["config"]
-        if config.get("allow_atomic") and config.get("allow_direct") and config.get("allow_msg_ttl"):
-            return
-        config.update(allow_atomic=True, allow_direct=True, allow_msg_ttl=True)
-        reply = json.loads(
-            (
-                await self._nc.request(
-                    f"$JS.API.STREAM.UPDATE.{self._stream}", json.dumps(config).encode(), timeout=self._timeout
-                )
-            ).data
-        )
-        if "error" in reply:
-            raise InvalidArgument(
-                f"bucket {self.bucket}: cannot enable atomic batches: {reply['error'].get('description')}"
-            )
 
     def _subject(self, key: str) -> str:
         return f"$KV.{self.bucket}.{keys.encode(key)}"

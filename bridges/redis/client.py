@@ -23,6 +23,18 @@ def acquire(url: str, max_connections: int = 64) -> aioredis.Redis:
     return client
 
 
+async def connect(url: str, max_connections: int, what: str) -> aioredis.Redis:
+    """The shared client of ``url``, checked with a PING; given back if the server does not answer."""
+    client = acquire(url, max_connections)
+    try:
+        with map_redis_errors(f"{what}: connecting to {url}"):
+            await client.ping()
+    except BaseException:
+        await release(url)
+        raise
+    return client
+
+
 async def release(url: str) -> None:
     client, users = _clients.get(url, (None, 0))
     if client is None:

@@ -90,11 +90,10 @@ class RedisConfigurationStore:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = clients.acquire(self._url, self._max_connections)
+        self._redis = await clients.connect(self._url, self._max_connections, f"configuration store {self.name!r}")
         self._write = self._redis.register_script(_WRITE)
         self._db = int(self._redis.connection_pool.connection_kwargs.get("db", 0) or 0)
-        with map_redis_errors(f"configuration store {self.name!r}: connecting to {self._url}"):
-            await self._redis.ping()
+        with map_redis_errors(f"configuration store {self.name!r}: keyspace notifications on {self._url}"):
             await self._ensure_notifications()
 
     async def stop(self) -> None:

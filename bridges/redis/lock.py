@@ -48,11 +48,9 @@ class RedisLockStore:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = clients.acquire(self._url, self._max_connections)
+        self._redis = await clients.connect(self._url, self._max_connections, f"lock store {self.name!r}")
         self._unlock = self._redis.register_script(_UNLOCK)
         self._renew = self._redis.register_script(_RENEW)
-        with map_redis_errors(f"lock store {self.name!r}: connecting to {self._url}"):
-            await self._redis.ping()
 
     async def stop(self) -> None:
         if self._redis is None:

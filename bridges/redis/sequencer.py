@@ -39,10 +39,8 @@ class RedisSequencer:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = clients.acquire(self._url, self._max_connections)
+        self._redis = await clients.connect(self._url, self._max_connections, f"sequencer {self.name!r}")
         self._above = self._redis.register_script(_RESERVE_ABOVE)
-        with map_redis_errors(f"sequencer {self.name!r}: connecting to {self._url}"):
-            await self._redis.ping()
 
     async def stop(self) -> None:
         if self._redis is None:

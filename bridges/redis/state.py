@@ -76,11 +76,9 @@ class RedisStateStore:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = clients.acquire(self._url, self._max_connections)
+        self._redis = await clients.connect(self._url, self._max_connections, f"state store {self.name!r}")
         self._get = self._redis.register_script(_GET)
         self._transact = self._redis.register_script(_TRANSACT)
-        with map_redis_errors(f"state store {self.name!r}: connecting to {self._url}"):
-            await self._redis.ping()
 
     async def stop(self) -> None:
         if self._redis is None:
