@@ -98,13 +98,18 @@ class WorkerHost:
             self._stopped = True
             return
         self._stopped = True
-        for route in self._routes:
+
+        async def leave(route: _Route) -> None:
             self._bus.stop_serving_locally(subjects.queue_group(self._ns, route.api, route.component))
             if route.subscription is not None:
                 try:
-                    await route.subscription.unsubscribe()
+                    # Not a plain unsubscribe: a request the server routed here as we left would be
+                    # dropped and its caller would wait out the deadline (see Bus.retire).
+                    await self._bus.retire(route.subscription)
                 except Exception as exc:  # the connection may already be gone
-                    log.debug("unsubscribe failed: %s", exc)
+                    log.debug("leaving %s/%s failed: %s", route.api, route.component, exc)
+
+        await asyncio.gather(*(leave(route) for route in self._routes))
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:

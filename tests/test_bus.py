@@ -245,3 +245,45 @@ async def test_local_dispatch_serves_handlers_of_this_process_without_the_server
         await spy_sub.unsubscribe()
     with pytest.raises(NoResponders):
         await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None))
+
+
+async def test_a_worker_leaving_its_queue_group_loses_no_request(nats_server: Server) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    staying, leaving, client = Bus([nats_server.url]), Bus([nats_server.url]), Bus([nats_server.url])
+    for bus in (staying, leaving, client):
+        await bus.start()
+    stays = WorkerHost(staying, ns)
+    stays.add("state", "s", handler)
+    await stays.start()
+    subject = request_subject(ns, "state", "s", "get")
+    lost: list[str] = []
+    try:
+        for round_ in range(15):
+            leaves = WorkerHost(leaving, ns)
+            leaves.add("state", "s", handler)
+            await leaves.start()
+            stop_at = time.monotonic() + 0.3
+
+            async def caller(n: int, round_: int, stop_at: float) -> None:
+                i = 0
+                while time.monotonic() < stop_at:
+                    payload = f"{round_}-{n}-{i}".encode()
+                    try:
+                        assert (await client.request(subject, payload, timeout=3)).data == payload
+                    except BusTimeout:
+                        lost.append(payload.decode())
+                    i += 1
+
+            callers = asyncio.gather(*(caller(n, round_, stop_at) for n in range(4)))
+            await asyncio.sleep(0.1)
+            await leaves.stop()
+            await callers
+        assert not lost, f"requests left to their deadline while a worker left: {lost[:5]}"
+    finally:
+        await stays.stop()
+        for bus in (staying, leaving, client):
+            await bus.stop()
