@@ -31,10 +31,9 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-from nats.aio.msg import Msg
 
 from bridges.errors import Code
 from bus import BusError
@@ -44,6 +43,11 @@ from handlers.configuration import Change, SubscribeReply, decode_changes, split
 from handlers.proto import runtime_pb2 as pb
 from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
+
+if TYPE_CHECKING:
+    # Only a type here: importing nats before bus would skip bus/_nats_import.py, and a process whose
+    # first import is this module (or runtime.grpc_server) would load aiohttp (about 14 MB).
+    from nats.aio.msg import Msg
 
 log = logging.getLogger("l8.runtime.configuration")
 
