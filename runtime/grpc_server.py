@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from runtime import configuration, dapr, native
 from runtime.config import Config
@@ -14,6 +15,40 @@ from runtime.forward import Forwarder
 from runtime.invoke import Invoker, grpc_handler
 from runtime.sequencer import SegmentCache, next_id_handler
 from runtime.subscriber import SubscriberManager
+
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+_REFLECTION_METHOD = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
+
+
+class _LazyReflection(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Server reflection, loaded on its first call.
+
+    grpc_reflection imports protobuf's descriptor_pb2 and builds its servicer over the whole
+    descriptor pool: about 1 MB of memory and 60 ms of start-up that most sidecars never use
+    (reflection serves tools such as grpcurl). The real servicer answers every call, so what
+    clients see is unchanged.
+    """
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        self._service_names = service_names
+        self._handler: grpc.RpcMethodHandler | None = None
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != _REFLECTION_METHOD:
+            return None
+        if self._handler is None:
+            # The Dapr messages are imported lazily elsewhere (runtime/dapr.py); reflection
+            # describes the Dapr service from the descriptor pool, so it loads them here.
+            import dapr.proto.runtime.v1.dapr_pb2  # noqa: F401
+            from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+            servicer: Any = reflection.aio.ReflectionServicer(self._service_names)
+            self._handler = grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        return self._handler
 
 
 class GrpcServer:
@@ -69,14 +104,17 @@ class GrpcServer:
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        server.add_generic_rpc_handlers(
             (
-                native.SERVICE,
-                dapr.SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+                _LazyReflection(
+                    (
+                        native.SERVICE,
+                        dapr.SERVICE,
+                        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                        REFLECTION_SERVICE,
+                    )
+                ),
+            )
         )
         address = self._config.server.grpc
         try:

@@ -110,6 +110,13 @@ def test_the_native_api_drives_state_end_to_end_and_health_and_reflection_answer
         answers = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert {"l8.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr", "grpc.health.v1.Health"} <= names
+        # Reflection and the Dapr messages load on first use: each service must still be described.
+        for symbol in ("l8.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr"):
+            answers = reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)])
+            )
+            files = [f for a in answers for f in a.file_descriptor_response.file_descriptor_proto]
+            assert files, f"reflection does not describe {symbol}"
 
 
 def test_the_actuator_reports_health_info_and_metadata(nats_server: Server) -> None:
