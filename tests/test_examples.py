@@ -43,3 +43,9 @@ def test_the_configuration_example_reads_and_watches_an_item(nats_server: Server
     with l8_running(config) as l8:
         env = {"DAPR_GRPC_PORT": str(l8.grpc_port), "DAPR_HTTP_PORT": str(l8.http_port)}
         assert run_example("configuration_dapr.py", env).splitlines()[:2] == ["off", "('feature.checkout', 'on')"]
+
+
+def test_the_readme_quickstart_shows_the_examples_as_they_are() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    for name in ("state_dapr.py", "state_native.py"):
+        assert f"# examples/{name}\n{(EXAMPLES / name).read_text().strip()}\n```" in readme, name
