@@ -156,11 +156,19 @@ class WorkerHost:
         except RemoteError as exc:
             await self._reply_error(msg, exc.code, exc.message)
             return
-        if msg.reply:
-            try:
-                await self._bus.nc.publish(msg.reply, reply)
-            except Exception as exc:
-                log.warning("could not send the reply to %s: %s", msg.subject, exc)
+        if not msg.reply:
+            return
+        limit = self._bus.nc.max_payload
+        if len(reply) > limit:
+            # Publishing it would fail and leave the caller to its deadline; say why instead.
+            await self._reply_error(
+                msg, "RESOURCE_EXHAUSTED", f"the reply is {len(reply)} bytes; the bus carries at most {limit}"
+            )
+            return
+        try:
+            await self._bus.nc.publish(msg.reply, reply)
+        except Exception as exc:
+            log.warning("could not send the reply to %s: %s", msg.subject, exc)
 
     async def call_local(self, handler: Handler, subject: str, data: bytes, ctx: RequestContext) -> bytes:
         """Serve a request of this process without the round trip through the server.

@@ -287,3 +287,22 @@ async def test_a_worker_leaving_its_queue_group_loses_no_request(nats_server: Se
         await stays.stop()
         for bus in (staying, leaving, client):
             await bus.stop()
+
+
+async def test_a_reply_too_large_for_the_bus_comes_back_as_an_error_not_a_timeout(bus: Bus) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return b"x" * (bus.max_payload + 1)
+
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        began = time.monotonic()
+        with pytest.raises(RemoteError) as info:
+            await bus.request(request_subject(ns, "state", "s", "bulkget"), b"", timeout=5)
+        assert info.value.code == "RESOURCE_EXHAUSTED" and "the bus carries at most" in info.value.message
+        assert time.monotonic() - began < 4
+    finally:
+        await host.stop()
