@@ -402,8 +402,9 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
             dapr = grpc_call(ch, DAPR_METHOD, dapr_req)
             await check(native, pb.GetStateResponse.FromString)
             await check(dapr, dapr_state.GetStateResponse.FromString)
-            if st.local:  # the Dapr front differs from the native one before the bus only
+            if st.local:  # l8's default: handlers of the same process are called without the server
                 targets.append((Measured(f"l8 GetState native API → {st.backend}, local disp."), native))
+                targets.append((Measured(f"l8 GetState Dapr API → {st.backend}, local disp."), dapr))
             else:
                 targets.append((Measured(f"l8 GetState native API → {st.backend}"), native))
                 targets.append((Measured(f"l8 GetState Dapr API → {st.backend}"), dapr))
