@@ -70,3 +70,13 @@ def parse_ttl(metadata: Mapping[str, str], what: str) -> int | None:
     if ttl < 1:
         raise InvalidArgument(f"{what}: ttlInSeconds must be at least 1, or -1 for no expiry; got {ttl}")
     return ttl
+
+
+def is_json_type(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base == "application/json" or base.endswith("+json")
+
+
+def is_text_type(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base.startswith("text/") or base in ("application/xml",) or base.endswith("+xml")

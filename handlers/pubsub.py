@@ -9,8 +9,8 @@ content type is ``application/cloudevents+json`` is the envelope, completed wher
 checked whole before anything is published, so bad input publishes nothing.
 
 Delivering (used by the runtime's subscriber, which owns the transport to the app): ``decode``
-turns a message into an ``Event``; ``Routes`` picks the path with a small evaluator of the CEL
-subset Dapr's examples use; ``Settler`` carries out the app's verdict: ack, retry with backoff,
+turns a message into an ``Event``; ``Routes`` (handlers/pubsub_rules.py) picks the path with a small
+evaluator of the CEL subset Dapr's examples use; ``Settler`` carries out the app's verdict: ack, retry with backoff,
 or dead-letter then drop.
 """
 
@@ -21,7 +21,6 @@ import enum
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,7 +32,7 @@ import orjson
 
 from bridges.errors import InvalidArgument, L8Error, Unimplemented
 from bridges.protocols import PubSub, Received
-from handlers.base import RequestInfo, parse_ttl
+from handlers.base import RequestInfo, is_json_type, is_text_type, parse_ttl
 from handlers.proto import runtime_pb2 as pb
 
 log = logging.getLogger("l8.handlers.pubsub")
@@ -74,16 +73,6 @@ def _parse_time(value: str) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _is_json(content_type: str) -> bool:
-    base = content_type.split(";", 1)[0].strip().lower()
-    return base == "application/json" or base.endswith("+json")
-
-
-def _is_text(content_type: str) -> bool:
-    base = content_type.split(";", 1)[0].strip().lower()
-    return base.startswith("text/") or base in ("application/xml",) or base.endswith("+xml")
 
 
 def new_traceparent() -> str:
@@ -183,7 +172,7 @@ class PubSubHandler:
             event = _given_cloudevent(data, what)
         else:
             event = {"datacontenttype": content_type}
-            if _is_json(content_type):
+            if is_json_type(content_type):
                 if data:
                     try:
                         event["data"] = _loads(data)
@@ -191,7 +180,7 @@ class PubSubHandler:
                         raise InvalidArgument(
                             f"{what}: the data is not valid JSON, but its content type is {content_type!r}"
                         ) from None
-            elif _is_text(content_type):
+            elif is_text_type(content_type):
                 try:
                     event["data"] = data.decode()
                 except UnicodeDecodeError:
@@ -313,7 +302,7 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> E
             raise MalformedEvent("data_base64 is not base64") from None
     elif "data" not in envelope or envelope["data"] is None:
         data = b""
-    elif isinstance(envelope["data"], str) and not _is_json(content_type):
+    elif isinstance(envelope["data"], str) and not is_json_type(content_type):
         data = envelope["data"].encode()
     else:
         data = _dumps(envelope["data"])
@@ -334,211 +323,6 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> E
         expires_at=_parse_time(expiration) if isinstance(expiration, str) else None,
         envelope=envelope,
     )
-
-
-# ---- routing: a CEL subset ----
-
-
-class RuleError(ValueError):
-    pass
-
-
-_TOKENS = re.compile(
-    r"""\s*(?:
-    (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    |(?P<num>-?\d+(?:\.\d+)?)
-    |(?P<op>==|!=|<=|>=|&&|\|\||[<>!()])
-    |(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-    )""",
-    re.VERBOSE,
-)
-
-Node = tuple[Any, ...]
-
-
-def _tokenize(text: str) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKENS.match(text, pos)
-        if m is None or m.end() == pos:
-            raise RuleError(f"cannot read {text[pos:]!r} in match {text!r}")
-        pos = m.end()
-        kind = m.lastgroup
-        value = m.group(kind or "")
-        if kind == "str":
-            inner = value[1:-1] if value[0] == '"' else value[1:-1].replace("\\'", "'").replace('"', '\\"')
-            try:
-                out.append(("lit", json.loads('"' + inner + '"')))
-            except ValueError:
-                raise RuleError(f"bad string {value} in match {text!r}") from None
-        elif kind == "num":
-            out.append(("lit", float(value) if "." in value else int(value)))
-        elif kind == "name" and value in ("true", "false", "null"):
-            out.append(("lit", {"true": True, "false": False, "null": None}[value]))
-        elif kind == "name":
-            parts = value.split(".")
-            if parts[0] != "event":
-                raise RuleError(f"{value!r}: a match reads fields of 'event' only")
-            out.append(("path", tuple(parts[1:])))
-        else:
-            out.append(("op", value))
-    return out
-
-
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.tokens = _tokenize(text)
-        self.pos = 0
-
-    def parse(self) -> Node:
-        if not self.tokens:
-            raise RuleError("the match is empty")
-        node = self._or()
-        if self.pos != len(self.tokens):
-            raise RuleError(f"unexpected {self.tokens[self.pos][1]!r} in match {self.text!r}")
-        return node
-
-    def _peek(self) -> tuple[str, Any] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def _take_op(self, *ops: str) -> str | None:
-        tok = self._peek()
-        if tok is not None and tok[0] == "op" and tok[1] in ops:
-            self.pos += 1
-            return str(tok[1])
-        return None
-
-    def _or(self) -> Node:
-        node = self._and()
-        while self._take_op("||"):
-            node = ("or", node, self._and())
-        return node
-
-    def _and(self) -> Node:
-        node = self._not()
-        while self._take_op("&&"):
-            node = ("and", node, self._not())
-        return node
-
-    def _not(self) -> Node:
-        if self._take_op("!"):
-            return ("not", self._not())
-        return self._cmp()
-
-    def _cmp(self) -> Node:
-        left = self._primary()
-        op = self._take_op("==", "!=", "<", ">", "<=", ">=")
-        if op is None:
-            return left
-        return ("cmp", op, left, self._primary())
-
-    def _primary(self) -> Node:
-        tok = self._peek()
-        if tok is None:
-            raise RuleError(f"match {self.text!r} ends too soon")
-        if tok == ("op", "("):
-            self.pos += 1
-            node = self._or()
-            if not self._take_op(")"):
-                raise RuleError(f"a '(' is not closed in match {self.text!r}")
-            return node
-        if tok[0] in ("lit", "path"):
-            self.pos += 1
-            return tok
-        raise RuleError(f"unexpected {tok[1]!r} in match {self.text!r}")
-
-
-_MISSING = object()
-
-
-def _lookup(event: Event, path: tuple[str, ...]) -> Any:
-    if not path:
-        return _MISSING
-    head, rest = path[0], path[1:]
-    value: Any
-    if head == "data":
-        value = event.envelope.get("data", _MISSING)
-        if value is _MISSING and event.data and _is_json(event.datacontenttype):
-            try:
-                value = json.loads(event.data)
-            except ValueError:
-                return _MISSING
-    elif head in ("id", "source", "type", "specversion", "datacontenttype", "topic", "pubsubname"):
-        value = getattr(event, head)
-    else:
-        value = event.envelope.get(head, event.extensions.get(head, _MISSING))
-    for part in rest:
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def _eval(node: Node, event: Event) -> Any:
-    """CEL's logic: reading a missing field is an error, which ``&&``/``||`` absorb only when the
-    other side decides the result, and which makes the rule not match."""
-    kind = node[0]
-    if kind == "lit":
-        return node[1]
-    if kind == "path":
-        return _lookup(event, node[1])
-    if kind == "not":
-        value = _eval(node[1], event)
-        return value if value is _MISSING else value is not True
-    if kind in ("and", "or"):
-        decides = kind == "or"  # True decides an ||, False decides an &&
-        left, right = _eval(node[1], event), _eval(node[2], event)
-        if (left is not _MISSING and bool(left) is decides) or (right is not _MISSING and bool(right) is decides):
-            return decides
-        if left is _MISSING or right is _MISSING:
-            return _MISSING
-        return not decides
-    op, left, right = node[1], _eval(node[2], event), _eval(node[3], event)
-    if left is _MISSING or right is _MISSING:
-        return _MISSING
-    if op == "==":
-        return bool(left == right)
-    if op == "!=":
-        return bool(left != right)
-    try:
-        return bool({"<": left < right, ">": left > right, "<=": left <= right, ">=": left >= right}[op])
-    except TypeError:
-        return _MISSING
-
-
-@dataclass(slots=True, frozen=True)
-class Rule:
-    match: str
-    path: str
-    tree: Node
-
-    @classmethod
-    def compile(cls, match: str, path: str) -> Rule:
-        return cls(match, path, _Parser(match).parse())
-
-    def matches(self, event: Event) -> bool:
-        return _eval(self.tree, event) is True
-
-
-@dataclass(slots=True, frozen=True)
-class Routes:
-    """Rules in order, first match wins, then ``default``; None means no route."""
-
-    rules: tuple[Rule, ...] = ()
-    default: str | None = ""
-
-    @classmethod
-    def of(cls, rules: list[tuple[str, str]], default: str | None) -> Routes:
-        return cls(tuple(Rule.compile(m, p) for m, p in rules), default)
-
-    def route(self, event: Event) -> str | None:
-        for rule in self.rules:
-            if rule.matches(event):
-                return rule.path
-        return self.default
 
 
 # ---- settling ----

@@ -169,7 +169,7 @@ class SubscriptionConfig(_Model):
 
     @model_validator(mode="after")
     def _rules(self) -> SubscriptionConfig:
-        from handlers.pubsub import Rule, RuleError
+        from handlers.pubsub_rules import Rule, RuleError
 
         for i, rule in enumerate(self.rules):
             try:

@@ -36,12 +36,11 @@ from handlers.pubsub import (
     Backoff,
     Event,
     MalformedEvent,
-    Routes,
-    RuleError,
     Settler,
     Verdict,
     decode,
 )
+from handlers.pubsub_rules import Routes, RuleError
 from runtime.app_channel import AppChannel
 from runtime.config import Config, SubscriptionConfig
 

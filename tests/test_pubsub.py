@@ -16,7 +16,8 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from dapr.proto.runtime.v1 import pubsub_pb2 as dapr_pubsub
 
 from handlers.proto import runtime_pb2 as pb
-from handlers.pubsub import Event, Routes, RuleError
+from handlers.pubsub import Event
+from handlers.pubsub_rules import Routes, RuleError
 from runtime.sidecar import Sidecar
 from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
 from tests.pubsub_app import AppServer, RecordingApp, subscription
