@@ -212,9 +212,8 @@ async def main(n: int) -> None:
     from dapr.proto.runtime.v1 import pubsub_pb2 as dapr_pubsub
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from bridges.nats.pubsub import topic_token
+    from bridges.nats.pubsub import event_subject, topic_token
     from bus import EmbeddedNats
-    from bus.subjects import event_subject
     from handlers.proto import runtime_pb2 as pb
     from handlers.proto import runtime_pb2_grpc
     from runtime.sidecar import Sidecar

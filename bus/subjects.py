@@ -2,7 +2,8 @@
 
 - ``l8.<ns>.<api>.<component>.<op>``: requests to handlers, queue group ``l8.<ns>.<api>.<component>``.
 - ``l8.<ns>.app.<app_id>.invoke``: invocations of an app, answered by that app's sidecars.
-- ``l8.<ns>.evt.<pubsub>.<topic>``: topics of NATS-backed pub/sub components.
+- ``l8.<ns>.evt.<pubsub>.<topic>``: topics of NATS-backed pub/sub components; the JetStream
+  bridge owns that name (bridges/nats/pubsub.py), since bridges do not import the bus.
 - ``l8.<ns>.<api>.<component>.events.changes``: changes a component's workers push to every front
   (configuration); one token longer than requests, so the request wildcard does not match it.
 """
@@ -37,10 +38,6 @@ def queue_group(ns: str, api: str, component: str) -> str:
 
 def invoke_subject(ns: str, app_id: str) -> str:
     return f"l8.{ns}.app.{app_id}.invoke"
-
-
-def event_subject(ns: str, pubsub: str, topic: str) -> str:
-    return f"l8.{ns}.evt.{pubsub}.{topic}"
 
 
 def changes_subject(ns: str, api: str, component: str) -> str:

@@ -37,8 +37,7 @@ class CloudEvent(BaseModel):
 
 
 def _subject(config: Config, pubsub: str, topic: str) -> str:
-    from bridges.nats.pubsub import topic_token
-    from bus.subjects import event_subject
+    from bridges.nats.pubsub import event_subject, topic_token
 
     comp = config.components[pubsub]
     if comp.type == "nats.jetstream":

@@ -30,7 +30,6 @@ from bridges.errors import BackendUnavailable, InvalidArgument, L8Error
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import PubSubLimits, Received
 from bridges.registry import BridgeEnv
-from bus.subjects import event_subject
 
 log = logging.getLogger("l8.bridges.nats.pubsub")
 
@@ -40,6 +39,11 @@ _HEADER_ROOM = 8192  # the envelope, headers and subject under the server's payl
 _PUBLISH_PARALLELISM = 256
 _STATUS = "Status"
 _BATCH_SETTLE_TICKS = 2  # loop turns without a new message before a partial batch is handed out
+
+
+def event_subject(ns: str, pubsub: str, token: str) -> str:
+    """``l8.<ns>.evt.<pubsub>.<topic token>``: the topics of a NATS pub/sub component (DESIGN.md)."""
+    return f"l8.{ns}.evt.{pubsub}.{token}"
 
 
 def topic_token(topic: str) -> str:
