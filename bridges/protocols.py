@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -148,6 +149,17 @@ class ConfigEntry:
     tags: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     version: int = 0  # the store's revision; set by the store, ignored on writes
+
+    @staticmethod
+    def string_map(raw: str | bytes | None) -> dict[str, str]:
+        """Tags or metadata as the bridges store them, a JSON object; anything else reads as empty."""
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 @dataclass(slots=True, frozen=True)

@@ -203,20 +203,10 @@ def _entry(key: str, data: bytes, headers: dict[str, str], version: int) -> Conf
     return ConfigEntry(
         key=key,
         content=data.decode(errors="replace"),
-        tags=_json_map(headers.get(HDR_TAGS)),
-        metadata=_json_map(headers.get(HDR_METADATA)),
+        tags=ConfigEntry.string_map(headers.get(HDR_TAGS)),
+        metadata=ConfigEntry.string_map(headers.get(HDR_METADATA)),
         version=version,
     )
-
-
-def _json_map(raw: str | None) -> dict[str, str]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _write_headers(entry: ConfigEntry) -> dict[str, str]:

@@ -263,17 +263,7 @@ def _entry(key: str, fields: Any) -> ConfigEntry | None:
     return ConfigEntry(
         key=key,
         content=fields.get(b"content", b"").decode(errors="replace"),
-        tags=_json_map(fields.get(b"tags")),
-        metadata=_json_map(fields.get(b"metadata")),
+        tags=ConfigEntry.string_map(fields.get(b"tags")),
+        metadata=ConfigEntry.string_map(fields.get(b"metadata")),
         version=version,
     )
-
-
-def _json_map(raw: bytes | None) -> dict[str, str]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
