@@ -39,19 +39,10 @@ class Messages:
 
 def native_messages() -> Messages:
     from handlers.proto import runtime_pb2 as pb
+    from runtime.subscriber import event_fields
 
     def event(ev: Event) -> Any:
-        msg = pb.TopicEventRequest(
-            id=ev.id,
-            source=ev.source,
-            type=ev.type,
-            spec_version=ev.specversion,
-            data_content_type=ev.datacontenttype,
-            data=ev.data,
-            topic=ev.topic,
-            pubsub_name=ev.pubsubname,
-            path="/",
-        )
+        msg = pb.TopicEventRequest(**event_fields(ev, "/"))
         for key, value in ev.extensions.items():
             msg.metadata[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         return msg

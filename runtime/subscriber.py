@@ -414,20 +414,25 @@ def _call_metadata(event: Event) -> tuple[tuple[str, str], ...]:
     return (("traceparent", event.traceparent),) if event.traceparent else ()
 
 
+def event_fields(event: Event, path: str) -> dict[str, Any]:
+    """The fields Dapr's and the native TopicEventRequest share (they differ in extensions)."""
+    return {
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "spec_version": event.specversion,
+        "data_content_type": event.datacontenttype,
+        "data": event.data,
+        "topic": event.topic,
+        "pubsub_name": event.pubsubname,
+        "path": path,
+    }
+
+
 def topic_event_request(event: Event, path: str) -> Any:
     from dapr.proto.runtime.v1 import appcallback_pb2
 
-    req = appcallback_pb2.TopicEventRequest(
-        id=event.id,
-        source=event.source,
-        type=event.type,
-        spec_version=event.specversion,
-        data_content_type=event.datacontenttype,
-        data=event.data,
-        topic=event.topic,
-        pubsub_name=event.pubsubname,
-        path=path,
-    )
+    req = appcallback_pb2.TopicEventRequest(**event_fields(event, path))
     if event.extensions:
         _extensions(req.extensions, event.extensions)
     return req
