@@ -369,7 +369,7 @@ def _ender(outbox: Outbox[Any]) -> End:
     return end
 
 
-# ---- native: l8.runtime.v1.Runtime/SubscribeConfiguration ----
+# ---- native: spec.proto.runtime.v1.Runtime/SubscribeConfiguration ----
 
 
 def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
