@@ -169,7 +169,7 @@ class JetStreamSubscription:
             received = _Received(self._buf.popleft(), self._topic, self)
             self._unsettled.add(received)
             out.append(received)
-        if not self._buf:
+        if not self._buf and not self._closed:
             self._arrived.clear()
         return out
 
@@ -204,7 +204,6 @@ class JetStreamSubscription:
         if self._closed:
             return
         self._closed = True
-        self._arrived.set()  # a fetch waiting for messages returns now, with none
         self._owner.discard(self)
         if self._sub is not None:
             try:
@@ -213,6 +212,7 @@ class JetStreamSubscription:
                 log.debug("unsubscribe of %r failed: %s", self._topic, exc)
         # Hand back what was fetched and never settled, so it is redelivered now, not after ack_wait.
         self._take(len(self._buf))
+        self._arrived.set()  # a fetch waiting for messages returns now, with none
         for received in list(self._unsettled):
             try:
                 await received.retry(0)
