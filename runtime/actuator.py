@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime import __version__
@@ -19,11 +21,18 @@ def _json(status: int, body: Any) -> Response:
 
 
 class Routes:
-    def __init__(self, config: Config, health: Health, invoke: Router | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        health: Health,
+        invoke: Router | None = None,
+        subscriptions: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+    ) -> None:
         self._config = config
         self._health = health
         self._invoke = invoke  # Dapr's /v1.0/invoke/{app}/method/{method}, any verb
-        self._exact = {
+        self._subscriptions = subscriptions
+        self._exact: dict[str, Callable[[Request], Response | Awaitable[Response]]] = {
             "/actuator/health/liveness": self.liveness,
             "/actuator/health/readiness": self.readiness,
             "/actuator/info": self.info,
@@ -42,7 +51,8 @@ class Routes:
             return _json(
                 405, {"errorCode": "ERR_METHOD_NOT_ALLOWED", "message": f"{request.method} is not allowed here"}
             )
-        return route(request)
+        found = route(request)
+        return await found if inspect.isawaitable(found) else found
 
     def liveness(self, _: Request) -> Response:
         # Alive while the process serves; only a shutdown turns it DOWN.
@@ -62,20 +72,42 @@ class Routes:
             return Response(204)
         return _json(500, {"errorCode": "ERR_HEALTH_NOT_READY", "message": "l8 is not ready"})
 
-    def metadata(self, _: Request) -> Response:
+    async def metadata(self, _: Request) -> Response:
         components = [
             {"name": name, "type": f"{c.kind}.{c.type}", "version": "v1"}
             for name, c in sorted(self._config.components.items())
         ]
+        subscriptions = [_subscription_row(row) for row in await self._subscriptions()] if self._subscriptions else []
         return _json(
             200,
             {
                 "id": self._config.app.id,
                 "runtimeVersion": f"l8-{__version__}",
                 "components": components,
+                "subscriptions": subscriptions,
                 "extended": {"namespace": self._config.namespace},
             },
         )
+
+
+_TYPES = {"config": "DECLARATIVE", "app": "PROGRAMMATIC", "stream": "STREAMING"}
+
+
+def _subscription_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A subscription as Dapr's /v1.0/metadata lists it, with l8's delivery state beside it."""
+    rules = [{"match": m, "path": p} for m, p in row.get("rules", ())]
+    if row.get("default_route") is not None and "rules" in row:
+        rules.append({"match": "", "path": row["default_route"]})
+    return {
+        "pubsubname": row["pubsub"],
+        "topic": row["topic"],
+        "deadLetterTopic": row.get("dead_letter_topic") or "",
+        "rules": rules,
+        "type": _TYPES.get(row["origin"], "UNKNOWN"),
+        "state": row["state"],
+        "reason": row.get("reason", ""),
+        "workers": row.get("workers", []),
+    }
 
 
 def split_address(address: str) -> tuple[str, int]:

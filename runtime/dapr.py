@@ -18,7 +18,7 @@ from runtime.config import Config
 from runtime.forward import Forwarder, forwarding_handler
 
 if TYPE_CHECKING:
-    from runtime.subscriber import SubscriberManager
+    from runtime.subscriptions import Announcer
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
 
@@ -36,7 +36,7 @@ ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
 ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 
 
-def metadata_response(config: Config, subscriber: SubscriberManager | None = None) -> Any:
+async def metadata_response(config: Config, announcer: Announcer | None = None) -> Any:
     # Imported on first use: the Dapr message set is large and only this rpc needs it.
     from dapr.proto.runtime.v1 import metadata_pb2
 
@@ -44,18 +44,21 @@ def metadata_response(config: Config, subscriber: SubscriberManager | None = Non
     for name, comp in sorted(config.components.items()):
         resp.registered_components.add(name=name, type=f"{comp.kind}.{comp.type}", version="v1")
     resp.extended_metadata["namespace"] = config.namespace
-    kinds = {"config": metadata_pb2.DECLARATIVE, "app": metadata_pb2.PROGRAMMATIC}
-    for spec in subscriber.specs() if subscriber is not None else ():
+    kinds = {"config": metadata_pb2.DECLARATIVE, "app": metadata_pb2.PROGRAMMATIC, "stream": metadata_pb2.STREAMING}
+    for row in await announcer.report() if announcer is not None else ():
         sub = resp.subscriptions.add(
-            pubsub_name=spec.pubsub,
-            topic=spec.topic,
-            dead_letter_topic=spec.dead_letter_topic or "",
-            type=kinds.get(spec.origin, metadata_pb2.UNKNOWN),
+            pubsub_name=row["pubsub"],
+            topic=row["topic"],
+            dead_letter_topic=row.get("dead_letter_topic") or "",
+            type=kinds.get(row["origin"], metadata_pb2.UNKNOWN),
         )
-        for rule in spec.routes.rules:
-            sub.rules.rules.add(match=rule.match, path=rule.path)
-        if spec.routes.default is not None:
-            sub.rules.rules.add(match="", path=spec.routes.default)
+        sub.metadata["l8.state"] = row["state"]
+        if row.get("reason"):
+            sub.metadata["l8.reason"] = row["reason"]
+        for match, path in row.get("rules", ()):
+            sub.rules.rules.add(match=match, path=path)
+        if row.get("default_route") is not None and "rules" in row:
+            sub.rules.rules.add(match="", path=row["default_route"])
     return resp
 
 
@@ -63,12 +66,12 @@ def dapr_service(
     forwarder: Forwarder,
     config: Config,
     special: Mapping[str, grpc.RpcMethodHandler] | None = None,
-    subscriber: SubscriberManager | None = None,
+    announcer: Announcer | None = None,
 ) -> grpc.GenericRpcHandler:
     """``special`` holds the rpcs not forwarded as they came to a component's worker."""
 
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        data: bytes = metadata_response(config, subscriber).SerializeToString()
+        data: bytes = (await metadata_response(config, announcer)).SerializeToString()
         return data
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
