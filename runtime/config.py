@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bridges import registry
 from bus.subjects import TOKEN
+from handlers import limits
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -29,6 +30,14 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _token(value: str, what: str, limit: int) -> str:
+    if not TOKEN.match(value):
+        raise ValueError(f"{what} {value[:64]!r} may use only letters, digits, '_' and '-'")
+    if len(value) > limit:
+        raise ValueError(f"{what} {value[:64]!r}… is {len(value)} characters; at most {limit} are allowed")
+    return value
 
 
 def _address(value: str, field: str) -> str:
@@ -48,9 +57,7 @@ class AppConfig(_Model):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not TOKEN.match(v):
-            raise ValueError(f"app id {v!r} may use only letters, digits, '_' and '-'")
-        return v
+        return _token(v, "app id", limits.APP_ID)
 
     @field_validator("callback")
     @classmethod
@@ -197,9 +204,7 @@ class Config(_Model):
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
-        if not TOKEN.match(v):
-            raise ValueError(f"namespace {v!r} may use only letters, digits, '_' and '-'")
-        return v
+        return _token(v, "namespace", limits.NAMESPACE)
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -216,8 +221,7 @@ class Config(_Model):
     @classmethod
     def _names(cls, v: dict[str, ComponentConfig]) -> dict[str, ComponentConfig]:
         for name in v:
-            if not TOKEN.match(name):
-                raise ValueError(f"component name {name!r} may use only letters, digits, '_' and '-'")
+            _token(name, "component name", limits.NAME)
         return v
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, WorkerHost, subjects
+from handlers.base import guarded
 from runtime.actuator import Routes, split_address
 from runtime.app_channel import AppChannel
 from runtime.components import Components
@@ -98,7 +99,7 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            self.workers.add(served.api, served.name, served.handler)
+            self.workers.add(served.api, served.name, guarded(served.handler))
         await self.workers.start()
         await self._start_watchers()
         if self.serve:
