@@ -4,6 +4,8 @@ BusError
 ├── NoResponders   nobody listens on the subject (no worker for that api and component)
 ├── BusTimeout     no reply before the deadline
 ├── BusClosed      the connection is gone or was never made
+│   └── BusUnreachable  the first connection could not be made in time
+├── InvalidSubject a subject the bus refuses to send (too long for the server)
 └── RemoteError    the worker answered with an error code and message in its reply headers
 """
 
@@ -28,6 +30,14 @@ class BusTimeout(BusError):
 
 
 class BusClosed(BusError):
+    pass
+
+
+class BusUnreachable(BusClosed):
+    pass
+
+
+class InvalidSubject(BusError):
     pass
 
 

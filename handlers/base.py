@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
@@ -95,14 +95,17 @@ def is_text_type(content_type: str) -> bool:
     return base.startswith("text/") or base in ("application/xml",) or base.endswith("+xml")
 
 
-def guarded(handler: Handler) -> Handler:
+C = TypeVar("C", bound=RequestInfo)
+
+
+def guarded(handler: Callable[[str, bytes, C], Awaitable[bytes]]) -> Callable[[str, bytes, C], Awaitable[bytes]]:
     """``handler``, with a request that does not decode answered INVALID_ARGUMENT.
 
     Bytes that are not the message an op expects (protobuf's DecodeError, a string field that is
     not UTF-8) are the caller's fault, not l8's: they are logged once at DEBUG, without a traceback.
     """
 
-    async def serve(op: str, payload: bytes, ctx: RequestInfo) -> bytes:
+    async def serve(op: str, payload: bytes, ctx: C) -> bytes:
         try:
             return await handler(op, payload, ctx)
         except (DecodeError, UnicodeDecodeError) as exc:
