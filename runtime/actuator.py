@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from runtime import __version__
+from runtime.auth import http_refusal
 from runtime.config import Config
 from runtime.health import Health, Status
 from runtime.http import Request, Response, Router
@@ -22,6 +23,8 @@ class Routes:
     def __init__(self, config: Config, health: Health, invoke: Router | None = None) -> None:
         self._config = config
         self._health = health
+        token = config.server.api_token()
+        self._token = token.encode() if token else None
         self._invoke = invoke  # Dapr's /v1.0/invoke/{app}/method/{method}, any verb
         self._exact = {
             "/actuator/health/liveness": self.liveness,
@@ -33,6 +36,9 @@ class Routes:
         }
 
     async def __call__(self, request: Request) -> Response:
+        refused = http_refusal(request, self._token)
+        if refused is not None:
+            return refused
         if self._invoke is not None and request.path.startswith("/v1.0/invoke/"):
             return await self._invoke(request)
         route = self._exact.get(request.path.rstrip("/") or "/")

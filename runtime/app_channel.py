@@ -12,9 +12,13 @@ import grpc
 
 
 class AppChannel:
-    def __init__(self, address: str | None, max_message_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self, address: str | None, max_message_bytes: int = 16 << 20, interceptors: list[Any] | None = None
+    ) -> None:
         self.address = address
         self._max = max_message_bytes
+        # runtime/auth.py app_token_interceptors: APP_API_TOKEN on every call to the app.
+        self._interceptors = interceptors or None
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
@@ -29,6 +33,7 @@ class AppChannel:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
                 self.address,
+                interceptors=self._interceptors,
                 options=[
                     ("grpc.max_receive_message_length", self._max),
                     ("grpc.max_send_message_length", self._max),

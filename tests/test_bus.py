@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridges.errors import EtagMismatch
-from bus import Bus, BusTimeout, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
+from bus import Bus, BusTimeout, BusUnreachable, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
 from bus.codec import request_headers
 from bus.subjects import request_subject
 from tests.conftest import unique
@@ -167,7 +167,15 @@ async def test_the_embedded_server_starts_healthy_and_stops_by_pid(tmp_path: Pat
     await server.start()
     pid = server.pid
     assert pid is not None and alive(pid)
-    bus = Bus([server.url])
+    # It requires the credentials it generated in its data dir, readable by their owner only.
+    assert server.credentials is not None
+    for path in (tmp_path / "nats" / "credentials.json", tmp_path / "nats" / "nats-server.conf"):
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert server.credentials.password not in Path(f"/proc/{pid}/cmdline").read_text()
+    stranger = Bus([server.url], start_timeout=1, connect_timeout=0.5)
+    with pytest.raises(BusUnreachable):
+        await stranger.start()
+    bus = Bus([server.url], auth=server.credentials)
     await bus.start()
     js = bus.nc.jetstream()
     assert (await js.account_info()).streams >= 0

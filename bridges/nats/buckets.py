@@ -63,6 +63,15 @@ async def open_bucket(
             )
 
 
+async def ping(nc: Client, bucket: str, timeout: float, what: str) -> None:
+    """One stream info request: it needs the stream's leader, so it fails while JetStream or the
+    bucket's replicas cannot serve writes, not only while the connection is down."""
+    with map_nats_errors(f"{what}: bucket {bucket}"):
+        reply = json.loads((await nc.request(f"$JS.API.STREAM.INFO.KV_{bucket}", b"", timeout=timeout)).data)
+    if "error" in reply:
+        raise BackendUnavailable(f"{what}: bucket {bucket}: {reply['error'].get('description', 'unavailable')}")
+
+
 async def _stream_config(nc: Client, stream: str, timeout: float) -> dict[str, Any]:
     info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)).data)
     config: dict[str, Any] = info["config"]

@@ -60,6 +60,9 @@ class NatsKvConfigurationStore:
     def features(self) -> frozenset[str]:
         return self.limits.features
 
+    async def ping(self) -> None:
+        await buckets.ping(self._nc, self.bucket, self._timeout, f"configuration store {self.name!r}")
+
     async def start(self) -> None:
         what = f"configuration store {self.name!r}"
         await buckets.open_bucket(self._nc, self.bucket, self._replicas, self._timeout, what, atomic=True)

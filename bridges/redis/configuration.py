@@ -87,6 +87,9 @@ class RedisConfigurationStore:
     def features(self) -> frozenset[str]:
         return self.limits.features
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"configuration store {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return

@@ -36,6 +36,9 @@ class RedisSequencer:
     def features(self) -> frozenset[str]:
         return frozenset({"SEGMENT"})
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"sequencer {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return
