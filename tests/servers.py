@@ -110,6 +110,10 @@ def start_redis(port: int | None = None) -> Server:
     return Server(proc, port)
 
 
+# tansu refuses InitProducerId, so the Kafka bridge's idempotent producer is off against it.
+TANSU = {"enableIdempotence": "false"}
+
+
 def tansu_binary() -> str:
     import importlib.resources
 

@@ -146,6 +146,10 @@ class RedisConfigurationStore:
         results = await pipe.execute(raise_on_error=False)
         out: dict[str, ConfigEntry] = {}
         for key, fields in zip(stored, results, strict=True):
+            if isinstance(fields, Exception):
+                # A failed read says nothing of the key: reporting it absent would turn a
+                # transient error (BUSY, LOADING, NOPERM...) into a delete for every subscriber.
+                raise fields
             entry = _entry(key, fields)
             if entry is not None:
                 out[key] = entry
