@@ -132,6 +132,11 @@ class GrpcServer:
         for name in ("", native.SERVICE, dapr.SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    @property
+    def segments(self) -> SegmentCache:
+        """The WEAK sequencer segments this front holds."""
+        return self._segments
+
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", native.SERVICE, dapr.SERVICE):

@@ -130,7 +130,8 @@ class KafkaPubSub:
             max_request_size=self.limits.max_message_bytes + (64 << 10),
         )
         admin = AIOKafkaAdminClient(bootstrap_servers=self._brokers, client_id=self._client_id)
-        with map_kafka_errors(f"pubsub {self.name!r}: connecting to {self._brokers}"):
+        hint = " (a broker that refuses idempotent producers needs metadata enableIdempotence: false)"
+        with map_kafka_errors(f"pubsub {self.name!r}: connecting to {self._brokers}{hint if self._idempotent else ''}"):
             try:
                 await producer.start()
                 await admin.start()

@@ -51,7 +51,8 @@ async def release(url: str) -> None:
         _clients[url] = (client, users - 1)
         return
     del _clients[url]
-    await client.aclose()
+    # The pool was handed to the client, which then leaves it open on aclose() unless told.
+    await client.aclose(close_connection_pool=True)
 
 
 @contextlib.contextmanager
