@@ -131,3 +131,11 @@ async def test_bytes_that_are_no_message_after_a_valid_store_name_answer_invalid
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not loud, [r.getMessage() for r in loud]
     await still_serves(sidecar, stub)
+
+
+def test_the_readme_lists_every_limit_of_the_table_with_its_value() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, (value, unit, _what) in limits.TABLE.items():
+        assert f"| `{name}` | {value} {unit} |" in readme, name
