@@ -104,6 +104,7 @@ class Bus:
         self._auth = auth or BusAuth()
         self._on_reconnect = on_reconnect
         self._reconnect_listeners: list[Callable[[], None]] = []
+        self._reopen_listeners: list[Callable[[], Awaitable[None]]] = []
         self._status_listeners: list[StatusListener] = []
         self._nc: Client | None = None
         self._state = State.NEW
@@ -266,6 +267,11 @@ class Bus:
         """Call ``listener`` after every reconnect or re-open (it runs in a driver callback: be quick)."""
         self._reconnect_listeners.append(listener)
 
+    def add_reopen_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Await ``listener()`` after the connection was opened again: what holds a subscription not
+        taken through ``subscribe`` (a JetStream consumer) takes it again there."""
+        self._reopen_listeners.append(listener)
+
     def add_status_listener(self, listener: StatusListener) -> None:
         """Call ``listener(connected, reason)`` whenever the connection is lost or back."""
         self._status_listeners.append(listener)
@@ -383,6 +389,11 @@ class Bus:
             return
         self.reopened += 1
         log.info("bus connection open again (%d subscriptions taken again)", len(self._subs))
+        for listener in list(self._reopen_listeners):
+            try:
+                await listener()
+            except Exception:
+                log.exception("a re-open listener failed")
         self._notify(True, "")
         await self._after_reconnect()
 

@@ -122,7 +122,7 @@ class Sidecar:
         self.health.set("bus", Status.UP)
         self.bus.add_status_listener(self._bus_status)
         self.health.listeners.append(self._readiness_changed)
-        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id)
+        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id, on_reopen=self.bus.add_reopen_listener)
         self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(

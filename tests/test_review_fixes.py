@@ -224,3 +224,41 @@ async def test_the_kafka_producer_is_idempotent_by_default_and_says_how_to_turn_
         await plain.publish(unique("t"), b"x", {})
     finally:
         await plain.stop()
+
+
+async def test_the_nats_configuration_watcher_keeps_watching_after_the_bus_connection_is_opened_again(
+    nats_server: Server,
+) -> None:
+    bus = Bus([nats_server.url])
+    await bus.start()
+    env = BridgeEnv(bus.nc, unique("ns"), "app", on_reopen=bus.add_reopen_listener)
+    store = registry.create("configuration", "nats.kv", unique("cfg"), {}, env)
+    await store.start()
+    changes: list[ConfigChange] = []
+
+    async def sink(batch: list[ConfigChange]) -> None:
+        changes.extend(batch)
+
+    try:
+        await store.watch(sink)
+        await store.write([ConfigEntry("g||l||before", "1")], [])
+        await until(lambda: _has(changes, "g||l||before"))
+        await bus.nc.publish("k" * 5000, b"")  # the server closes the connection (see test_bus.py)
+
+        async def reopened() -> bool:
+            return bus.reopened == 1 and bus.connected
+
+        await until(reopened)
+
+        async def written() -> bool:
+            try:
+                await store.write([ConfigEntry("g||l||after", "2")], [])
+            except L8Error:
+                return False
+            return True
+
+        await until(written)
+        await until(lambda: _has(changes, "g||l||after"))
+    finally:
+        await store.stop()
+        await bus.stop()
