@@ -5,11 +5,11 @@ The bus knows no building block: it moves bytes and headers between fronts and w
 
 import bus._nats_import  # noqa: F401  - hides aiohttp from nats-py; must come first
 from bus.auth import BusAuth
-from bus.codec import RequestContext
+from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats
-from bus.errors import BusError, BusTimeout, BusUnreachable, NoResponders, RemoteError
-from bus.worker import WorkerHost
+from bus.errors import BusError, BusTimeout, BusUnreachable, NoResponders, PayloadTooLarge, RemoteError
+from bus.worker import Route, WorkerHost
 
 __all__ = [
     "Bus",
@@ -19,7 +19,10 @@ __all__ = [
     "BusUnreachable",
     "EmbeddedNats",
     "NoResponders",
+    "PayloadTooLarge",
     "RemoteError",
+    "Reply",
     "RequestContext",
+    "Route",
     "WorkerHost",
 ]

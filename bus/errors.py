@@ -6,6 +6,7 @@ BusError
 ├── BusClosed      the connection is gone or was never made
 │   └── BusUnreachable  the first connection could not be made in time
 ├── InvalidSubject a subject the bus refuses to send (too long for the server)
+├── PayloadTooLarge  the message is larger than the bus carries
 └── RemoteError    the worker answered with an error code and message in its reply headers
 """
 
@@ -39,6 +40,14 @@ class BusUnreachable(BusClosed):
 
 class InvalidSubject(BusError):
     pass
+
+
+class PayloadTooLarge(BusError):
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(f"the message is {size} bytes; the bus carries at most {limit}")
+        self.subject = subject
+        self.size = size
+        self.limit = limit
 
 
 class RemoteError(BusError):

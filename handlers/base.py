@@ -96,16 +96,17 @@ def is_text_type(content_type: str) -> bool:
 
 
 C = TypeVar("C", bound=RequestInfo)
+R = TypeVar("R")
 
 
-def guarded(handler: Callable[[str, bytes, C], Awaitable[bytes]]) -> Callable[[str, bytes, C], Awaitable[bytes]]:
+def guarded(handler: Callable[[str, bytes, C], Awaitable[R]]) -> Callable[[str, bytes, C], Awaitable[R]]:
     """``handler``, with a request that does not decode answered INVALID_ARGUMENT.
 
     Bytes that are not the message an op expects (protobuf's DecodeError, a string field that is
     not UTF-8) are the caller's fault, not l8's: they are logged once at DEBUG, without a traceback.
     """
 
-    async def serve(op: str, payload: bytes, ctx: C) -> bytes:
+    async def serve(op: str, payload: bytes, ctx: C) -> R:
         try:
             return await handler(op, payload, ctx)
         except (DecodeError, UnicodeDecodeError) as exc:

@@ -21,13 +21,10 @@ from typing import Any
 
 import grpc
 
-from bus import BusError
-from bus.codec import request_headers
 from handlers import limits
 from handlers.base import SEPARATOR
 from handlers.proto import runtime_pb2 as pb
-from runtime import errors
-from runtime.forward import Forwarder, FrontError, abort, parse, traceparent_of
+from runtime.forward import Forwarder, FrontError, abort, parse
 
 log = logging.getLogger("l8.runtime.sequencer")
 
@@ -112,7 +109,7 @@ class SegmentCache:
     def _reserve(
         self, component: str, req: pb.GetNextIdRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> asyncio.Task[tuple[int, int]]:
-        traceparent = traceparent_of(context)
+        traceparent = self._forwarder.traceparent(context)
         # Only what the worker needs: the segment outlives the call that asked for it.
         payload = pb.GetNextIdRequest(store_name=req.store_name, key=req.key).SerializeToString()
         subject = self._forwarder.subject("sequencer", component, "reserve")
@@ -126,13 +123,7 @@ class SegmentCache:
 
     async def _call(self, subject: str, payload: bytes, traceparent: str | None, what: str) -> tuple[int, int]:
         # The reservation is the front's own request: it carries no caller's deadline.
-        timeout = self._forwarder.default_timeout
-        headers = request_headers(self._forwarder.app_id, timeout, traceparent)
-        try:
-            reply = (await self._forwarder.bus.request(subject, payload, timeout=timeout, headers=headers)).data
-        except BusError as exc:
-            code, message = errors.from_bus_error(exc, what)
-            raise FrontError(code, message) from None
+        reply = await self._forwarder.call(subject, payload, traceparent=traceparent, what=what)
         first, _, last = reply.decode().partition(" ")
         return int(first), int(last)
 

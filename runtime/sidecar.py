@@ -22,19 +22,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bridges.registry import BridgeEnv
-from bus import Bus, BusAuth, EmbeddedNats, WorkerHost, credentials, subjects
+from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, credentials, subjects
 from bus.auth import redact
 from handlers.base import guarded
 from runtime.actuator import Routes, split_address
-from runtime.app_channel import AppChannel
-from runtime.auth import app_token_interceptors, http_context
+from runtime.app_channel import AppChannel, open_app
+from runtime.auth import http_context
 from runtime.components import Components
 from runtime.config import Config
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, HealthMonitor, Status
 from runtime.http import HttpServer
-from runtime.invoke import Invoker, InvokeServer, http_route
+from runtime.invoke import InvokeHandler, Invoker, http_route
 from runtime.subscriber import Bridges, SubscriberManager
 from runtime.supervisor import Budget, Supervisor
 
@@ -56,7 +56,7 @@ class Sidecar:
         self.components: Components | None = None
         self.workers: WorkerHost | None = None
         self.app_channel: AppChannel | None = None
-        self.invocations: InvokeServer | None = None
+        self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.subscriber: SubscriberManager | None = None
@@ -149,27 +149,22 @@ class Sidecar:
             if cfg.server.worker_http is not None:
                 await self._start_http("server.worker_http", cfg.server.worker_http, Routes(cfg, self.health))
             return
-        app_token = app_token_interceptors(cfg.app.api_token())
+        app_token = cfg.app.api_token()
         if cfg.app.callback is not None:
             # Only a sidecar that can reach its app answers the app's invocations; one
             # without joins no queue group, so callers never wait on it.
-            self.app_channel = AppChannel(cfg.app.callback, cfg.server.max_message_bytes, app_token)
-            self.invocations = InvokeServer(
-                self.bus,
-                cfg.namespace,
-                cfg.app.id,
-                self.app_channel,
-                concurrency=cfg.concurrency,
-                default_timeout=cfg.bus.request_timeout,
-            )
-            await self.invocations.start()
+            self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            handler = InvokeHandler(cfg.app.id, self.app_channel)
+            self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
         forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         pubsubs = {s.name: s.bridge for s in self.components.served if s.api == "pubsub"}
         # Deliveries get a channel of their own: the subscriber closes it when it has drained,
         # while invocations may still be answering.
         self.subscriber = SubscriberManager(
-            cfg, AppChannel(cfg.app.callback, cfg.server.max_message_bytes, app_token), Bridges(cfg, env, pubsubs)
+            cfg,
+            open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token) if cfg.app.callback else None,
+            Bridges(cfg, env, pubsubs),
         )
         self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber)
         await self.grpc.start()
@@ -228,8 +223,8 @@ class Sidecar:
             steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
         if (http := self.http) is not None:
             steps.append(("the HTTP server", lambda left: http.stop()))
-        if (invocations := self.invocations) is not None:
-            steps.append(("invocations", lambda left: invocations.stop(min(10.0, left))))
+        if (host := self.workers) is not None and (invocations := self.invocations) is not None:
+            steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
         if (workers := self.workers) is not None:
             steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
         steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))

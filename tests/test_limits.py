@@ -126,7 +126,7 @@ async def test_bytes_that_are_no_message_after_a_valid_store_name_answer_invalid
     caplog.set_level(logging.DEBUG, logger="l8")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc.port}") as channel:
         for rpc in RPCS:
-            call = channel.unary_unary(f"/l8.runtime.v1.Runtime/{rpc}")(GARBAGE[garbage])
+            call = channel.unary_unary(f"/spec.proto.runtime.v1.Runtime/{rpc}")(GARBAGE[garbage])
             await refused(call)
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not loud, [r.getMessage() for r in loud]
