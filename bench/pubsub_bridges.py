@@ -143,7 +143,12 @@ ROUNDS = 3
 async def bench_kafka(n: int) -> None:
     with running(start_tansu()) as server:
         env = registry.BridgeEnv(nats=None, namespace="bench", app_id="bench")
-        meta = {"brokers": server.url, "sessionTimeoutMs": "1000", "heartbeatIntervalMs": "100"}
+        meta = {
+            "brokers": server.url,
+            "sessionTimeoutMs": "1000",
+            "heartbeatIntervalMs": "100",
+            "enableIdempotence": "false",
+        }
         pubsub: PubSub = registry.create("pubsub", "kafka", "pubsub", meta, env)
         await pubsub.start()
         producer = AIOKafkaProducer(bootstrap_servers=server.url, acks="all", enable_idempotence=False)

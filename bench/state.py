@@ -47,6 +47,10 @@ TARGET_RPS_RATIO = 0.75
 TARGET_P50_RATIO = 1.3
 TARGET_RSS_MB = 45.0
 TARGET_READY_S = 1.0
+TARGET_SECURITY_COST = 0.03  # the API token and bus credentials cost at most 3 % of p50 and rps
+CREDS_OFF = "bus credentials off"
+TOKEN = "API token on"
+API_TOKEN = "bench-token-0123456789abcdef"
 
 
 @dataclass(slots=True)
@@ -94,13 +98,15 @@ class Cpu:
 class L8Stats:
     backend: str
     local: bool  # bus.local_dispatch: requests for in-process handlers skip the nats-server round trip
+    variant: str = ""  # SECURITY_OFF (the embedded bus without credentials) or TOKEN (API token on)
     ready_s: list[float] = field(default_factory=list)
     rss_l8_mb: float = 0.0
     rss_nats_mb: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"{self.backend}, local dispatch" if self.local else self.backend
+        label = f"{self.backend}, local dispatch" if self.local else self.backend
+        return f"{label}, {self.variant}" if self.variant else label
 
 
 @dataclass(slots=True)
@@ -184,7 +190,7 @@ def start_servicer(kind: str, work: Path, cleanup: Cleanup, **opts: str) -> tupl
     return port, proc
 
 
-def l8_config(work: Path, tag: str, redis_url: str | None, local: bool) -> tuple[Path, int, int]:
+def l8_config(work: Path, tag: str, redis_url: str | None, local: bool, variant: str = "") -> tuple[Path, int, int]:
     grpc_port, http_port = procs.free_port(), procs.free_port()
     component: dict[str, Any] = {"kind": "state", "type": "nats.kv"}
     if redis_url is not None:
@@ -199,6 +205,11 @@ def l8_config(work: Path, tag: str, redis_url: str | None, local: bool) -> tuple
         "log_level": "warning",
         "components": {STORE: component},
     }
+    if variant == CREDS_OFF:
+        config["bus"]["embedded_auth"] = False  # type: ignore[index]
+    if variant == TOKEN:
+        (work / f"token-{tag}").write_text(API_TOKEN)
+        config["server"]["api_token_file"] = str(work / f"token-{tag}")  # type: ignore[index]
     path = work / f"l8-{tag}.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path, grpc_port, http_port
@@ -221,10 +232,10 @@ async def _healthz(port: int) -> bool:
 
 
 async def start_l8(
-    work: Path, tag: str, cleanup: Cleanup, redis_url: str | None = None, local: bool = False
+    work: Path, tag: str, cleanup: Cleanup, redis_url: str | None = None, local: bool = False, variant: str = ""
 ) -> L8Process:
     """Spawn ``l8 run --config`` and time it until /v1.0/healthz/outbound answers 204."""
-    config, grpc_port, http_port = l8_config(work, tag, redis_url, local)
+    config, grpc_port, http_port = l8_config(work, tag, redis_url, local, variant)
     began = time.perf_counter()
     proc = cleanup.add(procs.spawn([procs.venv_bin("l8"), "run", "--config", str(config)], work / f"l8-{tag}.log"))
     deadline = began + 30
@@ -255,11 +266,12 @@ def stop_l8(l8: L8Process, cleanup: Cleanup) -> None:
 # ----------------------------------------------------------------------------- calls
 
 
-def grpc_call(channel: grpc.aio.Channel, method: str, request: bytes) -> Call:
+def grpc_call(channel: grpc.aio.Channel, method: str, request: bytes, token: str | None = None) -> Call:
     stub = channel.unary_unary(method)  # no serializers: bytes in, bytes out, on every row alike
+    metadata = (("dapr-api-token", token),) if token else None
 
     async def call() -> object:
-        return await stub(request)
+        return await stub(request, metadata=metadata)
 
     return call
 
@@ -314,9 +326,10 @@ async def cpu_runs(
     return out
 
 
-async def save_state(channel: grpc.aio.Channel) -> None:
+async def save_state(channel: grpc.aio.Channel, token: str | None = None) -> None:
     save = channel.unary_unary("/spec.proto.runtime.v1.Runtime/SaveState")
-    await save(pb.SaveStateRequest(store_name=STORE, states=[pb.StateItem(key=KEY, value=VALUE)]).SerializeToString())
+    request = pb.SaveStateRequest(store_name=STORE, states=[pb.StateItem(key=KEY, value=VALUE)]).SerializeToString()
+    await save(request, metadata=(("dapr-api-token", token),) if token else None)
 
 
 async def check(call: Call, decode: Any) -> None:
@@ -350,18 +363,24 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
     stats: list[L8Stats] = []
     l8s: list[L8Process] = []
     setups = (
-        ("NATS KV", None, False),
-        ("Redis", redis_url, False),
-        ("NATS KV", None, True),
-        ("Redis", redis_url, True),
+        ("NATS KV", None, False, ""),
+        ("Redis", redis_url, False, ""),
+        ("NATS KV", None, True, ""),
+        ("Redis", redis_url, True, ""),
+        # What security costs, beside the rows above: the embedded bus requires credentials by
+        # default, so its "off" row is the variant; the API token is off by default.
+        ("NATS KV", None, False, CREDS_OFF),
+        ("NATS KV", None, True, TOKEN),
     )
-    for backend, url, local in setups:
-        st = L8Stats(backend, local)
-        tag = ("nats" if url is None else "redis") + ("-local" if local else "")
-        runs = 1 if local else s.ready_runs if url is None else max(1, s.ready_runs // 2)
+    for backend, url, local, variant in setups:
+        st = L8Stats(backend, local, variant)
+        tag = (
+            ("nats" if url is None else "redis") + ("-local" if local else "") + ("-" + variant[:3] if variant else "")
+        )
+        runs = 1 if local or variant else s.ready_runs if url is None else max(1, s.ready_runs // 2)
         for i in range(runs):
             print(f"l8 ({st.label}): cold start {i + 1} of {runs}", file=sys.stderr, flush=True)
-            l8 = await start_l8(work, f"{tag}-{i}", cleanup, url, local)
+            l8 = await start_l8(work, f"{tag}-{i}", cleanup, url, local, variant)
             st.ready_s.append(l8.ready_s)
             if i < runs - 1:
                 stop_l8(l8, cleanup)
@@ -397,17 +416,18 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
         natives: list[Call] = []
         for st, l8 in zip(stats, l8s, strict=True):
             ch = channels[l8.grpc_port]
-            await save_state(ch)
-            native = grpc_call(ch, NATIVE_METHOD, native_req)
-            dapr = grpc_call(ch, DAPR_METHOD, dapr_req)
+            token = API_TOKEN if st.variant == TOKEN else None
+            await save_state(ch, token)
+            native = grpc_call(ch, NATIVE_METHOD, native_req, token)
+            dapr = grpc_call(ch, DAPR_METHOD, dapr_req, token)
             await check(native, pb.GetStateResponse.FromString)
             await check(dapr, dapr_state.GetStateResponse.FromString)
-            if st.local:  # l8's default: handlers of the same process are called without the server
-                targets.append((Measured(f"l8 GetState native API → {st.backend}, local disp."), native))
-                targets.append((Measured(f"l8 GetState Dapr API → {st.backend}, local disp."), dapr))
-            else:
-                targets.append((Measured(f"l8 GetState native API → {st.backend}"), native))
-                targets.append((Measured(f"l8 GetState Dapr API → {st.backend}"), dapr))
+            where = st.backend + (", local disp." if st.local else "")
+            if st.variant:
+                where += {CREDS_OFF: ", no bus creds", TOKEN: ", API token"}[st.variant]
+            targets.append((Measured(f"l8 GetState native API → {where}"), native))
+            if not st.variant:
+                targets.append((Measured(f"l8 GetState Dapr API → {where}"), dapr))
             natives.append(native)
 
         await measure(targets, s)
@@ -439,6 +459,10 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
 
 def _row_by(rows: list[Measured], prefix: str) -> Measured:
     return next(r for r in rows if r.name.startswith(prefix))
+
+
+def _exact(rows: list[Measured], name: str) -> Measured:
+    return next(r for r in rows if r.name == name)
 
 
 def report(
@@ -511,8 +535,24 @@ def report(
         sign = "≥" if higher_is_better else "≤"
         out.append(f"  {check:<62}{value:>10{fmt}}{sign:>5}{target:>5{fmt}}  {'PASS' if ok else 'MISS'}")
 
+    security = (
+        ("native API → NATS KV, no bus creds", "native API → NATS KV", "bus credentials on / off"),
+        ("native API → NATS KV, local disp., API token", "native API → NATS KV, local disp.", "API token on / off"),
+    )
+    for variant, base_name, what in security:
+        on_row, off_row = _row_by(rows, f"l8 GetState {variant}"), _exact(rows, f"l8 GetState {base_name}")
+        if "creds" in variant:  # the variant is the "off" row here
+            on_row, off_row = off_row, on_row
+        line(f"{base_name}: {what}, seq p50", on_row.p50 / off_row.p50, 1 + TARGET_SECURITY_COST, False, ".3f")
+        line(
+            f"{base_name}: {what}, rps @{s.workers}",
+            on_row.conc_rps / off_row.conc_rps,
+            1 - TARGET_SECURITY_COST,
+            True,
+            ".3f",
+        )
     for r in rows:
-        if not r.name.startswith("l8 "):
+        if not r.name.startswith("l8 ") or ", no bus creds" in r.name or ", API token" in r.name:
             continue
         backend = "NATS KV" if "NATS KV" in r.name else "Redis"
         base = _row_by(rows, f"gRPC servicer → {backend}")
@@ -520,7 +560,7 @@ def report(
         line(f"{what}: rps @{s.workers} / servicer's", r.conc_rps / base.conc_rps, TARGET_RPS_RATIO, True)
         line(f"{what}: seq p50 / servicer's", r.p50 / base.p50, TARGET_P50_RATIO, False)
     for st in stats:
-        if st.local:
+        if st.local or st.variant:
             continue
         line(f"{st.label}: idle RSS of the l8 process, MB", st.rss_l8_mb, TARGET_RSS_MB, False, ".1f")
         line(f"{st.label}: ready after spawn, median s", statistics.median(st.ready_s), TARGET_READY_S, False)

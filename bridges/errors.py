@@ -40,6 +40,21 @@ class Code(enum.StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
+QUOTED = 64  # characters of an input an error message quotes; the rest is left out
+
+
+def quote(value: str | bytes, limit: int = QUOTED) -> str:
+    """``repr`` of at most ``limit`` characters of ``value``, saying how long the whole is.
+
+    Error messages travel in bus headers and gRPC trailers and end up in logs: an input of a
+    megabyte must not come back a megabyte long.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    unit = "bytes" if isinstance(value, bytes) else "characters"
+    return f"{value[:limit]!r}… ({len(value)} {unit})"
+
+
 class L8Error(Exception):
     code: ClassVar[Code] = Code.INTERNAL
     retriable: ClassVar[bool] = False

@@ -20,6 +20,16 @@ class Component(Protocol):
     def features(self) -> frozenset[str]: ...
 
 
+@runtime_checkable
+class Probed(Protocol):
+    """A component that can tell whether its backend answers: ``ping()`` is one cheap round trip
+    (a Redis PING, a JetStream stream info) and raises an L8Error when the backend does not answer.
+    The runtime calls it every few seconds for readiness; a component without it is judged by its
+    start and by the bus alone."""
+
+    async def ping(self) -> None: ...
+
+
 @dataclass(slots=True, frozen=True)
 class StateEntry:
     value: bytes

@@ -7,7 +7,7 @@ names their type, so an unused backend's driver costs neither start time nor mem
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class BridgeEnv:
-    """What bridges may share: the bus's NATS connection, the namespace, the app id."""
+    """What bridges may share: the bus's NATS connection, the namespace, the app id, and a way
+    to hear when the connection was opened anew (its JetStream consumers are then gone)."""
 
     nats: Client | None
     namespace: str
     app_id: str
+    on_reopen: Callable[[Callable[[], Awaitable[None]]], None] | None = None
 
 
 Factory = Callable[[str, dict[str, str], BridgeEnv], "Component"]

@@ -4,16 +4,19 @@ The bus knows no building block: it moves bytes and headers between fronts and w
 """
 
 import bus._nats_import  # noqa: F401  - hides aiohttp from nats-py; must come first
+from bus.auth import BusAuth
 from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats
-from bus.errors import BusError, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
+from bus.errors import BusError, BusTimeout, BusUnreachable, NoResponders, PayloadTooLarge, RemoteError
 from bus.worker import Route, WorkerHost
 
 __all__ = [
     "Bus",
+    "BusAuth",
     "BusError",
     "BusTimeout",
+    "BusUnreachable",
     "EmbeddedNats",
     "NoResponders",
     "PayloadTooLarge",

@@ -1,10 +1,19 @@
-"""One NATS connection per process, shared by the fronts, the worker host and the NATS bridges."""
+"""One NATS connection per process, shared by the fronts, the worker host and the NATS bridges.
+
+The driver reconnects by itself after a network failure. It does not after the server sent an
+error and closed the connection (``-ERR 'Maximum Control Line Exceeded'`` for a subject too long,
+for one): nats-py then closes the client for good. The bus opens it again on the same client
+object (the bridges hold it) and makes every subscription taken through ``subscribe`` again, so a
+bad request cannot leave a process off the bus. Subjects longer than ``MAX_SUBJECT`` are refused
+before they reach the server, which keeps l8's own traffic from provoking that error at all.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -14,15 +23,34 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus import subjects
+from bus.auth import BusAuth, redact, redact_all
 from bus.codec import HDR_CODE, HDR_MESSAGE, Reply
-from bus.errors import BusClosed, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
+from bus.errors import (
+    BusClosed,
+    BusTimeout,
+    BusUnreachable,
+    InvalidSubject,
+    NoResponders,
+    PayloadTooLarge,
+    RemoteError,
+)
 
 log = logging.getLogger("l8.bus")
 
 # (subject, payload, headers, timeout) -> the handler's reply, served in this process.
 LocalHandler = Callable[[str, bytes, "dict[str, str] | None", float], Awaitable[Reply]]
+StatusListener = Callable[[bool, str], None]
 # Room for the subject and the headers of a message under the server's payload limit.
 ENVELOPE = 1024
+
+# nats-server refuses a protocol line over 4 KiB (PUB <subject> <reply> <sizes>) and closes the
+# connection; l8's subjects stay far shorter (names and keys are bounded by handlers/limits.py).
+MAX_SUBJECT = 2048
+# What a subscription may hold before the driver drops messages as a slow consumer: explicit,
+# rather than the driver's 512k messages / 128 MiB, so a stalled handler cannot grow memory that far.
+PENDING_MSGS = 65_536
+PENDING_BYTES = 64 << 20
+_WARN_EVERY = 10.0  # seconds between warnings of one kind while a problem lasts
 
 
 class State(enum.Enum):
@@ -32,10 +60,42 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class Bus:
-    """A NATS connection that reconnects forever and drains on stop.
+class BusSubscription:
+    """A subscription taken through the bus; taken again when the bus opens a new connection."""
 
-    ``start()`` and ``stop()`` are idempotent. ``request()`` turns the driver's failures into
+    __slots__ = ("_bus", "cb", "queue", "sub", "subject")
+
+    def __init__(self, bus: Bus, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> None:
+        self._bus = bus
+        self.subject = subject
+        self.queue = queue
+        self.cb = cb
+        self.sub: Any = None
+
+    async def _take(self, nc: Client) -> None:
+        self.sub = await nc.subscribe(
+            self.subject,
+            queue=self.queue,
+            cb=self.cb,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
+
+    async def unsubscribe(self) -> None:
+        self._bus._subs.discard(self)
+        await self.sub.unsubscribe()
+
+    async def drain(self) -> None:
+        self._bus._subs.discard(self)
+        await self.sub.drain()
+
+
+class Bus:
+    """A NATS connection that reconnects forever, is re-opened when the server closes it, and
+    drains on stop.
+
+    ``start()`` and ``stop()`` are idempotent. ``start()`` gives up after ``start_timeout`` with
+    ``BusUnreachable`` naming the (redacted) URLs. ``request()`` turns the driver's failures into
     the bus errors and an error reply (``l8-code`` header) into ``RemoteError``.
     """
 
@@ -45,16 +105,28 @@ class Bus:
         *,
         name: str = "l8",
         connect_timeout: float = 5.0,
+        start_timeout: float = 10.0,
+        auth: BusAuth | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._servers = list(servers)
         self._name = name
         self._connect_timeout = connect_timeout
+        self._start_timeout = start_timeout
+        self._auth = auth or BusAuth()
         self._on_reconnect = on_reconnect
         self._reconnect_listeners: list[Callable[[], None]] = []
+        self._reopen_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._status_listeners: list[StatusListener] = []
         self._nc: Client | None = None
         self._state = State.NEW
         self._lock = asyncio.Lock()
+        self._subs: set[BusSubscription] = set()
+        self._reopening: asyncio.Task[None] | None = None
+        self._last_error: str = ""
+        self._warned: dict[str, float] = {}
+        self.slow_consumer_drops = 0
+        self.reopened = 0  # times the connection was opened again after the server closed it
         # Routes of this process by stem or by whole subject, served without the server round trip
         # when local dispatch is on (bus/worker.py).
         self._local: dict[str, LocalHandler] = {}
@@ -70,8 +142,27 @@ class Bus:
         return self._nc is not None and self._nc.is_connected
 
     @property
+    def servers(self) -> str:
+        """The configured URLs, credentials taken out: what logs and errors may show."""
+        return redact_all(self._servers)
+
+    @property
     def max_payload(self) -> int:
         return self.nc.max_payload
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {
+            "servers": self._servers,
+            "name": self._name,
+            "connect_timeout": self._connect_timeout,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+            **self._auth.connect_options(),
+        }
 
     async def start(self) -> None:
         async with self._lock:
@@ -79,20 +170,20 @@ class Bus:
                 return
             if self._state is not State.NEW:
                 raise BusClosed("a stopped bus cannot start again")
-            self._nc = await nats.connect(
-                servers=self._servers,
-                name=self._name,
-                connect_timeout=self._connect_timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-                # The default 512k-message backlog lets a burst grow memory without bound first.
-                pending_size=64 * 1024 * 1024,
-            )
+            nc = Client()
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    await nc.connect(**self._connect_options())
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
+                await _close_quietly(nc)
+                why = self._last_error or (str(exc) if not isinstance(exc, TimeoutError) else "")
+                raise BusUnreachable(
+                    f"cannot connect to the bus at {self.servers} within {self._start_timeout:g}s"
+                    + (f": {why}" if why else "")
+                ) from None
+            self._nc = nc
             self._state = State.CONNECTED
-            log.debug("bus connected to %s", self._nc.connected_url)
+            log.debug("bus connected to %s", redact(str(nc.connected_url.geturl() if nc.connected_url else "")))
 
     async def stop(self, timeout: float = 5.0) -> None:
         async with self._lock:
@@ -100,14 +191,30 @@ class Bus:
                 self._state = State.CLOSED
                 return
             self._state = State.DRAINING
+            reopening, self._reopening = self._reopening, None
+            if reopening is not None:
+                reopening.cancel()
+                await asyncio.gather(reopening, return_exceptions=True)
             nc = self._nc
-            nc.options["drain_timeout"] = timeout
+            if nc.is_closed:
+                self._state = State.CLOSED
+                return
             try:
-                await nc.drain()
+                if not nc.is_connected:
+                    raise nats.errors.ConnectionReconnectingError()
+                async with asyncio.timeout(timeout + 1):
+                    await nc.drain()
             except (TimeoutError, nats.errors.Error) as exc:
-                log.warning("bus drain did not finish cleanly: %s", exc)
-                await nc.close()
+                # Lost the server: nothing can be drained; close without a fuss.
+                log.debug("bus drain did not finish cleanly: %s", type(exc).__name__)
+                await _close_quietly(nc)
             self._state = State.CLOSED
+
+    def _check(self, subject: str) -> None:
+        if len(subject) > MAX_SUBJECT:
+            raise InvalidSubject(f"a subject of {len(subject)} characters is longer than the bus takes ({MAX_SUBJECT})")
+        if self._reopening is not None:
+            raise BusClosed("the bus connection is being opened again")
 
     async def request(
         self,
@@ -117,6 +224,7 @@ class Bus:
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> Msg:
+        self._check(subject)
         try:
             msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
@@ -175,16 +283,31 @@ class Bus:
         self._local.pop(key, None)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        self._check(subject)
         await self.nc.publish(subject, payload, headers=headers)
 
-    async def subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
-        return await self.nc.subscribe(subject, queue=queue, cb=cb)
+    async def subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> BusSubscription:
+        """A (queue) subscription with explicit pending limits, kept across re-opened connections."""
+        self._check(subject)
+        handle = BusSubscription(self, subject, queue, cb)
+        await handle._take(self.nc)
+        self._subs.add(handle)
+        return handle
 
     def add_reconnect_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every reconnect (it runs in the driver's callback: be quick)."""
+        """Call ``listener`` after every reconnect or re-open (it runs in a driver callback: be quick)."""
         self._reconnect_listeners.append(listener)
 
-    async def retire(self, subscription: Any, *, grace: float = 0.25, timeout: float = 10.0) -> None:
+    def add_reopen_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Await ``listener()`` after the connection was opened again: what holds a subscription not
+        taken through ``subscribe`` (a JetStream consumer) takes it again there."""
+        self._reopen_listeners.append(listener)
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        """Call ``listener(connected, reason)`` whenever the connection is lost or back."""
+        self._status_listeners.append(listener)
+
+    async def retire(self, subscription: BusSubscription, *, grace: float = 0.25, timeout: float = 10.0) -> None:
         """Leave a (queue) subscription without losing a message the server routed to it.
 
         The server may route a message to the subscription just before it handles the UNSUB and
@@ -192,25 +315,69 @@ class Bus:
         so ``drain()`` alone can lose it: a request then waits out its deadline instead of going
         to another member of the group. So the UNSUB goes first, the subscription keeps serving
         for ``grace`` seconds, then drains (its second UNSUB is a no-op for the server).
+
+        This is the one use of a private nats-py call (``_send_unsubscribe``), because no public
+        one keeps the guarantee: ``unsubscribe()`` and ``drain()`` remove the local handler at
+        once or right after the flush; ``unsubscribe(limit=n)`` keeps it only for ``n`` messages
+        in all, while the server stops routing only once it has delivered ``n``. The server has
+        delivered an unknown number more than the client has received, so no ``n`` both stops the
+        routing now and keeps every message in flight. tests/test_bus.py's leaving-worker test
+        loses requests with either public variant.
         """
+        self._subs.discard(subscription)
         nc = self.nc
+        sub = subscription.sub
         async with asyncio.timeout(timeout):
-            # nats-py has no public call that unsubscribes at the server and keeps the local handler.
-            await nc._send_unsubscribe(subscription._id)
+            await nc._send_unsubscribe(sub._id)
             await nc.flush()
             await asyncio.sleep(grace)
-            await subscription.drain()
+            await sub.drain()
+
+    # ---- driver callbacks ----
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """Log a warning at most once per ``_WARN_EVERY`` seconds per kind: an outage or a slow
+        consumer must not flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[kind] = now
+            log.warning(message, *args)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("bus error: %s", exc)
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self.slow_consumer_drops += 1
+            self._warn(
+                f"slow:{exc.subject}",
+                "bus: a slow consumer on %s dropped messages (%d dropped in all); its handler falls behind",
+                exc.subject,
+                self.slow_consumer_drops,
+            )
+            return
+        self._last_error = str(exc) or type(exc).__name__
+        if self._state is State.CONNECTED:
+            self._warn("error", "bus error: %s", self._last_error)
+        else:
+            log.debug("bus error: %s", self._last_error)
+
+    def _notify(self, connected: bool, reason: str) -> None:
+        for listener in self._status_listeners:
+            try:
+                listener(connected, reason)
+            except Exception:
+                log.exception("a bus status listener failed")
 
     async def _on_disconnected(self) -> None:
         if self._state is State.CONNECTED:
-            log.warning("bus disconnected; reconnecting")
+            self._warn("disconnected", "bus disconnected; reconnecting")
+            self._notify(False, f"disconnected from the bus ({self.servers}); reconnecting")
 
     async def _on_reconnected(self) -> None:
-        if self._nc is not None:
-            log.info("bus reconnected to %s", self._nc.connected_url)
+        if self._nc is not None and self._nc.connected_url is not None:
+            log.info("bus reconnected to %s", redact(self._nc.connected_url.geturl()))
+        self._notify(True, "")
+        await self._after_reconnect()
+
+    async def _after_reconnect(self) -> None:
         for listener in self._reconnect_listeners:
             try:
                 listener()
@@ -218,3 +385,52 @@ class Bus:
                 log.exception("a reconnect listener failed")
         if self._on_reconnect is not None:
             await self._on_reconnect()
+
+    async def _on_closed(self) -> None:
+        if self._state is not State.CONNECTED or self._reopening is not None:
+            return  # closed by stop(), or already being opened again
+        why = self._last_error or "closed"
+        log.warning("the bus connection was closed by the server (%s); opening it again", why)
+        self._notify(False, f"the bus connection was closed ({why}); opening it again")
+        self._reopening = asyncio.get_running_loop().create_task(self._reopen(), name="l8-bus-reopen")
+
+    async def _reopen(self) -> None:
+        """Connect the same client again and take every subscription again."""
+        assert self._nc is not None
+        nc = self._nc
+        delay = 0.1
+        try:
+            while self._state is State.CONNECTED:
+                try:
+                    async with asyncio.timeout(max(self._start_timeout, 1.0)):
+                        await nc.connect(**self._connect_options())
+                    for handle in list(self._subs):
+                        await handle._take(nc)
+                    await nc.flush()
+                    break
+                except (TimeoutError, OSError, nats.errors.Error) as exc:
+                    log.debug("opening the bus connection again failed: %s", exc)
+                    if not nc.is_closed:
+                        await _close_quietly(nc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._reopening = None
+        if self._state is not State.CONNECTED:
+            return
+        self.reopened += 1
+        log.info("bus connection open again (%d subscriptions taken again)", len(self._subs))
+        for listener in list(self._reopen_listeners):
+            try:
+                await listener()
+            except Exception:
+                log.exception("a re-open listener failed")
+        self._notify(True, "")
+        await self._after_reconnect()
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await nc.close()
+    except Exception as exc:
+        log.debug("closing the bus connection failed: %s", exc)

@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from bus import credentials
+from bus.auth import BusAuth
+
 log = logging.getLogger("l8.bus.embedded")
 
 _PR_SET_PDEATHSIG = 1
@@ -74,6 +77,7 @@ class EmbeddedNats:
         monitor_port: int | None = None,
         name: str = "l8",
         ready_timeout: float = 15.0,
+        auth: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -84,6 +88,10 @@ class EmbeddedNats:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.data_dir / "nats-server.log"
         self._pid_path = self.data_dir / "nats-server.pid"
+        self._conf_path = self.data_dir / "nats-server.conf"
+        self._auth = auth
+        # What clients must present: generated once per data dir by start() (bus/credentials.py).
+        self.credentials: BusAuth | None = None
 
     @property
     def url(self) -> str:
@@ -113,6 +121,11 @@ class EmbeddedNats:
             "-n", self.name,
             "-P", str(self._pid_path),
         ]  # fmt: skip
+        if self._auth:
+            self.credentials = credentials.load_or_create(self.data_dir)
+            # In a file of mode 0600, not in argv, where any local user could read it.
+            credentials.write_private(self._conf_path, credentials.server_config(self.credentials))
+            args += ["-c", str(self._conf_path)]
         logfile = open(self._log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, at start only
         try:
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - preexec_fn needs Popen; it returns at once

@@ -4,6 +4,8 @@ BusError
 ├── NoResponders   nobody listens on the subject (no worker for that api and component)
 ├── BusTimeout     no reply before the deadline
 ├── BusClosed      the connection is gone or was never made
+│   └── BusUnreachable  the first connection could not be made in time
+├── InvalidSubject a subject the bus refuses to send (too long for the server)
 ├── PayloadTooLarge  the message is larger than the bus carries
 └── RemoteError    the worker answered with an error code and message in its reply headers
 """
@@ -29,6 +31,14 @@ class BusTimeout(BusError):
 
 
 class BusClosed(BusError):
+    pass
+
+
+class BusUnreachable(BusClosed):
+    pass
+
+
+class InvalidSubject(BusError):
     pass
 
 

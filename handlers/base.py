@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from bridges.errors import InvalidArgument
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+from bridges.errors import InvalidArgument, quote
+from handlers import limits
+
+log = logging.getLogger("l8.handlers")
 
 # Keys must not hold the separator l8 puts between a prefix and the key.
 SEPARATOR = "||"
 # Names that become one token of a bus subject (app ids, component names): bus/subjects.py's TOKEN,
 # spelled again because handlers do not import the bus (tests/test_layers.py checks they agree).
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_WHOLE = re.compile(r"-?[0-9]{1,12}")
 
 
 class RequestInfo(Protocol):
@@ -41,6 +48,7 @@ class KeyPrefix:
         if self.rule == "appid":
             if not app_id:
                 raise InvalidArgument("the caller has no app id, which keyPrefix 'appid' needs")
+            limits.check_size(app_id, limits.APP_ID, "app_id")
             return f"{app_id}{SEPARATOR}"
         if self.rule == "name":
             return f"{self._component}{SEPARATOR}"
@@ -49,8 +57,9 @@ class KeyPrefix:
     def apply(self, key: str, app_id: str, what: str = "key") -> str:
         if not key:
             raise InvalidArgument(f"{what} is empty")
+        limits.check_size(key, limits.KEY, what)
         if SEPARATOR in key:
-            raise InvalidArgument(f"{what} {key!r} contains {SEPARATOR!r}, which l8 reserves for key prefixes")
+            raise InvalidArgument(f"{what} {quote(key)} contains {SEPARATOR!r}, which l8 reserves for key prefixes")
         if self.rule == "appid":
             if not app_id:
                 raise InvalidArgument("the caller has no app id, which keyPrefix 'appid' needs")
@@ -63,16 +72,19 @@ class KeyPrefix:
 
 
 def parse_ttl(metadata: Mapping[str, str], what: str) -> int | None:
-    """``ttlInSeconds`` from request metadata: None when absent or -1, else whole seconds >= 1."""
+    """``ttlInSeconds`` from request metadata: None when absent or -1, else whole seconds from 1 to
+    ``limits.TTL_SECONDS``."""
     raw = metadata.get("ttlInSeconds")
     if raw is None or raw == "" or raw == "-1":
         return None
-    try:
-        ttl = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{what}: ttlInSeconds {raw!r} is not a whole number of seconds") from None
-    if ttl < 1:
-        raise InvalidArgument(f"{what}: ttlInSeconds must be at least 1, or -1 for no expiry; got {ttl}")
+    # No valid TTL has more than ten digits, and int() of a long digit string is slow.
+    if not _WHOLE.fullmatch(raw):
+        raise InvalidArgument(f"{what}: ttlInSeconds {quote(raw)} is not a whole number of seconds")
+    ttl = int(raw)
+    if not 1 <= ttl <= limits.TTL_SECONDS:
+        raise InvalidArgument(
+            f"{what}: ttlInSeconds must be from 1 to {limits.TTL_SECONDS}, or -1 for no expiry; got {ttl}"
+        )
     return ttl
 
 
@@ -84,3 +96,24 @@ def is_json_type(content_type: str) -> bool:
 def is_text_type(content_type: str) -> bool:
     base = content_type.split(";", 1)[0].strip().lower()
     return base.startswith("text/") or base in ("application/xml",) or base.endswith("+xml")
+
+
+C = TypeVar("C", bound=RequestInfo)
+R = TypeVar("R")
+
+
+def guarded(handler: Callable[[str, bytes, C], Awaitable[R]]) -> Callable[[str, bytes, C], Awaitable[R]]:
+    """``handler``, with a request that does not decode answered INVALID_ARGUMENT.
+
+    Bytes that are not the message an op expects (protobuf's DecodeError, a string field that is
+    not UTF-8) are the caller's fault, not l8's: they are logged once at DEBUG, without a traceback.
+    """
+
+    async def serve(op: str, payload: bytes, ctx: C) -> R:
+        try:
+            return await handler(op, payload, ctx)
+        except (DecodeError, UnicodeDecodeError) as exc:
+            log.debug("op %s: %d bytes that are not a valid request: %s", quote(op), len(payload), exc)
+            raise InvalidArgument(f"the request is not a valid message for op {quote(op)}: {exc}") from None
+
+    return serve

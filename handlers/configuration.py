@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridges.errors import InvalidArgument, Unimplemented
+from bridges.errors import InvalidArgument, Unimplemented, quote
 from bridges.protocols import ConfigChange, ConfigEntry, ConfigurationStore
+from handlers import limits
 from handlers.base import SEPARATOR, KeyPrefix, RequestInfo
 from handlers.proto import runtime_pb2 as pb
 
@@ -189,7 +190,7 @@ class ConfigurationHandler:
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
         fn = self._ops.get(op)
         if fn is None:
-            raise Unimplemented(f"configuration has no operation {op!r}")
+            raise Unimplemented(f"configuration has no operation {quote(op)}")
         return await fn(payload, ctx)
 
     async def watch(self, publish: Publish) -> None:
@@ -223,6 +224,7 @@ class ConfigurationHandler:
 
     async def get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetConfigurationRequest.FromString(payload)
+        limits.check_map(req.metadata, "metadata")
         if req.subscribe_update:
             raise InvalidArgument("subscribe_update is not supported: use SubscribeConfiguration to watch changes")
         scope = self._scope(req.app_id or ctx.app_id, req.group, req.label)
@@ -244,6 +246,8 @@ class ConfigurationHandler:
         req = pb.SaveConfigurationRequest.FromString(payload)
         if not req.items:
             raise InvalidArgument("items is empty: a save names at least one item")
+        limits.check_count(req.items, limits.BULK, "items")
+        limits.check_map(req.metadata, "metadata")
         app = req.app_id or ctx.app_id
         limit = self.store.limits.max_value_bytes
         sets: list[ConfigEntry] = []
@@ -255,15 +259,18 @@ class ConfigurationHandler:
             stored = self._stored_key(scope, item.key, f"{where}.key")
             if stored in seen:
                 raise InvalidArgument(
-                    f"{where}: key {item.key!r} appears twice (also items[{seen[stored]}]) in the same group and label"
+                    f"{where}: key {quote(item.key)} appears twice (also items[{seen[stored]}]) "
+                    "in the same group and label"
                 )
             seen[stored] = i
             size = len(item.content.encode())
             if size > limit:
                 raise InvalidArgument(
-                    f"{where}: the content of key {item.key!r} is {size} bytes; "
+                    f"{where}: the content of key {quote(item.key)} is {size} bytes; "
                     f"configuration store {self.component!r} takes at most {limit}"
                 )
+            limits.check_map(item.tags, f"{where}.tags")
+            limits.check_map(item.metadata, f"{where}.metadata")
             if item.content:
                 sets.append(ConfigEntry(stored, item.content, dict(item.tags), dict(item.metadata)))
             else:
@@ -274,6 +281,7 @@ class ConfigurationHandler:
 
     async def delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.DeleteConfigurationRequest.FromString(payload)
+        limits.check_map(req.metadata, "metadata")
         if not req.keys:
             raise InvalidArgument("keys is empty: a delete names the keys to delete")
         scope = self._scope(req.app_id or ctx.app_id, req.group, req.label)
@@ -289,6 +297,7 @@ class ConfigurationHandler:
 
     async def subscribe(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.SubscribeConfigurationRequest.FromString(payload)
+        limits.check_map(req.metadata, "metadata")
         scope = self._scope(req.app_id or ctx.app_id, req.group, req.label)
         if req.keys:
             keys: list[str] | None = list(dict.fromkeys(self._stored_keys(scope, req.keys)))
@@ -306,17 +315,20 @@ class ConfigurationHandler:
         group = group or self.default_group
         label = label or self.default_label
         for what, value in (("group", group), ("label", label)):
+            limits.check_size(value, limits.GROUP, f"{at}{what}")
             if SEPARATOR in value:
-                raise InvalidArgument(f"{at}{what} {value!r} contains {SEPARATOR!r}, which l8 reserves")
+                raise InvalidArgument(f"{at}{what} {quote(value)} contains {SEPARATOR!r}, which l8 reserves")
         return f"{self.prefix.scope(app_id)}{group}{SEPARATOR}{label}{SEPARATOR}"
 
     @staticmethod
     def _stored_key(scope: str, key: str, what: str) -> str:
         if not key:
             raise InvalidArgument(f"{what} is empty")
+        limits.check_size(key, limits.KEY, what)
         if SEPARATOR in key:
-            raise InvalidArgument(f"{what} {key!r} contains {SEPARATOR!r}, which l8 reserves for key prefixes")
+            raise InvalidArgument(f"{what} {quote(key)} contains {SEPARATOR!r}, which l8 reserves for key prefixes")
         return scope + key
 
     def _stored_keys(self, scope: str, keys: Sequence[str]) -> list[str]:
+        limits.check_count(keys, limits.BULK, "keys")
         return [self._stored_key(scope, key, f"keys[{i}]") for i, key in enumerate(keys)]

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bridges.errors import InvalidArgument, Unimplemented
+from bridges.errors import InvalidArgument, Unimplemented, quote
 from bridges.protocols import LockStore
+from handlers import limits
 from handlers.base import KeyPrefix, RequestInfo
 from handlers.proto import runtime_pb2 as pb
-
-# Redis and NATS hold expiries far longer; a day keeps a forgotten lock from living forever.
-MAX_EXPIRE = 86_400
 
 
 class LockHandler:
@@ -36,7 +34,7 @@ class LockHandler:
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
         fn = self._ops.get(op)
         if fn is None:
-            raise Unimplemented(f"lock has no operation {op!r}")
+            raise Unimplemented(f"lock has no operation {quote(op)}")
         return await fn(payload, ctx)
 
     async def try_lock(self, payload: bytes, ctx: RequestInfo) -> bytes:
@@ -66,12 +64,13 @@ class LockHandler:
         resource = self.prefix.apply(resource_id, ctx.app_id, "resource_id")
         if not owner:
             raise InvalidArgument("lock_owner is empty; give each would-be holder its own id, e.g. a UUID")
+        limits.check_size(owner, limits.LOCK_OWNER, "lock_owner")
         return resource
 
 
 def _expire(expire: int) -> int:
     if expire <= 0:
         raise InvalidArgument(f"expire must be a positive number of seconds; got {expire}")
-    if expire > MAX_EXPIRE:
-        raise InvalidArgument(f"expire may be at most {MAX_EXPIRE} seconds; got {expire}")
+    if expire > limits.LOCK_EXPIRE_SECONDS:
+        raise InvalidArgument(f"expire may be at most {limits.LOCK_EXPIRE_SECONDS} seconds; got {expire}")
     return expire

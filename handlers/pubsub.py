@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-from bridges.errors import BackendUnavailable, InvalidArgument, L8Error, PermissionDenied, Unimplemented
+from bridges.errors import BackendUnavailable, InvalidArgument, L8Error, PermissionDenied, Unimplemented, quote
 from bridges.protocols import PubSub
+from handlers import limits
 from handlers.base import TOKEN, RequestInfo
 from handlers.proto import runtime_pb2 as pb
 from handlers.pubsub_envelope import Outgoing, check_topic, wrap
@@ -49,6 +50,7 @@ class PubSubHandler:
     async def publish(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.PublishEventRequest.FromString(payload)
         check_topic(req.topic)
+        limits.check_map(req.metadata, "metadata")
         out = self._wrap(req.topic, req.data, req.data_content_type, req.metadata, ctx, "the event")
         await self.bridge.publish(req.topic, out.data, out.headers, ttl=out.ttl)
         return _EMPTY
@@ -58,14 +60,18 @@ class PubSubHandler:
         check_topic(req.topic)
         if not req.entries:
             raise InvalidArgument("a bulk publish needs at least one entry")
+        limits.check_count(req.entries, limits.BULK, "entries")
+        limits.check_map(req.metadata, "metadata")
         seen: set[str] = set()
         prepared: list[Outgoing] = []
         for i, entry in enumerate(req.entries):
             where = f"entries[{i}]"
             if not entry.entry_id:
                 raise InvalidArgument(f"{where}: entry_id is empty")
+            limits.check_size(entry.entry_id, limits.ENTRY_ID, f"{where}: entry_id")
             if entry.entry_id in seen:
-                raise InvalidArgument(f"{where}: entry_id {entry.entry_id!r} is used twice")
+                raise InvalidArgument(f"{where}: entry_id {quote(entry.entry_id)} is used twice")
+            limits.check_map(entry.metadata, f"{where}.metadata")
             seen.add(entry.entry_id)
             metadata = {**req.metadata, **entry.metadata}
             prepared.append(self._wrap(req.topic, entry.event, entry.content_type, metadata, ctx, where))

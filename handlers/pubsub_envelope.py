@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from bridges.errors import InvalidArgument
+from handlers import limits
 from handlers.base import RequestInfo, is_json_type, is_text_type, parse_ttl
 
 EVENT_TYPE = "com.dapr.event.sent"
@@ -34,8 +35,7 @@ HDR_RAW = "l8-raw"  # the payload is not an envelope (published with rawPayload=
 HDR_EXPIRES = "l8-expires"  # unix seconds after which a raw payload is not delivered
 HDR_TRACEPARENT = "traceparent"
 _EMPTY = b""
-# Kafka's own bound on topic names; a topic travels in headers and names consumers everywhere.
-MAX_TOPIC = 249
+MAX_TOPIC = limits.TOPIC
 _CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64")
 
 
@@ -152,8 +152,7 @@ def check_topic(topic: str) -> None:
         raise InvalidArgument("the topic is empty")
     if not topic.strip():
         raise InvalidArgument("the topic is blank")
-    if len(topic) > MAX_TOPIC:
-        raise InvalidArgument(f"the topic {topic[:32]!r}... is {len(topic)} characters; at most {MAX_TOPIC}")
+    limits.check_size(topic, limits.TOPIC, "the topic")
 
 
 def _given_cloudevent(data: bytes, what: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from handlers import limits
 from handlers.pubsub_envelope import MAX_TOPIC
 from handlers.pubsub_rules import Routes, RuleError
 
@@ -27,7 +28,7 @@ from handlers.pubsub_rules import Routes, RuleError
 # there after this many deliveries (without a dead-letter topic it is retried for as long as it
 # takes: dropping it would lose it).
 DEFAULT_DEAD_LETTER_AFTER = 5
-MAX_CONCURRENCY = 10_000
+MAX_CONCURRENCY = limits.MAX_IN_FLIGHT
 MAX_BULK = 10_000
 MAX_RULES = 100
 MAX_TIMEOUT = 3600.0
@@ -119,8 +120,8 @@ def _check(spec: Spec) -> None:
             raise SpecError(f"{name} must be a non-empty string of at most 128 characters")
     if not isinstance(spec.topic, str) or not spec.topic.strip():
         raise SpecError("the topic is empty")
-    if len(spec.topic) > MAX_TOPIC:
-        raise SpecError(f"the topic is {len(spec.topic)} characters; at most {MAX_TOPIC}")
+    if limits.size(spec.topic) > MAX_TOPIC:
+        raise SpecError(f"the topic is {limits.size(spec.topic)} bytes; at most {MAX_TOPIC}")
     if spec.dead_letter_topic is not None and (
         not isinstance(spec.dead_letter_topic, str) or len(spec.dead_letter_topic) > MAX_TOPIC
     ):

@@ -18,8 +18,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from bridges.errors import BackendUnavailable, InvalidArgument, ResourceExhausted, Unimplemented
+from bridges.errors import BackendUnavailable, InvalidArgument, ResourceExhausted, Unimplemented, quote
 from bridges.protocols import Sequencer
+from handlers import limits
 from handlers.base import KeyPrefix, RequestInfo
 from handlers.proto import runtime_pb2 as pb
 
@@ -75,11 +76,13 @@ class SequencerHandler:
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
         fn = self._ops.get(op)
         if fn is None:
-            raise Unimplemented(f"sequencer has no operation {op!r}")
+            raise Unimplemented(f"sequencer has no operation {quote(op)}")
         return await fn(payload, ctx)
 
     def _key(self, req: pb.GetNextIdRequest, ctx: RequestInfo) -> str:
         key = self.prefix.apply(req.key, ctx.app_id)
+        if req.metadata:
+            limits.check_map(req.metadata, "metadata")
         if req.options.increment not in _INCREMENTS:
             raise InvalidArgument(f"options.increment {req.options.increment} is neither WEAK (0) nor STRONG (1)")
         return key
@@ -136,5 +139,5 @@ class SequencerHandler:
 
 def _checked(last: int, key: str) -> int:
     if last > MAX_ID:
-        raise ResourceExhausted(f"sequence {key!r} has used up its int64 ids")
+        raise ResourceExhausted(f"sequence {quote(key)} has used up its int64 ids")
     return last

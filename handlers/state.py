@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from bridges.errors import InvalidArgument, L8Error, Unimplemented
+from bridges.errors import InvalidArgument, L8Error, Unimplemented, quote
 from bridges.protocols import StateDelete, StateEntry, StateOp, StateSet, StateStore
+from handlers import limits
 from handlers.base import KeyPrefix, RequestInfo, parse_ttl
 from handlers.proto import runtime_pb2 as pb
 
@@ -42,11 +43,13 @@ class StateHandler:
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
         fn = self._ops.get(op)
         if fn is None:
-            raise Unimplemented(f"state has no operation {op!r}")
+            raise Unimplemented(f"state has no operation {quote(op)}")
         return await fn(payload, ctx)
 
     async def get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetStateRequest.FromString(payload)
+        if req.metadata:
+            limits.check_map(req.metadata, "metadata")
         entry = await self.store.get(self.prefix.apply(req.key, ctx.app_id))
         if entry is None:
             return _EMPTY
@@ -55,6 +58,8 @@ class StateHandler:
 
     async def bulk_get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetBulkStateRequest.FromString(payload)
+        limits.check_count(req.keys, limits.BULK, "keys")
+        limits.check_map(req.metadata, "metadata")
         stored = [self.prefix.apply(key, ctx.app_id, f"keys[{i}]") for i, key in enumerate(req.keys)]
         limit = asyncio.Semaphore(min(req.parallelism, _MAX_PARALLELISM) if req.parallelism > 0 else _MAX_PARALLELISM)
 
@@ -77,20 +82,24 @@ class StateHandler:
 
     async def save(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.SaveStateRequest.FromString(payload)
+        limits.check_count(req.states, limits.BULK, "states")
         ops = [self._set_op(item, ctx, f"states[{i}]") for i, item in enumerate(req.states)]
         await self._apply(ops)
         return _EMPTY
 
     async def delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.DeleteStateRequest.FromString(payload)
-        etag = req.etag.value if req.HasField("etag") and req.etag.value else None
+        limits.check_map(req.metadata, "metadata")
+        key = self.prefix.apply(req.key, ctx.app_id)
+        etag = _etag(req.etag.value if req.HasField("etag") else "", "etag")
         if req.options.concurrency == LAST_WRITE:
             etag = None
-        await self.store.delete(StateDelete(self.prefix.apply(req.key, ctx.app_id), etag))
+        await self.store.delete(StateDelete(key, etag))
         return _EMPTY
 
     async def bulk_delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.DeleteBulkStateRequest.FromString(payload)
+        limits.check_count(req.states, limits.BULK, "states")
         ops = [self._delete_op(item, ctx, f"states[{i}]") for i, item in enumerate(req.states)]
         await self._apply(ops)
         return _EMPTY
@@ -99,9 +108,10 @@ class StateHandler:
         if "TRANSACTIONAL" not in self.store.features():
             raise Unimplemented(f"state store {self.component!r} does not support transactions")
         req = pb.ExecuteStateTransactionRequest.FromString(payload)
-        limit = self.store.limits.max_transaction_ops
+        limit = min(self.store.limits.max_transaction_ops, limits.BULK)
         if len(req.operations) > limit:
             raise InvalidArgument(f"a transaction holds at most {limit} operations; got {len(req.operations)}")
+        limits.check_map(req.metadata, "metadata")
         ops: list[StateOp] = []
         for i, operation in enumerate(req.operations):
             where = f"operations[{i}]"
@@ -112,7 +122,7 @@ class StateHandler:
                 ops.append(self._delete_op(operation.request, ctx, where))
             else:
                 raise InvalidArgument(
-                    f"{where}: operationType {operation.operationType!r} is neither 'upsert' nor 'delete'"
+                    f"{where}: operationType {quote(operation.operationType)} is neither 'upsert' nor 'delete'"
                 )
         await self.store.transact(ops)
         return _EMPTY
@@ -122,19 +132,21 @@ class StateHandler:
         limit = self.store.limits.max_value_bytes
         if len(item.value) > limit:
             raise InvalidArgument(
-                f"{where}: the value of key {item.key!r} is {len(item.value)} bytes; "
+                f"{where}: the value of key {quote(item.key)} is {len(item.value)} bytes; "
                 f"state store {self.component!r} takes at most {limit}"
             )
-        etag = item.etag.value if item.HasField("etag") and item.etag.value else None
+        limits.check_map(item.metadata, f"{where}.metadata")
+        etag = _etag(item.etag.value if item.HasField("etag") else "", f"{where}.etag")
         concurrency = item.options.concurrency
         if concurrency == LAST_WRITE:
             etag = None
-        ttl = parse_ttl(item.metadata, f"{where} (key {item.key!r})")
+        ttl = parse_ttl(item.metadata, f"{where} (key {quote(item.key)})")
         return StateSet(key, item.value, etag, first_write=concurrency == FIRST_WRITE, ttl=ttl)
 
     def _delete_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateDelete:
         key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
-        etag = item.etag.value if item.HasField("etag") and item.etag.value else None
+        limits.check_map(item.metadata, f"{where}.metadata")
+        etag = _etag(item.etag.value if item.HasField("etag") else "", f"{where}.etag")
         if item.options.concurrency == LAST_WRITE:
             etag = None
         return StateDelete(key, etag)
@@ -152,6 +164,13 @@ class StateHandler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+
+def _etag(value: str, what: str) -> str | None:
+    """A given etag, or None; a longer one than any store hands out is refused before it travels."""
+    if not value:
+        return None
+    return limits.check_size(value, limits.ETAG, what)
 
 
 async def _one(store: StateStore, op: StateOp) -> None:

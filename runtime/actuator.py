@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime import __version__
+from runtime.auth import http_refusal
 from runtime.config import Config
 from runtime.health import Health, Status
 from runtime.http import Request, Response, Router
@@ -30,6 +31,8 @@ class Routes:
     ) -> None:
         self._config = config
         self._health = health
+        token = config.server.api_token()
+        self._token = token.encode() if token else None
         self._invoke = invoke  # Dapr's /v1.0/invoke/{app}/method/{method}, any verb
         self._subscriptions = subscriptions
         self._exact: dict[str, Callable[[Request], Response | Awaitable[Response]]] = {
@@ -42,6 +45,9 @@ class Routes:
         }
 
     async def __call__(self, request: Request) -> Response:
+        refused = http_refusal(request, self._token)
+        if refused is not None:
+            return refused
         if self._invoke is not None and request.path.startswith("/v1.0/invoke/"):
             return await self._invoke(request)
         route = self._exact.get(request.path.rstrip("/") or "/")

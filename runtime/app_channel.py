@@ -94,8 +94,9 @@ class AppChannel(Protocol):
     async def close(self) -> None: ...
 
 
-def open_app(address: str, max_message_bytes: int = 16 << 20) -> AppChannel:
-    """The channel to the app at ``address`` (host:port)."""
+def open_app(address: str, max_message_bytes: int = 16 << 20, api_token: str | None = None) -> AppChannel:
+    """The channel to the app at ``address`` (host:port); ``api_token`` (APP_API_TOKEN) goes to the
+    app as ``dapr-api-token`` metadata on every call."""
     from runtime.app_dapr import DaprGrpcApp
 
-    return DaprGrpcApp(address, max_message_bytes)
+    return DaprGrpcApp(address, max_message_bytes, api_token)

@@ -18,6 +18,7 @@ import grpc
 
 from runtime import errors
 from runtime.app_channel import AppCallError, AppSubscription, AppUnavailable, BulkEntry, Metadata
+from runtime.auth import app_token_interceptors
 
 if TYPE_CHECKING:
     from handlers.pubsub_envelope import Event
@@ -35,9 +36,11 @@ def _translate(exc: grpc.aio.AioRpcError, address: str) -> AppCallError:
 
 
 class DaprGrpcApp:
-    def __init__(self, address: str, max_message_bytes: int = 16 << 20) -> None:
+    def __init__(self, address: str, max_message_bytes: int = 16 << 20, api_token: str | None = None) -> None:
         self._address = address
         self._max = max_message_bytes
+        # runtime/auth.py: APP_API_TOKEN on every call to the app, as one channel interceptor.
+        self._interceptors = app_token_interceptors(api_token) or None
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
         self._invoke: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] | None = None
@@ -51,6 +54,7 @@ class DaprGrpcApp:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
                 self._address,
+                interceptors=self._interceptors,
                 options=[
                     ("grpc.max_receive_message_length", self._max),
                     ("grpc.max_send_message_length", self._max),

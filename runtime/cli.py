@@ -26,6 +26,15 @@ def _port(flag: str) -> Callable[[str], int]:
     return parse
 
 
+def _positive(flag: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: {value[:32]!r} is not a whole number of at least 1")
+        return int(value)
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l8", description="l8: an application runtime on a message bus")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="where the embedded server keeps its data (data_dir)")
     run.add_argument("--workers", help="handlers run here: all, none, or apis comma separated (workers)")
     run.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    run.add_argument("--concurrency", type=_positive("--concurrency"), help="requests handled at once (concurrency)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     worker = sub.add_parser("worker", help="run handler workers only, on an existing bus")
@@ -47,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--bus", help="NATS URLs, comma separated (bus.url)")
     worker.add_argument("--handlers", help=f"apis to serve, comma separated: {', '.join(API_NAMES)} (workers)")
     worker.add_argument("--namespace", help="the namespace on the bus (namespace)")
-    worker.add_argument("--concurrency", type=int, help="requests handled at once (concurrency)")
+    worker.add_argument("--concurrency", type=_positive("--concurrency"), help="requests handled at once (concurrency)")
+    worker.add_argument(
+        "--http-port", type=_port("--http-port"), help="serve the health probes on this port (server.worker_http)"
+    )
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
@@ -97,6 +110,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["concurrency"] = args.concurrency
     if args.log_level:
         overrides["log_level"] = args.log_level
+    if args.command == "worker" and args.http_port is not None:
+        overrides.setdefault("server", {})["worker_http"] = f"127.0.0.1:{args.http_port}"
+        args.http_port = None
     config = load_config(args.config, overrides)
     ports = {"grpc": getattr(args, "grpc_port", None), "http": getattr(args, "http_port", None)}
     if any(p is not None for p in ports.values()):
@@ -108,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 async def _serve(config: Config, *, serve: bool) -> int:
+    from bus import BusError
     from runtime.components import ComponentError
     from runtime.sidecar import Sidecar
 
@@ -116,16 +133,24 @@ async def _serve(config: Config, *, serve: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A signal at any moment of start-up ends it: the start is cancelled and stops what it began.
+    starting = asyncio.create_task(sidecar.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stopping while starting")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return 0
+    stopping_error = starting.exception()
+    if stopping_error is not None:
+        stopping.cancel()
+        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError)):
+            log.error("%s", stopping_error)
+            return 1
+        raise stopping_error
     try:
-        await sidecar.start()
-    except ComponentError as exc:
-        log.error("%s", exc)
-        return 1
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
-    try:
-        await stop.wait()
+        await stopping
         log.info("stopping: finishing calls in flight")
     finally:
         await sidecar.stop()

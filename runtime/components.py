@@ -9,6 +9,7 @@ from typing import Any
 
 from bridges import registry
 from bridges.errors import L8Error
+from bridges.protocols import Probed
 from bridges.registry import BridgeEnv
 from bus.worker import Handler
 from runtime.config import Config
@@ -52,25 +53,39 @@ class Components:
             if comp.kind not in apis:
                 continue
             self._health.set(name, Status.INIT)
+            bridge: Any = None
             try:
                 bridge = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
                 await bridge.start()
                 # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
                 handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
-            except (L8Error, ValueError, OSError) as exc:
+            except BaseException as exc:
+                # A bridge may have taken a connection or a shared client before it failed: give it back.
+                if bridge is not None:
+                    await _stop_quietly(name, bridge)
+                if not isinstance(exc, (L8Error, ValueError, OSError)):
+                    raise
                 self._health.set(name, Status.DOWN, str(exc))
                 raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {exc}") from exc
             self.served.append(Served(comp.kind, name, bridge, handler))
             self._health.set(name, Status.UP)
             log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)
 
+    def probes(self) -> dict[str, Any]:
+        """``ping`` of every served component whose bridge has one (bridges/protocols.py ``Probed``)."""
+        return {s.name: s.bridge.ping for s in self.served if isinstance(s.bridge, Probed)}
+
     async def stop(self) -> None:
         while self.served:
             served = self.served.pop()
-            try:
-                await served.bridge.stop()
-            except Exception as exc:
-                log.warning("component %s did not stop cleanly: %s", served.name, exc)
+            await _stop_quietly(served.name, served.bridge)
+
+
+async def _stop_quietly(name: str, bridge: Any) -> None:
+    try:
+        await bridge.stop()
+    except Exception as exc:
+        log.warning("component %s did not stop cleanly: %s", name, exc)
 
 
 def _handler_class(api: str) -> Any:

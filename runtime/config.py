@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bridges import registry
+from bus.auth import BusAuth, redact
 from bus.subjects import TOKEN
+from handlers import limits
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -31,6 +33,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _secret(path: str | None, field: str) -> str | None:
+    """The content of a secret file, stripped; a file that cannot be read is a ConfigError."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _token(value: str, what: str, limit: int) -> str:
+    if not TOKEN.match(value):
+        raise ValueError(f"{what} {value[:64]!r} may use only letters, digits, '_' and '-'")
+    if len(value) > limit:
+        raise ValueError(f"{what} {value[:64]!r}… is {len(value)} characters; at most {limit} are allowed")
+    return value
+
+
 def _address(value: str, field: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
@@ -44,18 +64,28 @@ class AppConfig(_Model):
     id: str = "l8-app"
     # The app's AppCallback gRPC server, host:port; l8 calls it for events and invocations.
     callback: str | None = None
+    # Sent to the app as metadata dapr-api-token on every callback; unset, APP_API_TOKEN.
+    api_token_file: str | None = None
+
+    def api_token(self) -> str | None:
+        return _secret(self.api_token_file, "app.api_token_file") or os.environ.get("APP_API_TOKEN") or None
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not TOKEN.match(v):
-            raise ValueError(f"app id {v!r} may use only letters, digits, '_' and '-'")
-        return v
+        return _token(v, "app id", limits.APP_ID)
 
     @field_validator("callback")
     @classmethod
     def _callback(cls, v: str | None) -> str | None:
         return None if v is None else _address(v, "app.callback")
+
+
+class BusTlsConfig(_Model):
+    ca_file: str | None = None  # CA that signed the servers' certificates (else the system's)
+    cert_file: str | None = None  # client certificate, for servers that verify clients
+    key_file: str | None = None
+    server_name: str | None = None  # the name the servers' certificates carry, if not the URL's host
 
 
 class BusConfig(_Model):
@@ -64,11 +94,42 @@ class BusConfig(_Model):
     port: int | None = Field(default=None, ge=0, le=65535, description="embedded server client port; free if unset")
     monitor_port: int | None = Field(default=None, ge=0, le=65535)
     request_timeout: float = Field(default=5.0, gt=0, description="seconds, for calls that carry no deadline")
+    connect_timeout: float = Field(default=10.0, gt=0, le=3600, description="seconds to reach the bus at start")
     # Requests for a handler that runs in this same process skip the server round trip (a third
     # of the latency of a GetState); the queue group still serves every other process's requests.
     local_dispatch: bool = True
     # Replicas of l8's own buckets on the bus (the subscription registry): 3 on a 3-node cluster.
     replicas: int = Field(default=1, ge=1, le=5)
+    # The embedded server requires the credentials l8 generates in the data dir (nats/credentials.json).
+    embedded_auth: bool = True
+    # External servers: secrets come from files (or ${ENV} in the config), never from flags.
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)  # e.g. ${NATS_PASSWORD}; or password_file
+    password_file: str | None = None
+    token: str | None = Field(default=None, repr=False)
+    token_file: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    tls: BusTlsConfig = Field(default_factory=BusTlsConfig)
+
+    def auth(self) -> BusAuth:
+        """The credentials for an external bus, secrets read from their files now."""
+        tls = self.tls
+        return BusAuth(
+            user=self.user,
+            password=self.password or _secret(self.password_file, "bus.password_file"),
+            token=self.token or _secret(self.token_file, "bus.token_file"),
+            nkey_seed=_secret(self.nkey_seed_file, "bus.nkey_seed_file"),
+            creds_file=self.creds_file,
+            tls_ca_file=tls.ca_file,
+            tls_cert_file=tls.cert_file,
+            tls_key_file=tls.key_file,
+            tls_server_name=tls.server_name,
+        )
+
+    @property
+    def has_auth(self) -> bool:
+        return any((self.user, self.token, self.token_file, self.nkey_seed_file, self.creds_file))
 
     @property
     def embedded(self) -> bool:
@@ -85,19 +146,52 @@ class BusConfig(_Model):
             return v
         for u in v.split(","):
             if not re.match(r"^(nats|tls)://[^\s]+$", u.strip()):
-                raise ValueError(f"{u.strip()!r} is not a NATS URL (nats://host:port) nor 'embedded'")
+                raise ValueError(f"{redact(u.strip())!r} is not a NATS URL (nats://host:port) nor 'embedded'")
         return v
+
+
+class ServerTlsConfig(_Model):
+    cert_file: str | None = None  # set both to serve gRPC and HTTP over TLS
+    key_file: str | None = None
+    client_ca_file: str | None = None  # also require client certificates signed by this CA (mTLS)
+
+    @model_validator(mode="after")
+    def _pair(self) -> ServerTlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
 
 
 class ServerConfig(_Model):
     grpc: str = "127.0.0.1:34904"
     http: str = "127.0.0.1:34999"
     max_message_bytes: int = Field(default=16 << 20, gt=0)
+    # When set, every gRPC call needs metadata dapr-api-token and every HTTP route (health
+    # excepted) the header; unset, DAPR_API_TOKEN or L8_API_TOKEN from the environment.
+    api_token_file: str | None = None
+    tls: ServerTlsConfig = Field(default_factory=ServerTlsConfig)
+    # Where `l8 worker` serves its health probes (--http-port); none by default.
+    worker_http: str | None = None
 
-    @field_validator("grpc", "http")
+    @field_validator("grpc", "http", "worker_http")
     @classmethod
-    def _addr(cls, v: str, info: ValidationInfo) -> str:
-        return _address(v, f"server.{info.field_name}")
+    def _addr(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _address(v, f"server.{info.field_name}")
+
+    def api_token(self) -> str | None:
+        token = _secret(self.api_token_file, "server.api_token_file")
+        return token or os.environ.get("DAPR_API_TOKEN") or os.environ.get("L8_API_TOKEN") or None
+
+
+class HealthConfig(_Model):
+    interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between probes of each backend")
+    timeout: float = Field(default=2.0, gt=0, le=600, description="seconds a probe may take before it counts as DOWN")
 
 
 class ComponentConfig(_Model):
@@ -200,13 +294,14 @@ class Config(_Model):
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     # Seconds l8 waits for the app to answer one OnTopicEvent / OnBulkTopicEvent call.
     delivery_timeout: float = Field(default=60.0, gt=0)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    # Seconds the whole ordered shutdown may take (calls in flight, deliveries, drains).
+    shutdown_timeout: float = Field(default=20.0, gt=0, le=3600)
 
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
-        if not TOKEN.match(v):
-            raise ValueError(f"namespace {v!r} may use only letters, digits, '_' and '-'")
-        return v
+        return _token(v, "namespace", limits.NAMESPACE)
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -223,8 +318,7 @@ class Config(_Model):
     @classmethod
     def _names(cls, v: dict[str, ComponentConfig]) -> dict[str, ComponentConfig]:
         for name in v:
-            if not TOKEN.match(name):
-                raise ValueError(f"component name {name!r} may use only letters, digits, '_' and '-'")
+            _token(name, "component name", limits.NAME)
         return v
 
     @model_validator(mode="after")

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 
-from bridges.errors import Code
+from bridges.errors import Code, quote
 from bus.subjects import changes_subject
 from handlers.configuration import Change, SubscribeReply, decode_changes, split_stored
 from handlers.proto import runtime_pb2 as pb
-from runtime.forward import Forwarder, FrontError, abort
+from runtime.forward import Forwarder, FrontError, abort, parse
 
 if TYPE_CHECKING:
     # Only a type here: importing nats before bus would skip bus/_nats_import.py, and a process whose
@@ -308,9 +308,9 @@ class ConfigurationHub:
     def unsubscribe(self, sub_id: str, store_name: str) -> tuple[bool, str]:
         sub = self._by_id.get(sub_id)
         if sub is None:
-            return False, f"configuration subscription {sub_id!r} does not exist"
+            return False, f"configuration subscription {quote(sub_id)} does not exist"
         if store_name and store_name != sub.store_name:
-            return False, f"configuration subscription {sub_id!r} belongs to store {sub.store_name!r}"
+            return False, f"configuration subscription {quote(sub_id)} belongs to store {quote(sub.store_name)}"
         self._forget(sub)
         sub.end()
         return True, ""
@@ -372,7 +372,7 @@ def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
     items with empty content. A bad request ends the stream with its error."""
 
     async def call(
-        requests: AsyncIterator[pb.SubscribeConfigurationRequest], context: grpc.aio.ServicerContext[Any, Any]
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeConfigurationResponse]:
         outbox: Outbox[pb.SubscribeConfigurationResponse] = Outbox()
         subs: list[Subscription] = []
@@ -386,7 +386,13 @@ def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
 
         async def read() -> None:
             try:
-                async for request in requests:
+                async for data in requests:
+                    try:
+                        request = pb.SubscribeConfigurationRequest.FromString(data)
+                    except Exception as exc:  # protobuf's DecodeError
+                        raise FrontError(
+                            Code.INVALID_ARGUMENT, f"the request is not a valid SubscribeConfigurationRequest: {exc}"
+                        ) from None
                     sub = await hub.open(request, context, deliver, _ender(outbox))
                     subs.append(sub)
             except FrontError as exc:
@@ -408,9 +414,7 @@ def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
                 hub.close(sub)
 
     return grpc.stream_stream_rpc_method_handler(
-        call,
-        request_deserializer=pb.SubscribeConfigurationRequest.FromString,
-        response_serializer=pb.SubscribeConfigurationResponse.SerializeToString,
+        call, response_serializer=pb.SubscribeConfigurationResponse.SerializeToString
     )
 
 
@@ -450,7 +454,7 @@ def dapr_handlers(hub: ConfigurationHub, forwarder: Forwarder) -> dict[str, grpc
 
     async def get(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         common_pb2, dpb = _dapr_messages()
-        dreq = dpb.GetConfigurationRequest.FromString(request)
+        dreq = await parse(dpb.GetConfigurationRequest, request, context)
         native = pb.GetConfigurationRequest(**_native_request(dreq.store_name, dreq.keys, dreq.metadata))
         reply = pb.GetConfigurationResponse.FromString(
             await forwarder.forward(API, "get", native.SerializeToString(), context)
@@ -465,7 +469,7 @@ def dapr_handlers(hub: ConfigurationHub, forwarder: Forwarder) -> dict[str, grpc
 
     async def subscribe(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         _, dpb = _dapr_messages()
-        dreq = dpb.SubscribeConfigurationRequest.FromString(request)
+        dreq = await parse(dpb.SubscribeConfigurationRequest, request, context)
         native = pb.SubscribeConfigurationRequest(**_native_request(dreq.store_name, dreq.keys, dreq.metadata))
         outbox: Outbox[bytes] = Outbox()
 
@@ -490,7 +494,7 @@ def dapr_handlers(hub: ConfigurationHub, forwarder: Forwarder) -> dict[str, grpc
 
     async def unsubscribe(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         _, dpb = _dapr_messages()
-        dreq = dpb.UnsubscribeConfigurationRequest.FromString(request)
+        dreq = await parse(dpb.UnsubscribeConfigurationRequest, request, context)
         ok, message = hub.unsubscribe(dreq.id, dreq.store_name)
         data: bytes = dpb.UnsubscribeConfigurationResponse(ok=ok, message=message).SerializeToString()
         return data

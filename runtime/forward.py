@@ -7,14 +7,15 @@ from typing import Any, NoReturn
 
 import grpc
 
-from bridges.errors import Code
+from bridges.errors import Code, quote
 from bus import Bus, BusError
 from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT, request_headers
 from bus.connection import ENVELOPE
 from bus.subjects import request_subject
+from handlers import limits
 from runtime import errors
 from runtime.config import Config
-from runtime.routing import Malformed, string_field
+from runtime.routing import Malformed, bytes_field, string_field
 
 _NAMES = {
     "state": "state store",
@@ -25,6 +26,13 @@ _NAMES = {
     "file": "file store",
     "secrets": "secret store",
     "bindings": "binding",
+}
+# Fields the front bounds before forwarding, by (api, op): (field number, limit, name). Only what
+# reaches a subject on its way to a backend: a topic becomes a JetStream subject token. Keys and
+# the like are bounded by the handlers (handlers/limits.py), where every caller's requests pass.
+_BOUNDED: dict[tuple[str, str], tuple[tuple[int, int, str], ...]] = {
+    ("pubsub", "publish"): ((2, limits.TOPIC, "topic"),),
+    ("pubsub", "bulkpublish"): ((2, limits.TOPIC, "topic"),),
 }
 
 
@@ -65,7 +73,7 @@ class Forwarder:
         listed = ", ".join(known) if known else "none"
         if not name:
             raise FrontError(Code.INVALID_ARGUMENT, f"the {noun} name is empty; configured: {listed}")
-        raise FrontError(Code.INVALID_ARGUMENT, f"{noun} {name!r} is not configured; configured: {listed}")
+        raise FrontError(Code.INVALID_ARGUMENT, f"{noun} {quote(name)} is not configured; configured: {listed}")
 
     def subject(self, api: str, component: str, op: str) -> str:
         key = (api, component, op)
@@ -80,16 +88,13 @@ class Forwarder:
 
     @staticmethod
     def traceparent(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-        for key, value in context.invocation_metadata() or ():
-            if key == HDR_TRACEPARENT:
-                return str(value)
-        return None
+        return traceparent_of(context)
 
     def headers(self, timeout: float, context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
         headers = {HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
-        for key, value in context.invocation_metadata() or ():
-            if key == HDR_TRACEPARENT:
-                headers[HDR_TRACEPARENT] = str(value)
+        traceparent = traceparent_of(context)
+        if traceparent is not None:
+            headers[HDR_TRACEPARENT] = traceparent
         return headers
 
     async def forward(self, api: str, op: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -99,8 +104,13 @@ class Forwarder:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid protobuf message: {exc}")
         try:
             component = self.component(api, name)
+            for number, limit, field in _BOUNDED.get((api, op), ()):
+                if len(bytes_field(request, number)) > limit:
+                    raise FrontError(Code.INVALID_ARGUMENT, f"the {field} is longer than {limit} bytes")
         except FrontError as exc:
             await abort(context, exc.code, exc.message)
+        except Malformed as exc:
+            await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid protobuf message: {exc}")
         return await self.send(
             self.subject(api, component, op), request, context, f"{_NAMES.get(api, api)} {component!r}"
         )
@@ -135,11 +145,27 @@ class Forwarder:
             raise FrontError(code, message) from None
 
 
+def traceparent_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The caller's traceparent, passed on as it came; one longer than any valid one is dropped."""
+    for key, value in context.invocation_metadata() or ():
+        if key == HDR_TRACEPARENT and isinstance(value, str):
+            return value if len(value) <= limits.TRACEPARENT and value.isprintable() else None
+    return None
+
+
 class FrontError(Exception):
     def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+async def parse(message: Any, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """``message.FromString(data)``; bytes that are not such a message end the call INVALID_ARGUMENT."""
+    try:
+        return message.FromString(data)
+    except Exception as exc:  # protobuf's DecodeError, and the message classes are untyped
+        await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid {message.DESCRIPTOR.name}: {exc}")
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], code: Code, message: str) -> NoReturn:

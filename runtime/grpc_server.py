@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from runtime import configuration, dapr, native
+from runtime import auth, configuration, dapr, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
@@ -67,13 +67,15 @@ class GrpcServer:
         if self._server is not None:
             return
         limit = self._config.server.max_message_bytes
+        token = self._config.server.api_token()
         server = grpc.aio.server(
+            interceptors=[auth.ApiTokenInterceptor(token)] if token else None,
             options=[
                 # Linux lets a second server share a reused port silently; a taken port must fail.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-            ]
+            ],
         )
         # Dapr's InvokeServiceRequest and InvokeResponse are the native ones on the wire.
         invoke = grpc_handler(self._invoker)
@@ -113,14 +115,23 @@ class GrpcServer:
             )
         )
         address = self._config.server.grpc
+        tls = self._config.server.tls
         try:
-            self.port = server.add_insecure_port(address)
+            if tls.enabled:
+                self.port = server.add_secure_port(address, auth.grpc_credentials(tls))
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"server.grpc: cannot listen on {address}: {exc}") from None
         await server.start()
         self._server = server
         for name in ("", native.SERVICE, dapr.SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    @property
+    def segments(self) -> SegmentCache:
+        """The WEAK sequencer segments this front holds."""
+        return self._segments
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -40,17 +41,20 @@ Router = Callable[[Request], Awaitable[Response]]
 class HttpServer:
     """Serves ``router`` on host:port; ``start``/``stop`` are idempotent and stop closes keep-alives."""
 
-    def __init__(self, host: str, port: int, router: Router) -> None:
+    def __init__(self, host: str, port: int, router: Router, ssl: ssl_.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self._router = router
+        self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._on_conn, self.host, self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._on_conn, self.host, self.port, reuse_address=True, ssl=self._ssl
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -70,7 +74,7 @@ class HttpServer:
         self._conns.add(task)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError):
+        except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError, ssl_.SSLError):
             pass
         finally:
             self._conns.discard(task)

@@ -29,12 +29,13 @@ from typing import Any
 
 import grpc
 
-from bridges.errors import Code
+from bridges.errors import Code, quote
 from bus import Bus, BusError, Reply, RequestContext, Route
 from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT
 from bus.connection import ENVELOPE
 from bus.errors import BusTimeout, NoResponders, RemoteError
 from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
+from handlers import limits
 from handlers.proto import runtime_pb2 as pb
 from runtime import errors
 from runtime.app_channel import AppCallError, AppChannel
@@ -50,6 +51,7 @@ HDR_META = "l8-md-"  # bus headers that carry the caller's metadata to the app, 
 CALLER_APP_ID = "dapr-caller-app-id"
 CALLEE_APP_ID = "dapr-callee-app-id"
 
+_SUBJECTS = 1024  # invocation subjects remembered; beyond that the memory starts again
 _META_KEY = re.compile(r"^[0-9a-z_.-]+$")
 # Connection-level HTTP headers and what gRPC or l8 set themselves never reach the app as metadata.
 _NOT_METADATA = frozenset(
@@ -141,10 +143,18 @@ class Invoker:
             return subject
         if not app_id:
             raise FrontError(Code.INVALID_ARGUMENT, "the app id is empty: say which app to invoke")
+        if len(app_id) > limits.APP_ID:
+            raise FrontError(
+                Code.INVALID_ARGUMENT,
+                f"app id {quote(app_id)} is {len(app_id)} characters; at most {limits.APP_ID} are allowed",
+            )
         if not TOKEN.match(app_id):
             raise FrontError(
-                Code.INVALID_ARGUMENT, f"app id {app_id!r} is not valid: it may use only letters, digits, '_' and '-'"
+                Code.INVALID_ARGUMENT,
+                f"app id {quote(app_id)} is not valid: it may use only letters, digits, '_' and '-'",
             )
+        if len(self._subjects) >= _SUBJECTS:
+            self._subjects.clear()
         subject = self._subjects[app_id] = invoke_subject(self._ns, app_id, self.app_id)
         return subject
 
@@ -162,9 +172,23 @@ class Invoker:
         subject = self.subject(app_id)
         if not method:
             raise FrontError(Code.INVALID_ARGUMENT, f"the method name is empty: say which method of {app_id!r} to call")
+        if len(method) > limits.METHOD // 4 and limits.size(method) > limits.METHOD:
+            raise FrontError(Code.INVALID_ARGUMENT, f"the method {quote(method)} is longer than {limits.METHOD} bytes")
+        if len(metadata) > limits.MAP_ENTRIES:
+            raise FrontError(
+                Code.INVALID_ARGUMENT,
+                f"the call carries {len(metadata)} metadata entries; at most {limits.MAP_ENTRIES} are passed on",
+            )
+        for key, value in metadata.items():
+            if len(key) > limits.MAP_KEY + len(HDR_META) or len(value) > limits.MAP_VALUE:
+                raise FrontError(
+                    Code.INVALID_ARGUMENT,
+                    f"metadata {quote(key[len(HDR_META) :])} is longer than {limits.MAP_KEY} bytes "
+                    f"or its value longer than {limits.MAP_VALUE}",
+                )
         timeout = self.default_timeout if timeout is None else max(timeout, 0.001)
         headers = {**metadata, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
-        if traceparent:
+        if traceparent and len(traceparent) <= limits.TRACEPARENT:
             headers[HDR_TRACEPARENT] = traceparent
         size = len(request) + sum(len(k) + len(v) + 4 for k, v in metadata.items())
         limit = self._bus.max_payload - ENVELOPE
@@ -185,7 +209,7 @@ class Invoker:
         except BusTimeout:
             raise FrontError(
                 Code.DEADLINE_EXCEEDED,
-                f"app {app_id!r} did not answer method {method!r} within the deadline "
+                f"app {app_id!r} did not answer method {quote(method)} within the deadline "
                 f"({timeout:.3f}s; waited {time.monotonic() - started:.3f}s)",
             ) from None
         except RemoteError as exc:

@@ -15,21 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from bridges.errors import Code
-from bus.codec import HDR_TRACEPARENT
+from handlers import limits
 from handlers.base import SEPARATOR
 from handlers.proto import runtime_pb2 as pb
-from runtime.forward import Forwarder, FrontError, abort
+from runtime.forward import Forwarder, FrontError, abort, parse
 
 log = logging.getLogger("l8.runtime.sequencer")
 
 _WEAK = pb.SequencerOptions.WEAK
 _STRONG = pb.SequencerOptions.STRONG
+# Keys whose segment a sidecar keeps; the least recently used one beyond that is forgotten (its
+# unused ids become a gap, which WEAK allows), so many keys cannot grow the cache without bound.
+SEGMENTS = 10_000
 
 
 @dataclass(slots=True)
@@ -43,29 +46,43 @@ class _Segment:
 class SegmentCache:
     """WEAK ids per (sequencer, key) for one sidecar; ``close()`` cancels reservations in flight."""
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(self, forwarder: Forwarder, max_segments: int = SEGMENTS) -> None:
         self._forwarder = forwarder
-        self._segments: dict[tuple[str, str], _Segment] = {}
+        self._segments: OrderedDict[tuple[str, str], _Segment] = OrderedDict()
+        self._max_segments = max_segments
+        self._tasks: set[asyncio.Task[tuple[int, int]]] = set()
         self._closed = False
 
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
+
     async def get_next_id(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        try:
-            req = pb.GetNextIdRequest.FromString(request)
-        except Exception as exc:  # protobuf's DecodeError, untyped
-            await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid GetNextIdRequest: {exc}")
+        req = await parse(pb.GetNextIdRequest, request, context)
         try:
             component = self._forwarder.component("sequencer", req.store_name)
         except FrontError as exc:
             await abort(context, exc.code, exc.message)
         what = f"sequencer {component!r}"
-        if req.options.increment != _WEAK or not req.key or SEPARATOR in req.key or self._closed:
+        key = req.key
+        if (
+            req.options.increment != _WEAK
+            or not key
+            or limits.size(key) > limits.KEY
+            or SEPARATOR in key
+            or self._closed
+        ):
             # STRONG asks the store each call; bad input goes the same way so the handler names the fault.
             return await self._forwarder.send(
                 self._forwarder.subject("sequencer", component, "next"), request, context, what
             )
-        segment = self._segments.get((component, req.key))
+        segment = self._segments.get((component, key))
         if segment is None:
-            segment = self._segments[(component, req.key)] = _Segment()
+            segment = self._segments[(component, key)] = _Segment()
+            if len(self._segments) > self._max_segments:
+                self._segments.popitem(last=False)
+        else:
+            self._segments.move_to_end((component, key))
         while True:
             if segment.next <= segment.last:
                 next_id = segment.next
@@ -92,10 +109,7 @@ class SegmentCache:
     def _reserve(
         self, component: str, req: pb.GetNextIdRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> asyncio.Task[tuple[int, int]]:
-        traceparent = None
-        for key, value in context.invocation_metadata() or ():
-            if key == HDR_TRACEPARENT:
-                traceparent = str(value)
+        traceparent = self._forwarder.traceparent(context)
         # Only what the worker needs: the segment outlives the call that asked for it.
         payload = pb.GetNextIdRequest(store_name=req.store_name, key=req.key).SerializeToString()
         subject = self._forwarder.subject("sequencer", component, "reserve")
@@ -103,6 +117,8 @@ class SegmentCache:
         # A reservation made ahead may fail while no caller waits for it; its error is then seen
         # here, and the caller that needs the segment gets it (and the next one tries again).
         task.add_done_callback(_seen)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return task
 
     async def _call(self, subject: str, payload: bytes, traceparent: str | None, what: str) -> tuple[int, int]:
@@ -113,7 +129,7 @@ class SegmentCache:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [s.pending for s in self._segments.values() if s.pending is not None]
+        tasks = list(self._tasks)
         self._segments.clear()
         for task in tasks:
             task.cancel()

@@ -1,41 +1,54 @@
 """Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
 
 Start order: embedded bus → bus connection → components → worker host (handlers; the pub/sub
-handlers' deliveries) → the app's invocations and events (when the app has a callback) → gRPC and
-HTTP servers → the announcement of the app's subscriptions, last, so events flow only once
-everything they may call back into is up.
+handlers' deliveries) → watchers and the health probes (supervised) → the app's invocations and
+events (when the app has a callback) → gRPC and HTTP servers (a worker: its health port, when it
+has one) → the announcement of the app's subscriptions, last, so events flow only once everything
+they may call back into is up.
 
-Stop runs the other way: the subscriptions are withdrawn; this process's deliveries stop fetching,
-let the app answer what it has and hand back the rest; the app's event routes and the fronts finish
-what is in flight; then invocations, the worker host, components, the app channel, the bus
-connection and the embedded server stop.
+Stop runs the other way under one budget (``shutdown_timeout``): the subscriptions are withdrawn;
+this process's deliveries stop fetching, let the targets answer what they have and hand back the
+rest; the app's event routes and the fronts finish what is in flight; then invocations, the worker
+host, the supervised tasks, components, the app channels, the bus connection and the embedded
+server stop. A start that is cancelled (SIGTERM while starting) stops what it had started the same
+way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bridges.registry import BridgeEnv
-from bus import Bus, EmbeddedNats, Route, WorkerHost, subjects
+from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, credentials, subjects
+from bus.auth import redact
 from bus.board import Board
+from handlers.base import guarded
+from handlers.pubsub import PubSubHandler
+from handlers.pubsub_registry import Deliveries
 from runtime.actuator import Routes, split_address
 from runtime.app_channel import AppChannel, open_app
+from runtime.auth import http_context
 from runtime.components import Components
 from runtime.config import Config
 from runtime.event_router import BusRouter
 from runtime.event_server import EventServer
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
-from runtime.health import Health, Status
+from runtime.health import Health, HealthMonitor, Status
 from runtime.http import HttpServer
 from runtime.invoke import InvokeHandler, Invoker, http_route
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
+from runtime.supervisor import Budget, Supervisor
 
 log = logging.getLogger("l8")
 
@@ -48,6 +61,8 @@ class Sidecar:
         self.serve = serve
         self.apis = config.apis() if apis is None else apis
         self.health = Health()
+        self.supervisor = Supervisor(self.health)
+        self.monitor: HealthMonitor | None = None
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.components: Components | None = None
@@ -60,14 +75,16 @@ class Sidecar:
         self.events: EventServer | None = None
         self.announcer: Announcer | None = None
         self.board: Board | None = None
+        self.deliveries: list[Deliveries] = []
         self.worker_id = uuid.uuid4().hex[:12]
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
+        self._serving_updates: set[asyncio.Task[None]] = set()
 
     @property
     def bus_url(self) -> str:
-        return self.embedded.url if self.embedded is not None else self.config.bus.url
+        return self.embedded.url if self.embedded is not None else redact(self.config.bus.url)
 
     async def start(self) -> None:
         async with self._lock:
@@ -85,23 +102,44 @@ class Sidecar:
             self.started_in = time.monotonic() - began
             self.health.set("runtime_startup", Status.UP)
             if self.grpc is not None:
-                await self.grpc.set_serving(True)
+                await self.grpc.set_serving(self.health.ready)
             self._log_ready()
+
+    def _bus_auth(self) -> BusAuth:
+        cfg = self.config
+        if self.embedded is not None:
+            return self.embedded.credentials or BusAuth()
+        auth = cfg.bus.auth()
+        if not cfg.bus.has_auth and _loopback(cfg.bus.servers):
+            # A local worker joins the embedded bus of the sidecar whose data dir it shares.
+            local = credentials.read(Path(cfg.data_dir) / "nats")
+            if local is not None:
+                auth = replace(auth, user=local.user, password=local.password)
+        return auth
 
     async def _start(self) -> None:
         cfg = self.config
         if cfg.bus.embedded:
             self.embedded = EmbeddedNats(
-                Path(cfg.data_dir) / "nats", port=cfg.bus.port, monitor_port=cfg.bus.monitor_port, name=cfg.app.id
+                Path(cfg.data_dir) / "nats",
+                port=cfg.bus.port,
+                monitor_port=cfg.bus.monitor_port,
+                name=cfg.app.id,
+                auth=cfg.bus.embedded_auth,
             )
             await self.embedded.start()
             servers = [self.embedded.url]
         else:
             servers = cfg.bus.servers
         role = "sidecar" if self.serve else "worker"
-        self.bus = Bus(servers, name=f"l8-{role}:{cfg.app.id}")
+        self.bus = Bus(
+            servers, name=f"l8-{role}:{cfg.app.id}", start_timeout=cfg.bus.connect_timeout, auth=self._bus_auth()
+        )
         await self.bus.start()
-        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id)
+        self.health.set("bus", Status.UP)
+        self.bus.add_status_listener(self._bus_status)
+        self.health.listeners.append(self._readiness_changed)
+        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id, on_reopen=self.bus.add_reopen_listener)
         self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
@@ -112,61 +150,90 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            self.workers.add(served.api, served.name, served.handler)
+            self.workers.add(served.api, served.name, guarded(served.handler))
         await self.workers.start()
         await self._start_watchers()
         await self._start_deliveries()
-        if self.serve:
-            if cfg.app.callback is not None:
-                # Only a sidecar that can reach its app answers the app's invocations and events;
-                # one without joins no queue group, so callers never wait on it.
-                self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes)
-                handler = InvokeHandler(cfg.app.id, self.app_channel)
-                self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
-                # Events and subscription discovery get a channel of their own: asking a starting app
-                # for its subscriptions must not put the invocations' connection into backoff.
-                self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes)
-            self.events = EventServer(
-                self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
-            )
-            await self.events.start()
-            forwarder = Forwarder(self.bus, cfg)
-            invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
-            self.announcer = Announcer(cfg, forwarder, self.event_channel)
-            self.grpc = GrpcServer(cfg, forwarder, invoker, Streams(self.announcer, self.events))
-            await self.grpc.start()
-            host, port = split_address(cfg.server.http)
-            self.http = HttpServer(
-                host, port, Routes(cfg, self.health, http_route(invoker), subscriptions=self.announcer.report)
-            )
-            try:
-                await self.http.start()
-            except OSError as exc:
-                raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
-            if self.embedded is not None:
-                # So that `l8 subscriptions` and local workers find the embedded bus.
-                (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
-            await self.announcer.start()
+        bus = self.bus
+        self.monitor = HealthMonitor(
+            self.health,
+            self.components.probes(),
+            bus=lambda: bus.connected,
+            interval=cfg.health.interval,
+            timeout=cfg.health.timeout,
+        )
+        self.supervisor.spawn("health-probes", self.monitor.run)
+        if not self.serve:
+            if cfg.server.worker_http is not None:
+                await self._start_http("server.worker_http", cfg.server.worker_http, Routes(cfg, self.health))
+            return
+        app_token = cfg.app.api_token()
+        if cfg.app.callback is not None:
+            # Only a sidecar that can reach its app answers the app's invocations and events; one
+            # without joins no queue group, so callers never wait on it.
+            self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            handler = InvokeHandler(cfg.app.id, self.app_channel)
+            self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
+            # Events and subscription discovery get a channel of their own: asking a starting app
+            # for its subscriptions must not put the invocations' connection into backoff.
+            self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+        self.events = EventServer(
+            self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
+        )
+        await self.events.start()
+        forwarder = Forwarder(self.bus, cfg)
+        invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
+        self.announcer = Announcer(cfg, forwarder, self.event_channel)
+        self.grpc = GrpcServer(cfg, forwarder, invoker, Streams(self.announcer, self.events))
+        await self.grpc.start()
+        routes = Routes(cfg, self.health, http_route(invoker), subscriptions=self.announcer.report)
+        await self._start_http("server.http", cfg.server.http, routes)
+        if self.embedded is not None:
+            # So that `l8 subscriptions` finds the embedded bus.
+            (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
+        # Last: events flow to the app only once everything they may call back into is up.
+        await self.announcer.start()
 
     async def _start_deliveries(self) -> None:
         """The pub/sub handlers of this process deliver the subscriptions announced on the bus."""
         assert self.components is not None and self.bus is not None
-        pubsubs = [s for s in self.components.served if s.api == "pubsub"]
+        pubsubs = [s for s in self.components.served if isinstance(s.handler, PubSubHandler)]
         if not pubsubs:
             return
-        from handlers.pubsub_registry import Deliveries
-
         self.board = Board(
             self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
         )
         router = BusRouter(self.bus, self.config.namespace)
         for served in pubsubs:
+            handler = served.handler
+            assert isinstance(handler, PubSubHandler)
             deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
-            served.handler.deliveries = deliveries  # type: ignore[attr-defined]
+            handler.deliveries = deliveries
+            self.deliveries.append(deliveries)
             await deliveries.start()
 
     def _health_of(self, name: str, up: bool, reason: str) -> None:
         self.health.set(name, Status.UP if up else Status.DOWN, reason)
+
+    async def _start_http(self, field: str, address: str, routes: Routes) -> None:
+        host, port = split_address(address)
+        tls = self.config.server.tls
+        self.http = HttpServer(host, port, routes, http_context(tls) if tls.enabled else None)
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise OSError(f"{field}: cannot listen on {address}: {exc.strerror or exc}") from None
+
+    def _bus_status(self, connected: bool, reason: str) -> None:
+        self.health.set("bus", Status.UP if connected else Status.DOWN, reason)
+
+    def _readiness_changed(self, status: Status) -> None:
+        # gRPC health follows readiness; its servicer is async, the listener is not.
+        if self.grpc is None or self._state != "running":
+            return
+        task = asyncio.get_running_loop().create_task(self.grpc.set_serving(status is Status.UP))
+        self._serving_updates.add(task)
+        task.add_done_callback(self._serving_updates.discard)
 
     async def _start_watchers(self) -> None:
         """Handlers that push changes (configuration) publish them for every front on the bus."""
@@ -188,33 +255,41 @@ class Sidecar:
             self._state = "stopped"
             log.info("l8 stopped")
 
-    async def _stop(self) -> None:
-        if self.announcer is not None:
-            await self.announcer.stop()
+    def _steps(self) -> list[tuple[str, Callable[[float], Awaitable[None]]]]:
+        """The shutdown in order; each step gets the time left in the budget."""
+        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = []
+        if (announcer := self.announcer) is not None:
+            steps.append(("the subscriptions' announcement", lambda left: announcer.stop()))
         # Deliveries next: stop fetching, let the targets answer what is in flight, hand back the rest.
-        for served in self.components.served if self.components is not None else ():
-            deliveries = getattr(served.handler, "deliveries", None)
-            if deliveries is not None:
-                await deliveries.stop(timeout=10.0)
-        if self.events is not None:
-            await self.events.stop()
-        if self.grpc is not None:
-            await self.grpc.stop()
-        if self.http is not None:
-            await self.http.stop()
-        if self.invocations is not None and self.workers is not None:
-            await self.workers.leave(self.invocations)
-        if self.workers is not None:
-            await self.workers.stop()
-        if self.components is not None:
-            await self.components.stop()
-        for channel in (self.app_channel, self.event_channel):
-            if channel is not None:
-                await channel.close()
-        if self.bus is not None:
-            await self.bus.stop()
-        if self.embedded is not None:
-            await self.embedded.stop()
+        steps.extend((f"deliveries of {d.component}", functools.partial(_stop_deliveries, d)) for d in self.deliveries)
+        if (events := self.events) is not None:
+            steps.append(("the app's events", lambda left: events.stop(min(10.0, left))))
+        if (grpc_server := self.grpc) is not None:
+            steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
+        if (http := self.http) is not None:
+            steps.append(("the HTTP server", lambda left: http.stop()))
+        if (host := self.workers) is not None and (invocations := self.invocations) is not None:
+            steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
+        if (workers := self.workers) is not None:
+            steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
+        steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))
+        if (components := self.components) is not None:
+            steps.append(("components", lambda left: components.stop()))
+        steps.extend(
+            ("an app channel", functools.partial(_close, c)) for c in (self.app_channel, self.event_channel) if c
+        )
+        if (bus := self.bus) is not None:
+            steps.append(("the bus connection", lambda left: bus.stop(min(5.0, left))))
+        if (embedded := self.embedded) is not None:
+            steps.append(("the embedded nats-server", lambda left: embedded.stop(min(5.0, left))))
+        return steps
+
+    async def _stop(self) -> None:
+        budget = Budget(self.config.shutdown_timeout)
+        for name, step in self._steps():
+            await budget.step(name, step)
+        for task in list(self._serving_updates):
+            task.cancel()
 
     def _log_ready(self) -> None:
         served = ", ".join(f"{a}/{n}" for a, n in (self.workers.routes if self.workers else [])) or "none"
@@ -231,4 +306,26 @@ class Sidecar:
                 served,
             )
         else:
-            log.info("l8 worker ready in %.2fs: bus %s, handlers: %s", self.started_in or 0.0, bus, served)
+            probes = f", health on HTTP {self.http.host}:{self.http.port}" if self.http is not None else ""
+            log.info("l8 worker ready in %.2fs: bus %s, handlers: %s%s", self.started_in or 0.0, bus, served, probes)
+
+
+async def _stop_deliveries(deliveries: Deliveries, left: float) -> None:
+    await deliveries.stop(timeout=min(10.0, left))
+
+
+async def _close(channel: AppChannel, left: float) -> None:
+    await channel.close()
+
+
+def _loopback(servers: list[str]) -> bool:
+    for url in servers:
+        host = urlsplit(url).hostname or ""
+        if host == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return bool(servers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridges import registry
-from tests.servers import Server
+from tests.servers import TANSU, Server
 
 # bridge type -> the pytest fixture of the server it needs (None: the bus's own nats-server)
 SERVERS: dict[str, str | None] = {
@@ -34,6 +34,7 @@ def component(type_: str, server: Server | None, **metadata: str) -> dict[str, A
     elif type_ == "kafka":
         assert server is not None
         meta.setdefault("brokers", f"127.0.0.1:{server.port}")
+        meta.update(TANSU)
         # tansu takes about session_timeout/2 to (re)join a group; short values keep tests quick.
         meta.setdefault("sessionTimeoutMs", "1000")
         meta.setdefault("heartbeatIntervalMs", "100")

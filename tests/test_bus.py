@@ -6,11 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridges.errors import EtagMismatch
-from bus import Bus, BusTimeout, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
+from bus import Bus, BusTimeout, BusUnreachable, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
 from bus.codec import request_headers
 from bus.subjects import request_subject
 from tests.conftest import unique
@@ -170,7 +171,15 @@ async def test_the_embedded_server_starts_healthy_and_stops_by_pid(tmp_path: Pat
     await server.start()
     pid = server.pid
     assert pid is not None and alive(pid)
-    bus = Bus([server.url])
+    # It requires the credentials it generated in its data dir, readable by their owner only.
+    assert server.credentials is not None
+    for path in (tmp_path / "nats" / "credentials.json", tmp_path / "nats" / "nats-server.conf"):
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert server.credentials.password not in Path(f"/proc/{pid}/cmdline").read_text()
+    stranger = Bus([server.url], start_timeout=1, connect_timeout=0.5)
+    with pytest.raises(BusUnreachable):
+        await stranger.start()
+    bus = Bus([server.url], auth=server.credentials)
     await bus.start()
     js = bus.nc.jetstream()
     assert (await js.account_info()).streams >= 0
@@ -310,3 +319,78 @@ async def test_a_reply_too_large_for_the_bus_comes_back_as_an_error_not_a_timeou
         assert time.monotonic() - began < 4
     finally:
         await host.stop()
+
+
+async def eventually(check: Any, timeout: float = 30.0) -> Any:
+    """``await check()`` until it returns without raising; its last error after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await check()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_a_connection_the_server_closes_is_opened_again_with_its_subscriptions(nats_server: Server) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    bus, client = Bus([nats_server.url]), Bus([nats_server.url])
+    await bus.start()
+    await client.start()
+    statuses: list[bool] = []
+    reconnects: list[str] = []
+    bus.add_status_listener(lambda connected, why: statuses.append(connected))
+    bus.add_reconnect_listener(lambda: reconnects.append("again"))
+    host = WorkerHost(bus, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    subject = request_subject(ns, "state", "s", "get", "me")
+    try:
+        assert (await client.request(subject, b"1", timeout=2)).data == b"1"
+        # What a 5000-character key did before names were bounded: the server answers
+        # -ERR 'Maximum Control Line Exceeded' and closes the connection, and nats-py gives up on it.
+        # Sent on the driver's connection, past the bus's own check of subjects.
+        await bus.nc.publish("k" * 5000, b"")
+
+        async def served_again() -> None:
+            assert bus.reopened == 1
+            assert (await client.request(subject, b"2", timeout=1)).data == b"2"
+
+        await eventually(served_again)
+        assert statuses[0] is False and statuses[-1] is True
+        assert reconnects == ["again"]
+        assert bus.connected
+        assert (await bus.request(subject, b"3", timeout=2)).data == b"3"
+    finally:
+        await host.stop()
+        await bus.stop()
+        await client.stop()
+
+
+async def test_the_bus_refuses_a_subject_too_long_for_the_server_and_stays_connected(bus: Bus) -> None:
+    from bus.errors import InvalidSubject
+
+    with pytest.raises(InvalidSubject):
+        await bus.publish("k" * 5000, b"")
+    with pytest.raises(InvalidSubject):
+        await bus.request("k" * 5000, b"", timeout=1)
+    await bus.nc.flush()
+    assert bus.connected and bus.reopened == 0
+
+
+async def test_an_unreachable_bus_fails_start_within_its_timeout_naming_the_url_without_secrets() -> None:
+    from bus.errors import BusUnreachable
+    from tests.servers import free_port
+
+    port = free_port()
+    bus = Bus([f"nats://me:s3cret@127.0.0.1:{port}"], start_timeout=0.5, connect_timeout=0.2)
+    with pytest.raises(BusUnreachable) as info:
+        await bus.start()
+    assert f"nats://***@127.0.0.1:{port}" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    await bus.stop()

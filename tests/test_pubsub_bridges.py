@@ -23,7 +23,7 @@ from bridges import registry
 from bridges.errors import InvalidArgument, L8Error
 from bridges.protocols import PubSub, Received, Subscription
 from tests.conftest import unique
-from tests.servers import Server, start_nats, start_redis, start_tansu
+from tests.servers import TANSU, Server, start_nats, start_redis, start_tansu
 
 BRIDGES = ["kafka", "redis", "nats.jetstream"]
 
@@ -46,7 +46,7 @@ def spec_for(type_: str, request: pytest.FixtureRequest) -> Spec:
     if type_ == "kafka":
         kafka = request.getfixturevalue("kafka_server")
         # tansu takes about session_timeout/2 to (re)join a group; short values keep tests quick.
-        return Spec(type_, {"brokers": kafka.url, "sessionTimeoutMs": "1000", "heartbeatIntervalMs": "100"})
+        return Spec(type_, {"brokers": kafka.url, "sessionTimeoutMs": "1000", "heartbeatIntervalMs": "100", **TANSU})
     if type_ == "redis":
         redis_server = request.getfixturevalue("redis_server")
         return Spec(
@@ -68,7 +68,7 @@ def private_broker(type_: str, port: int | None = None, data_dir: Any = None) ->
     """A broker of the type's own for a test that restarts it, and the metadata pointing at it."""
     if type_ == "kafka":
         kafka = start_tansu(port)
-        return kafka, {"brokers": kafka.url}
+        return kafka, {"brokers": kafka.url, **TANSU}
     if type_ == "redis":
         redis_server = start_redis(port)
         return redis_server, {"url": f"redis://127.0.0.1:{redis_server.port}"}

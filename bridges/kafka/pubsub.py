@@ -98,6 +98,10 @@ class KafkaPubSub:
         self._heartbeat_ms = _int(metadata, "heartbeatIntervalMs", 3_000)
         self._max_poll_ms = _int(metadata, "maxPollIntervalMs", 300_000)
         self._linger_ms = _int(metadata, "lingerMs", 0)
+        idempotence = (metadata.get("enableIdempotence") or "true").lower()
+        if idempotence not in ("true", "false"):
+            raise InvalidArgument(f"metadata 'enableIdempotence' must be true or false, got {idempotence[:32]!r}")
+        self._idempotent = idempotence == "true"
         self.limits = PubSubLimits(
             max_message_bytes=_int(metadata, "maxMessageBytes", 1 << 20),
             features=frozenset({"TTL", "ORDERED", "BULK_PUBLISH"}),
@@ -115,18 +119,20 @@ class KafkaPubSub:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        # No idempotence: tansu (and some managed Kafkas) reject InitProducerId; acks=all still
-        # means an acknowledged publish is on every in-sync replica.
+        # Idempotent by default: a retried send is not written twice. Brokers that refuse
+        # InitProducerId (tansu, some managed Kafkas) need enableIdempotence: false; acks=all
+        # still means an acknowledged publish is on every in-sync replica.
         producer = AIOKafkaProducer(
             bootstrap_servers=self._brokers,
             client_id=self._client_id,
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=self._idempotent,
             linger_ms=self._linger_ms,
             max_request_size=self.limits.max_message_bytes + (64 << 10),
         )
         admin = AIOKafkaAdminClient(bootstrap_servers=self._brokers, client_id=self._client_id)
-        with map_kafka_errors(f"pubsub {self.name!r}: connecting to {self._brokers}"):
+        hint = " (a broker that refuses idempotent producers needs metadata enableIdempotence: false)"
+        with map_kafka_errors(f"pubsub {self.name!r}: connecting to {self._brokers}{hint if self._idempotent else ''}"):
             try:
                 await producer.start()
                 await admin.start()

@@ -9,10 +9,13 @@ marker behind that reads as neither present nor absent, and a lock would never b
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
@@ -26,45 +29,83 @@ HDR_OPERATION = "KV-Operation"
 HDR_SEQUENCE = "Nats-Sequence"
 HDR_STATUS = "Status"
 DELETE_OPS = ("DEL", "PURGE")
+JETSTREAM_NOT_READY = 10008  # "JetStream system temporarily unavailable"
+
+
+# How long opening a bucket keeps trying while JetStream cannot answer yet: a fresh cluster has
+# no meta leader for its first seconds, and a replicated stream is leaderless for a few seconds
+# after its leader died; sidecars started together with such a cluster wait it out.
+OPEN_PATIENCE = 60.0
 
 
 async def open_bucket(
     nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool = False
 ) -> None:
-    js = nc.jetstream()
-    with map_nats_errors(f"{what}: opening bucket {bucket}"):
-        try:
-            await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
+    deadline = time.monotonic() + OPEN_PATIENCE
+    delay = 0.1
+    while True:
+        with map_nats_errors(f"{what}: opening bucket {bucket}"):
             try:
-                await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas, direct=True)
-                )
-            except nats.js.errors.BadRequestError:
-                await js.key_value(bucket)  # another runtime created it first
-        config = await _stream_config(nc, f"KV_{bucket}", timeout)
-        if config.get("subject_delete_marker_ttl"):
-            raise FailedPrecondition(
-                f"{what}: bucket {bucket} has limit_marker_ttl set; expired keys would leave markers that "
-                "never free them. Use a bucket without it."
+                await _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic)
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != JETSTREAM_NOT_READY and exc.code != 503:
+                    raise
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                pass
+        if time.monotonic() + delay > deadline:
+            raise BackendUnavailable(
+                f"{what}: bucket {bucket}: JetStream did not become available in {OPEN_PATIENCE:g}s"
             )
-        needed = {"allow_msg_ttl": True, "allow_direct": True}
-        if atomic:
-            needed["allow_atomic"] = True
-        if all(config.get(flag) for flag in needed):
-            return
-        config.update(needed)
-        reply = json.loads(
-            (await nc.request(f"$JS.API.STREAM.UPDATE.KV_{bucket}", json.dumps(config).encode(), timeout=timeout)).data
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def _open_bucket(nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool) -> None:
+    js = nc.jetstream(timeout=timeout)
+    try:
+        await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas, direct=True)
+            )
+        except nats.js.errors.BadRequestError:
+            await js.key_value(bucket)  # another runtime created it first
+    config = await _stream_config(nc, f"KV_{bucket}", timeout)
+    if config.get("subject_delete_marker_ttl"):
+        raise FailedPrecondition(
+            f"{what}: bucket {bucket} has limit_marker_ttl set; expired keys would leave markers that "
+            "never free them. Use a bucket without it."
         )
-        if "error" in reply:
-            raise FailedPrecondition(
-                f"{what}: bucket {bucket}: cannot enable {', '.join(needed)}: {reply['error'].get('description')}"
-            )
+    needed = {"allow_msg_ttl": True, "allow_direct": True}
+    if atomic:
+        needed["allow_atomic"] = True
+    if all(config.get(flag) for flag in needed):
+        return
+    config.update(needed)
+    reply = json.loads(
+        (await nc.request(f"$JS.API.STREAM.UPDATE.KV_{bucket}", json.dumps(config).encode(), timeout=timeout)).data
+    )
+    if "error" in reply:
+        raise FailedPrecondition(
+            f"{what}: bucket {bucket}: cannot enable {', '.join(needed)}: {reply['error'].get('description')}"
+        )
+
+
+async def ping(nc: Client, bucket: str, timeout: float, what: str) -> None:
+    """One stream info request: it needs the stream's leader, so it fails while JetStream or the
+    bucket's replicas cannot serve writes, not only while the connection is down."""
+    with map_nats_errors(f"{what}: bucket {bucket}"):
+        reply = json.loads((await nc.request(f"$JS.API.STREAM.INFO.KV_{bucket}", b"", timeout=timeout)).data)
+    if "error" in reply:
+        raise BackendUnavailable(f"{what}: bucket {bucket}: {reply['error'].get('description', 'unavailable')}")
 
 
 async def _stream_config(nc: Client, stream: str, timeout: float) -> dict[str, Any]:
     info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)).data)
+    if "error" in info:
+        nats.js.errors.APIError.from_error(info["error"])  # raises the error's class
     config: dict[str, Any] = info["config"]
     return config
 

@@ -54,11 +54,16 @@ class NatsKvConfigurationStore:
         self._max_value = int(metadata.get("maxValueBytes", "0"))
         self.limits = ConfigurationLimits(features=frozenset({"WATCH"}))
         self._watch_sub: Any = None
+        self._watch_cb: Any = None
         self._watch_lock = asyncio.Lock()
+        self._on_reopen = env.on_reopen
         self._stopped = False
 
     def features(self) -> frozenset[str]:
         return self.limits.features
+
+    async def ping(self) -> None:
+        await buckets.ping(self._nc, self.bucket, self._timeout, f"configuration store {self.name!r}")
 
     async def start(self) -> None:
         what = f"configuration store {self.name!r}"
@@ -187,16 +192,31 @@ class NatsKvConfigurationStore:
                 except Exception:
                     log.exception("configuration watcher of %r: the sink failed", self.name)
 
-            with map_nats_errors(f"configuration store {self.name!r}: watch"):
-                self._watch_sub = await self._nc.jetstream().subscribe(
-                    self._prefix + ">",
-                    stream=self._stream,
-                    cb=on_msg,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                    idle_heartbeat=2.0,
-                    inactive_threshold=60.0,
-                )
+            self._watch_cb = on_msg
+            await self._subscribe_watch()
+            if self._on_reopen is not None:
+                self._on_reopen(self._rewatch)
+
+    async def _subscribe_watch(self) -> None:
+        with map_nats_errors(f"configuration store {self.name!r}: watch"):
+            self._watch_sub = await self._nc.jetstream().subscribe(
+                self._prefix + ">",
+                stream=self._stream,
+                cb=self._watch_cb,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                idle_heartbeat=2.0,
+                inactive_threshold=60.0,
+            )
+
+    async def _rewatch(self) -> None:
+        """The connection was opened anew and the consumer went with the old one: watch again from
+        the last message of every key, which covers whatever changed meanwhile (readers drop what
+        they have seen by version)."""
+        async with self._watch_lock:
+            if self._stopped or self._watch_cb is None:
+                return
+            await self._subscribe_watch()
 
 
 def _entry(key: str, data: bytes, headers: dict[str, str], version: int) -> ConfigEntry:

@@ -15,7 +15,7 @@ that it is free), which saves the read; when it is not, the write fails and the 
 from __future__ import annotations
 
 from bridges.errors import BackendUnavailable
-from bridges.nats import keys
+from bridges.nats import buckets, keys
 from bridges.nats.buckets import HDR_EXPECTED_LAST, HDR_OPERATION, HDR_TTL, last_message, open_bucket, publish
 from bridges.nats.errors import map_nats_errors
 from bridges.protocols import LockStatus
@@ -42,6 +42,9 @@ class NatsKvLockStore:
 
     def features(self) -> frozenset[str]:
         return frozenset({"TTL", "KEEPALIVE"})
+
+    async def ping(self) -> None:
+        await buckets.ping(self._nc, self.bucket, self._timeout, f"lock store {self.name!r}")
 
     async def start(self) -> None:
         await open_bucket(self._nc, self.bucket, self._replicas, self._timeout, f"lock store {self.name!r}")

@@ -13,7 +13,7 @@ import asyncio
 import random
 
 from bridges.errors import BackendUnavailable, L8Error
-from bridges.nats import keys
+from bridges.nats import buckets, keys
 from bridges.nats.buckets import HDR_EXPECTED_LAST, last_message, open_bucket, publish
 from bridges.nats.errors import map_nats_errors
 from bridges.registry import BridgeEnv
@@ -37,6 +37,9 @@ class NatsKvSequencer:
 
     def features(self) -> frozenset[str]:
         return frozenset({"SEGMENT"})
+
+    async def ping(self) -> None:
+        await buckets.ping(self._nc, self.bucket, self._timeout, f"sequencer {self.name!r}")
 
     async def start(self) -> None:
         await open_bucket(self._nc, self.bucket, self._replicas, self._timeout, f"sequencer {self.name!r}")

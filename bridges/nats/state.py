@@ -14,7 +14,7 @@ import uuid
 
 from nats.aio.client import Client
 
-from bridges.errors import EtagMismatch, InvalidEtag
+from bridges.errors import BackendUnavailable, EtagMismatch, InvalidEtag
 from bridges.nats import buckets, keys
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import StateDelete, StateEntry, StateLimits, StateOp, StateSet
@@ -49,6 +49,9 @@ class NatsKvStateStore:
     def features(self) -> frozenset[str]:
         return self.limits.features
 
+    async def ping(self) -> None:
+        await buckets.ping(self._nc, self.bucket, self._timeout, f"state store {self.name!r}")
+
     async def start(self) -> None:
         what = f"state store {self.name!r}"
         await buckets.open_bucket(self._nc, self.bucket, self._replicas, self._timeout, what, atomic=True)
@@ -72,7 +75,8 @@ class NatsKvStateStore:
         if status is not None:
             if status == "404":
                 return None
-            raise EtagMismatch(f"state store {self.name!r}: direct get answered {status}")
+            # Not "no such key": the server could not answer (408, 503...). Safe to retry; no etag is wrong.
+            raise BackendUnavailable(f"state store {self.name!r}: direct get answered {status}")
         return int(headers[HDR_SEQUENCE]), headers.get(HDR_OPERATION), msg.data, headers
 
     async def get(self, key: str) -> StateEntry | None:

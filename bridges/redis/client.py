@@ -35,6 +35,14 @@ async def connect(url: str, max_connections: int, what: str) -> aioredis.Redis:
     return client
 
 
+async def ping(client: aioredis.Redis | None, what: str) -> None:
+    """One PING; BackendUnavailable when the server does not answer or the component is stopped."""
+    if client is None:
+        raise BackendUnavailable(f"{what} is not started")
+    with map_redis_errors(what):
+        await client.ping()
+
+
 async def release(url: str) -> None:
     client, users = _clients.get(url, (None, 0))
     if client is None:
@@ -43,7 +51,8 @@ async def release(url: str) -> None:
         _clients[url] = (client, users - 1)
         return
     del _clients[url]
-    await client.aclose()
+    # The pool was handed to the client, which then leaves it open on aclose() unless told.
+    await client.aclose(close_connection_pool=True)
 
 
 @contextlib.contextmanager

@@ -87,6 +87,9 @@ class RedisConfigurationStore:
     def features(self) -> frozenset[str]:
         return self.limits.features
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"configuration store {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return
@@ -143,6 +146,10 @@ class RedisConfigurationStore:
         results = await pipe.execute(raise_on_error=False)
         out: dict[str, ConfigEntry] = {}
         for key, fields in zip(stored, results, strict=True):
+            if isinstance(fields, Exception):
+                # A failed read says nothing of the key: reporting it absent would turn a
+                # transient error (BUSY, LOADING, NOPERM...) into a delete for every subscriber.
+                raise fields
             entry = _entry(key, fields)
             if entry is not None:
                 out[key] = entry

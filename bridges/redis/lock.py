@@ -45,6 +45,9 @@ class RedisLockStore:
     def features(self) -> frozenset[str]:
         return frozenset({"TTL", "KEEPALIVE"})
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"lock store {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return

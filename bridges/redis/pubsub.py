@@ -144,11 +144,13 @@ class RedisPubSub:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = clients.acquire(self._url, self._max_connections)
+        # connect() gives the shared client back when the PING fails, so a failed start leaks nothing.
+        self._redis = await clients.connect(self._url, self._max_connections, f"pubsub {self.name!r}")
         self.refresh = self._redis.register_script(_REFRESH)
         self.prune = self._redis.register_script(_PRUNE)
-        with map_redis_errors(f"pubsub {self.name!r}: connecting to {self._url}"):
-            await self._redis.ping()
+
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"pubsub {self.name!r}")
 
     async def stop(self) -> None:
         if self._redis is None:

@@ -9,15 +9,16 @@ from bridges.redis import client as clients
 from bridges.redis.client import map_redis_errors
 from bridges.registry import BridgeEnv
 
-# KEYS[1]: the sequence. ARGV: count, floor. Lua numbers are doubles, so floors stay below 2^53.
+# KEYS[1]: the sequence. ARGV: count, floor (decimal strings). Lua numbers are doubles, exact only
+# below 2^53, so the script does no arithmetic of its own: it compares decimal strings (length,
+# then digits), lets INCRBY do the sum in Redis's int64, and returns the value as a string.
 _RESERVE_ABOVE = """
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-local n, floor = tonumber(ARGV[1]), tonumber(ARGV[2])
-if v - n < floor then
-  v = floor + n
-  redis.call('SET', KEYS[1], v)
+local cur, floor = redis.call('GET', KEYS[1]), ARGV[2]
+if not cur or #cur < #floor or (#cur == #floor and cur < floor) then
+  redis.call('SET', KEYS[1], floor)
 end
-return v
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
 
 KEY_PREFIX = "sequencer|||"
@@ -36,6 +37,9 @@ class RedisSequencer:
     def features(self) -> frozenset[str]:
         return frozenset({"SEGMENT"})
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"sequencer {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return
@@ -52,4 +56,4 @@ class RedisSequencer:
         with map_redis_errors(f"sequencer {self.name!r}: key {key!r}"):
             if floor <= 0:
                 return int(await self._redis.incrby(KEY_PREFIX + key, count))
-            return int(await self._above(keys=[KEY_PREFIX + key], args=[count, floor]))
+            return int(await self._above(keys=[KEY_PREFIX + key], args=[str(count), str(floor)]))

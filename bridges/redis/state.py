@@ -73,6 +73,9 @@ class RedisStateStore:
     def features(self) -> frozenset[str]:
         return self.limits.features
 
+    async def ping(self) -> None:
+        await clients.ping(self._redis, f"state store {self.name!r}")
+
     async def start(self) -> None:
         if self._redis is not None:
             return
