@@ -7,7 +7,9 @@ L8Error (INTERNAL)
 ├── NotFound (NOT_FOUND)
 ├── FailedPrecondition (FAILED_PRECONDITION)
 ├── ResourceExhausted (RESOURCE_EXHAUSTED)
+├── PermissionDenied (PERMISSION_DENIED)  the caller may not do this (a secret outside its scope)
 ├── Unimplemented (UNIMPLEMENTED)         the store lacks the feature asked for
+├── DataLoss (DATA_LOSS)                  what the backend holds is not what was written
 └── BackendUnavailable (UNAVAILABLE)      the backend could not be reached; safe to retry
 """
 
@@ -67,6 +69,14 @@ class FailedPrecondition(L8Error):
 class ResourceExhausted(L8Error):
     code = Code.RESOURCE_EXHAUSTED
     retriable = True
+
+
+class PermissionDenied(L8Error):
+    code = Code.PERMISSION_DENIED
+
+
+class DataLoss(L8Error):
+    code = Code.DATA_LOSS
 
 
 class Unimplemented(L8Error):

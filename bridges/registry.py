@@ -50,6 +50,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "redis": "bridges.redis.pubsub:RedisPubSub",
         "nats.jetstream": "bridges.nats.pubsub:JetStreamPubSub",
     },
+    "file": {
+        "nats.objectstore": "bridges.nats.file:NatsObjectFileStore",
+        "local.dir": "bridges.localfs.file:LocalDirFileStore",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

@@ -7,7 +7,7 @@ import bus._nats_import  # noqa: F401  - hides aiohttp from nats-py; must come f
 from bus.codec import RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats
-from bus.errors import BusError, BusTimeout, NoResponders, RemoteError
+from bus.errors import BusError, BusTimeout, NoResponders, RemoteError, StreamBroken
 from bus.worker import WorkerHost
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "NoResponders",
     "RemoteError",
     "RequestContext",
+    "StreamBroken",
     "WorkerHost",
 ]

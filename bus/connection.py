@@ -137,13 +137,19 @@ class Bus:
         headers: dict[str, str],
     ) -> bytes:
         """A request whose reply data is all the caller needs; served in process when it can be."""
-        if self._local:
-            local = self._local.get(subject.rpartition(".")[0])
-            if local is not None:
-                return await local(subject, payload, context_from_headers(headers, timeout))
+        local = self._local_handler(subject)
+        if local is not None:
+            return await local(subject, payload, context_from_headers(headers, timeout))
         msg = await self.request(subject, payload, timeout=timeout, headers=headers)
         data: bytes = msg.data
         return data
+
+    def _local_handler(self, subject: str) -> LocalHandler | None:
+        return self._local.get(subject.rpartition(".")[0]) if self._local else None
+
+    def serves_locally(self, subject: str) -> bool:
+        """Whether ``call(subject, ...)`` is served in this process, without the server."""
+        return self._local_handler(subject) is not None
 
     def serve_locally(self, prefix: str, handler: LocalHandler) -> None:
         self._local[prefix] = handler

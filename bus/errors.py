@@ -4,7 +4,8 @@ BusError
 ├── NoResponders   nobody listens on the subject (no worker for that api and component)
 ├── BusTimeout     no reply before the deadline
 ├── BusClosed      the connection is gone or was never made
-└── RemoteError    the worker answered with an error code and message in its reply headers
+├── RemoteError    the worker answered with an error code and message in its reply headers
+└── StreamBroken   a stream beside a request broke: a lost message, a silent peer, a cancel
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class BusClosed(BusError):
 
 class RemoteError(BusError):
     """An error a worker sent back; ``code`` is the name of a status code (``INVALID_ARGUMENT``...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StreamBroken(BusError):
+    """A stream (bus/stream.py) could not go on; ``code`` names the status, as RemoteError's does."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

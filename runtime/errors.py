@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from bridges.errors import Code
-from bus.errors import BusClosed, BusError, BusTimeout, NoResponders, RemoteError
+from bus.errors import BusClosed, BusError, BusTimeout, NoResponders, RemoteError, StreamBroken
 
 TABLE: dict[Code, tuple[grpc.StatusCode, int]] = {
     Code.OK: (grpc.StatusCode.OK, 200),
@@ -50,7 +50,7 @@ def code_of_grpc(status: grpc.StatusCode) -> Code:
 
 def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
     """The status and message a caller sees for a bus failure while serving ``what``."""
-    if isinstance(exc, RemoteError):
+    if isinstance(exc, RemoteError | StreamBroken):
         try:
             return Code(exc.code), exc.message
         except ValueError:

@@ -13,7 +13,7 @@ from bus.codec import HDR_APP_ID, HDR_TIMEOUT, HDR_TRACEPARENT
 from bus.subjects import request_subject
 from runtime import errors
 from runtime.config import Config
-from runtime.routing import Malformed, string_field
+from runtime.routing import Malformed, name_field
 
 _ENVELOPE = 1024  # room for the subject and headers under the bus's payload limit
 _NAMES = {
@@ -85,9 +85,17 @@ class Forwarder:
                 headers[HDR_TRACEPARENT] = str(value)
         return headers
 
-    async def forward(self, api: str, op: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def forward(
+        self,
+        api: str,
+        op: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        name_at: tuple[int, ...] = (1,),
+    ) -> bytes:
+        """``name_at`` is the path of field numbers to the component name (nested messages first)."""
         try:
-            name = string_field(request, 1)
+            name = name_field(request, name_at)
         except Malformed as exc:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid protobuf message: {exc}")
         try:
@@ -127,10 +135,12 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], code: Code, message
     raise AssertionError("abort returns only by raising")  # pragma: no cover
 
 
-def forwarding_handler(forwarder: Forwarder, api: str, op: str) -> grpc.RpcMethodHandler:
+def forwarding_handler(
+    forwarder: Forwarder, api: str, op: str, name_at: tuple[int, ...] = (1,)
+) -> grpc.RpcMethodHandler:
     """A unary handler taking and returning raw bytes: no decode, no re-encode at the edge."""
 
     async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return await forwarder.forward(api, op, request, context)
+        return await forwarder.forward(api, op, request, context, name_at)
 
     return grpc.unary_unary_rpc_method_handler(call)

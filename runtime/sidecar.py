@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, WorkerHost, subjects
+from bus.stream import serve_streams
 from runtime.actuator import Routes, split_address
 from runtime.app_channel import AppChannel
 from runtime.components import Components
@@ -98,7 +99,9 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            self.workers.add(served.api, served.name, served.handler)
+            streams = getattr(served.handler, "streams", None)
+            handler = serve_streams(self.bus, served.handler, streams) if streams else served.handler
+            self.workers.add(served.api, served.name, handler)
         await self.workers.start()
         await self._start_watchers()
         if self.serve:
