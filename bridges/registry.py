@@ -54,6 +54,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "nats.objectstore": "bridges.nats.file:NatsObjectFileStore",
         "local.dir": "bridges.localfs.file:LocalDirFileStore",
     },
+    "secrets": {
+        "env": "bridges.env.secrets:EnvSecretStore",
+        "local.file": "bridges.localfs.secrets:LocalFileSecretStore",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

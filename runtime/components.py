@@ -11,8 +11,9 @@ from bridges import registry
 from bridges.errors import L8Error
 from bridges.registry import BridgeEnv
 from bus.worker import Handler
-from runtime.config import Config
+from runtime.config import ComponentConfig, Config
 from runtime.health import Health, Status
+from runtime.secretrefs import Redacting, Redactor, resolve
 
 log = logging.getLogger("l8.runtime.components")
 
@@ -24,6 +25,7 @@ HANDLERS = {
     "sequencer": "handlers.sequencer:SequencerHandler",
     "pubsub": "handlers.pubsub:PubSubHandler",
     "file": "handlers.file:FileHandler",
+    "secrets": "handlers.secrets:SecretsHandler",
 }
 
 
@@ -40,30 +42,66 @@ class Served:
 
 
 class Components:
-    """The components of the apis this process serves; started in config order, stopped in reverse."""
+    """The components of the apis this process serves; started in config order (secret stores
+    first, since other components may read their metadata from them), stopped in reverse."""
 
     def __init__(self, config: Config, env: BridgeEnv, health: Health) -> None:
         self._config = config
         self._env = env
         self._health = health
         self.served: list[Served] = []
+        self.redactor = Redactor()
+        self._resolving: dict[str, Any] = {}  # secret stores opened only to resolve references
 
     async def start(self, apis: list[str]) -> None:
-        for name, comp in self._config.components.items():
-            if comp.kind not in apis:
-                continue
-            self._health.set(name, Status.INIT)
+        ordered = sorted(self._config.components.items(), key=lambda item: item[1].kind != "secrets")
+        try:
+            for name, comp in ordered:
+                if comp.kind in apis:
+                    await self._start_one(name, comp)
+        finally:
+            await self._close_resolving()
+
+    async def _start_one(self, name: str, comp: ComponentConfig) -> None:
+        self._health.set(name, Status.INIT)
+        try:
+            metadata = comp.metadata
+            if comp.secret_refs:
+                self.redactor.install()
+                metadata = await resolve(self._config, comp, self._secret_store, self.redactor)
+            bridge = registry.create(comp.kind, comp.type, name, metadata, self._env)
+            await bridge.start()
+            # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
+            handler = _handler_class(comp.kind)(name, bridge, metadata)
+        except (L8Error, ValueError, OSError) as exc:
+            reason = self.redactor.redact(str(exc))
+            self._health.set(name, Status.DOWN, reason)
+            raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {reason}") from None
+        if comp.secret_refs:
+            handler = Redacting(handler, self.redactor)
+        self.served.append(Served(comp.kind, name, bridge, handler))
+        self._health.set(name, Status.UP)
+        log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)
+
+    async def _secret_store(self, name: str) -> Any:
+        for served in self.served:
+            if served.name == name:
+                return served.bridge
+        store = self._resolving.get(name)
+        if store is None:
+            comp = self._config.components[name]
+            store = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
+            await store.start()
+            self._resolving[name] = store
+        return store
+
+    async def _close_resolving(self) -> None:
+        while self._resolving:
+            _, store = self._resolving.popitem()
             try:
-                bridge = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
-                await bridge.start()
-                # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
-                handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
-            except (L8Error, ValueError, OSError) as exc:
-                self._health.set(name, Status.DOWN, str(exc))
-                raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {exc}") from exc
-            self.served.append(Served(comp.kind, name, bridge, handler))
-            self._health.set(name, Status.UP)
-            log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)
+                await store.stop()
+            except Exception as exc:
+                log.warning("a secret store opened to resolve references did not stop cleanly: %s", exc)
 
     async def stop(self) -> None:
         while self.served:
@@ -72,6 +110,7 @@ class Components:
                 await served.bridge.stop()
             except Exception as exc:
                 log.warning("component %s did not stop cleanly: %s", served.name, exc)
+        self.redactor.uninstall()
 
 
 def _handler_class(api: str) -> Any:

@@ -36,6 +36,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "ListFile": ("file", "list"),
     "DelFile": ("file", "delete"),
     "GetFileMeta": ("file", "meta"),
+    "GetSecret": ("secrets", "get"),
+    "GetBulkSecret": ("secrets", "bulkget"),
 }
 # Rpcs whose component name is not field 1 of the request: the path of field numbers to it.
 NAME_AT: dict[str, tuple[int, ...]] = {"ListFile": (1, 1), "DelFile": (1, 1), "GetFileMeta": (1, 1)}

@@ -348,7 +348,9 @@ async def test_a_file_over_max_file_bytes_is_refused_and_nothing_is_written(
         assert len(await get(stub, "fits")) == 250_000
 
 
-async def test_a_symlink_out_of_the_root_is_refused(nats_server: Server, make_sidecar: SidecarFactory, tmp_path: Path) -> None:
+async def test_a_symlink_out_of_the_root_is_refused(
+    nats_server: Server, make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_text("do not serve me")
