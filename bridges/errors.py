@@ -4,6 +4,7 @@ L8Error (INTERNAL)
 ├── InvalidArgument (INVALID_ARGUMENT)    bad input: says what is wrong, nothing was changed
 │   └── InvalidEtag                       an etag that is not one this store hands out
 ├── EtagMismatch (ABORTED)                the etag is stale, or FIRST_WRITE found the key taken
+├── DeadlineExceeded (DEADLINE_EXCEEDED)  the backend did not answer within the call's time
 ├── NotFound (NOT_FOUND)
 ├── FailedPrecondition (FAILED_PRECONDITION)
 ├── ResourceExhausted (RESOURCE_EXHAUSTED)
@@ -56,6 +57,10 @@ class InvalidEtag(InvalidArgument):
 
 class EtagMismatch(L8Error):
     code = Code.ABORTED
+
+
+class DeadlineExceeded(L8Error):
+    code = Code.DEADLINE_EXCEEDED
 
 
 class NotFound(L8Error):

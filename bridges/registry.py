@@ -58,6 +58,13 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "env": "bridges.env.secrets:EnvSecretStore",
         "local.file": "bridges.localfs.secrets:LocalFileSecretStore",
     },
+    "bindings": {
+        "nats": "bridges.nats.bindings:NatsBinding",
+        "kafka": "bridges.kafka.bindings:KafkaBinding",
+        "http": "bridges.http.bindings:HttpBinding",
+        "redis": "bridges.redis.bindings:RedisBinding",
+        "local.dir": "bridges.localfs.bindings:LocalDirBinding",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

@@ -26,6 +26,7 @@ HANDLERS = {
     "pubsub": "handlers.pubsub:PubSubHandler",
     "file": "handlers.file:FileHandler",
     "secrets": "handlers.secrets:SecretsHandler",
+    "bindings": "handlers.bindings:BindingsHandler",
 }
 
 

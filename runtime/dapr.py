@@ -35,7 +35,7 @@ ROUTES["PublishEvent"] = native.ROUTES["PublishEvent"]
 ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
 ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 # So are the secret and binding messages: same fields, numbers and types.
-ROUTES.update({name: native.ROUTES[name] for name in ("GetSecret", "GetBulkSecret")})
+ROUTES.update({name: native.ROUTES[name] for name in ("GetSecret", "GetBulkSecret", "InvokeBinding")})
 
 
 def metadata_response(config: Config, subscriber: SubscriberManager | None = None) -> Any:

@@ -7,8 +7,9 @@ purpose and closed again once every component has started. References are the op
 stores' per-app scopes do not apply to them.
 
 Every value resolved so is then redacted (``***``) from this process's log records, from the
-errors of the components that used it (start failures, health reasons, request errors). Values
-shorter than ``Redactor.MIN`` characters are not redacted: they would blank out ordinary words.
+errors of the components that used it (start failures, health reasons, request errors); a URL's
+user, password, path and query are redacted on their own too. Values shorter than ``Redactor.MIN``
+characters are not redacted: they would blank out ordinary words.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from bridges.errors import L8Error
 from bridges.protocols import SecretStore
@@ -35,8 +37,19 @@ class Redactor(logging.Filter):
         self._installed: list[logging.Handler] = []
 
     def add(self, value: str) -> None:
-        if len(value) >= self.MIN:
-            self._values.add(value)
+        """Redact ``value``, and when it is a URL the parts that errors quote alone (user, password,
+        path, query): a connection error names the host and path, not the whole URL."""
+        parts = [value]
+        if "://" in value:
+            try:
+                url = urlsplit(value)
+                parts += [url.username or "", url.password or "", url.path, url.query, url.fragment]
+                parts.append(f"{url.path}?{url.query}" if url.query else "")
+            except ValueError:
+                pass
+        for part in parts:
+            if len(part) >= self.MIN and part.strip("/"):
+                self._values.add(part)
 
     def __bool__(self) -> bool:
         return bool(self._values)
