@@ -15,6 +15,9 @@ Over NATS each end subscribes ``<inbox>.>`` and sends the other ``<peer inbox>.<
 - ``e.<count>``: the sender is done after ``count`` pieces
 - ``c.<seq>``: credit: the sender may send pieces up to ``seq``
 - ``x.0``: the caller gave up (payload: why)
+- ``p.0``: a request to check that the end is still there, answered at once; after ``PROBE`` silent
+  seconds an end asks it, and when nobody listens any more (a worker was killed) the stream ends
+  at once instead of after ``idle`` seconds
 
 Within one process (the request served by local dispatch) the two ends hand each other the same
 events directly, with the same window, the same checks and the same timeouts.
@@ -38,7 +41,7 @@ from nats.aio.msg import Msg
 
 from bus.codec import RequestContext
 from bus.connection import Bus
-from bus.errors import BusError, StreamBroken
+from bus.errors import BusError, BusTimeout, NoResponders, StreamBroken
 
 log = logging.getLogger("l8.bus.stream")
 
@@ -47,6 +50,7 @@ UPLOAD = "u"
 DOWNLOAD = "d"
 DEFAULT_WINDOW = 8
 DEFAULT_IDLE = 60.0
+PROBE = 2.0  # seconds of silence before an end checks that the other is still there
 DEFAULT_PIECE = 256 << 10
 DEFAULT_MAX_MESSAGE = 32 << 20
 _ENVELOPE = 4096  # room for the subject and headers under the bus's payload limit
@@ -78,14 +82,24 @@ class _Inbox:
         self._events.append(event)
         self._wake.set()
 
-    async def get(self, idle: float) -> _Event:
+    async def get(self, idle: float, link: _Link | None = None) -> _Event:
+        """The next event; after ``PROBE`` silent seconds the peer is pinged (when ``link`` can), so
+        a peer that is gone ends the stream at once, and one that is only slow gets ``idle``."""
+        waited = 0.0
         while not self._events:
             self._wake.clear()
+            step = min(PROBE, idle - waited)
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(step):
                     await self._wake.wait()
             except TimeoutError:
-                raise StreamBroken("DEADLINE_EXCEEDED", f"the stream's other end sent nothing for {idle:g}s") from None
+                waited += step
+                if waited >= idle:
+                    raise StreamBroken(
+                        "DEADLINE_EXCEEDED", f"the stream's other end sent nothing for {idle:g}s"
+                    ) from None
+                if link is not None:
+                    await link.ping()
         return self._events.popleft()
 
 
@@ -93,6 +107,10 @@ class _Link(Protocol):
     """How one end reaches the other."""
 
     async def send(self, kind: str, n: int, data: bytes = b"") -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StreamBroken if the other end is gone."""
+        ...
 
 
 class _NatsLink:
@@ -105,6 +123,15 @@ class _NatsLink:
     async def send(self, kind: str, n: int, data: bytes = b"") -> None:
         await self._bus.publish(f"{self._prefix}{kind}.{n}", data)
 
+    async def ping(self) -> None:
+        # The peer's subscription answers at once; when it is gone the server says no one listens.
+        try:
+            await self._bus.request(f"{self._prefix}p.0", b"", timeout=PROBE)
+        except NoResponders:
+            raise StreamBroken("UNAVAILABLE", "the other end of the stream is gone") from None
+        except BusTimeout:
+            pass  # busy or far: the idle timeout decides
+
 
 class _LocalLink:
     __slots__ = ("_inbox",)
@@ -114,6 +141,9 @@ class _LocalLink:
 
     async def send(self, kind: str, n: int, data: bytes = b"") -> None:
         self._inbox.put(_Event(kind, n, data))
+
+    async def ping(self) -> None:
+        return None  # in one process the handler's end fails through the request's reply
 
 
 @dataclass(slots=True)
@@ -127,6 +157,10 @@ class _LocalPipe:
 def _event_of(inbox: _Inbox, prefix_len: int) -> Callable[[Msg], Awaitable[None]]:
     async def deliver(msg: Msg) -> None:
         kind, _, n = msg.subject[prefix_len:].partition(".")
+        if kind == "p":
+            if msg.reply:
+                await msg.respond(b"")
+            return
         try:
             inbox.put(_Event(kind, int(n), msg.data))
         except ValueError:
@@ -252,7 +286,7 @@ class Stream:
     # ---- shared ----
 
     async def _next(self) -> _Event:
-        return await self._inbox.get(self._idle)
+        return await self._inbox.get(self._idle, self._link)
 
     def _raise_final(self, otherwise: str) -> None:
         task = self._final

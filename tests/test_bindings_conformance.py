@@ -139,6 +139,9 @@ async def test_an_unknown_or_empty_operation_is_invalid_argument_listing_the_sup
         for name in ("", "elsewhere"):
             code, message = await error_of(stub.InvokeBinding(invoke(name, "create")))
             assert code is grpc.StatusCode.INVALID_ARGUMENT and "configured: out" in message
+        first = OPERATIONS[kind].split(",")[0]
+        code, message = await error_of(stub.InvokeBinding(invoke("out", first, b"x" * (2 << 20))))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and "the bus carries at most" in message
 
 
 # ---- NATS ----

@@ -233,3 +233,48 @@ async def test_a_stream_nobody_serves_fails_at_once_with_no_responders(nats_serv
             )
     finally:
         await bus.stop()
+
+
+async def test_a_caller_whose_worker_is_gone_fails_at_the_next_probe_not_after_the_idle_time(
+    nats_server: Server,
+) -> None:
+    worker_bus, caller_bus = Bus([nats_server.url], name="worker"), Bus([nats_server.url], name="caller")
+    await worker_bus.start()
+    await caller_bus.start()
+    ns = unique("ns")
+    stuck = asyncio.Event()
+
+    async def get(body: bytes, stream: Stream, ctx: RequestContext) -> bytes:
+        await stream.send(b"first")
+        await stuck.wait()
+        return b""
+
+    async def unary(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return b""
+
+    host = WorkerHost(worker_bus, ns)
+    host.add("file", "store", serve_streams(worker_bus, unary, {"get": get}))
+    await host.start()
+    try:
+        opened = await open_stream(
+            caller_bus,
+            request_subject(ns, "file", "store", "get"),
+            b"",
+            direction=DOWNLOAD,
+            timeout=600,
+            headers=request_headers("app", 600, None),
+            idle=600,
+        )
+        try:
+            assert await opened.stream.receive() == b"first"
+            await worker_bus.nc.close()  # the worker's connection drops, as when its process is killed
+            with pytest.raises(StreamBroken) as info:
+                await opened.stream.receive()
+            assert info.value.code == "UNAVAILABLE" and "gone" in info.value.message
+        finally:
+            await opened.close(grace=0)
+    finally:
+        stuck.set()
+        await host.stop(timeout=1)
+        await caller_bus.stop()
+        await worker_bus.stop()
