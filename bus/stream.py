@@ -15,9 +15,7 @@ Over NATS each end subscribes ``<inbox>.>`` and sends the other ``<peer inbox>.<
 - ``e.<count>``: the sender is done after ``count`` pieces
 - ``c.<seq>``: credit: the sender may send pieces up to ``seq``
 - ``x.0``: the caller gave up (payload: why)
-- ``p.0``: a request to check that the end is still there, answered at once; after ``PROBE`` silent
-  seconds an end asks it, and when nobody listens any more (a worker was killed) the stream ends
-  at once instead of after ``idle`` seconds
+- ``p.0``: is this end still there? (bus/stream_links.py: a killed peer ends the stream at once)
 
 Within one process (the request served by local dispatch) the two ends hand each other the same
 events directly, with the same window, the same checks and the same timeouts.
@@ -30,27 +28,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import re
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
-
-from nats.aio.msg import Msg
+from typing import Any
 
 from bus.codec import RequestContext
 from bus.connection import Bus
-from bus.errors import BusError, BusTimeout, NoResponders, StreamBroken
-
-log = logging.getLogger("l8.bus.stream")
+from bus.errors import BusError, StreamBroken
+from bus.stream_links import Event, Inbox, Link, LocalLink, LocalPipe, NatsLink, events_into
 
 _MAGIC = b"l8-stream/1"
+# Where an end may be told to send: a reply inbox, never another subject (a crafted opening
+# request must not make a worker publish into l8's requests or JetStream's API).
+_INBOX = re.compile(r"^_INBOX\.[A-Za-z0-9_-]{1,64}$")
 UPLOAD = "u"
 DOWNLOAD = "d"
 DEFAULT_WINDOW = 8
 DEFAULT_IDLE = 60.0
-PROBE = 2.0  # seconds of silence before an end checks that the other is still there
 DEFAULT_PIECE = 256 << 10
 DEFAULT_MAX_MESSAGE = 32 << 20
 _ENVELOPE = 4096  # room for the subject and headers under the bus's payload limit
@@ -59,127 +54,20 @@ Handler = Callable[[str, bytes, RequestContext], Awaitable[bytes]]
 StreamOp = Callable[[bytes, "Stream", RequestContext], Awaitable[bytes]]
 
 # Caller ends waiting for a handler in this same process, by token.
-_pending: dict[str, _LocalPipe] = {}
-
-
-@dataclass(slots=True)
-class _Event:
-    kind: str  # r d m e c x, or f: the reply to the opening request arrived (caller's end only)
-    n: int
-    data: bytes = b""
-
-
-class _Inbox:
-    """The events that reached one end, in arrival order."""
-
-    __slots__ = ("_events", "_wake")
-
-    def __init__(self) -> None:
-        self._events: deque[_Event] = deque()
-        self._wake = asyncio.Event()
-
-    def put(self, event: _Event) -> None:
-        self._events.append(event)
-        self._wake.set()
-
-    async def get(self, idle: float, link: _Link | None = None) -> _Event:
-        """The next event; after ``PROBE`` silent seconds the peer is pinged (when ``link`` can), so
-        a peer that is gone ends the stream at once, and one that is only slow gets ``idle``."""
-        waited = 0.0
-        while not self._events:
-            self._wake.clear()
-            step = min(PROBE, idle - waited)
-            try:
-                async with asyncio.timeout(step):
-                    await self._wake.wait()
-            except TimeoutError:
-                waited += step
-                if waited >= idle:
-                    raise StreamBroken(
-                        "DEADLINE_EXCEEDED", f"the stream's other end sent nothing for {idle:g}s"
-                    ) from None
-                if link is not None:
-                    await link.ping()
-        return self._events.popleft()
-
-
-class _Link(Protocol):
-    """How one end reaches the other."""
-
-    async def send(self, kind: str, n: int, data: bytes = b"") -> None: ...
-
-    async def ping(self) -> None:
-        """Raise StreamBroken if the other end is gone."""
-        ...
-
-
-class _NatsLink:
-    __slots__ = ("_bus", "_prefix")
-
-    def __init__(self, bus: Bus, inbox: str) -> None:
-        self._bus = bus
-        self._prefix = inbox + "."
-
-    async def send(self, kind: str, n: int, data: bytes = b"") -> None:
-        await self._bus.publish(f"{self._prefix}{kind}.{n}", data)
-
-    async def ping(self) -> None:
-        # The peer's subscription answers at once; when it is gone the server says no one listens.
-        try:
-            await self._bus.request(f"{self._prefix}p.0", b"", timeout=PROBE)
-        except NoResponders:
-            raise StreamBroken("UNAVAILABLE", "the other end of the stream is gone") from None
-        except BusTimeout:
-            pass  # busy or far: the idle timeout decides
-
-
-class _LocalLink:
-    __slots__ = ("_inbox",)
-
-    def __init__(self, inbox: _Inbox) -> None:
-        self._inbox = inbox
-
-    async def send(self, kind: str, n: int, data: bytes = b"") -> None:
-        self._inbox.put(_Event(kind, n, data))
-
-    async def ping(self) -> None:
-        return None  # in one process the handler's end fails through the request's reply
-
-
-@dataclass(slots=True)
-class _LocalPipe:
-    """A caller's end waiting for its handler in this process to pick it up."""
-
-    inbox: _Inbox
-    link: _LocalLink | None = None
-
-
-def _event_of(inbox: _Inbox, prefix_len: int) -> Callable[[Msg], Awaitable[None]]:
-    async def deliver(msg: Msg) -> None:
-        kind, _, n = msg.subject[prefix_len:].partition(".")
-        if kind == "p":
-            if msg.reply:
-                await msg.respond(b"")
-            return
-        try:
-            inbox.put(_Event(kind, int(n), msg.data))
-        except ValueError:
-            log.debug("a stream got a message on %s, which is not one of its events", msg.subject)
-
-    return deliver
+_pending: dict[str, LocalPipe] = {}
 
 
 class Stream:
     """One end of a stream: ``send`` on the sending end, ``async for`` (or ``receive``) on the other."""
 
-    def __init__(self, inbox: _Inbox, *, sending: bool, window: int, idle: float, piece: int, max_message: int) -> None:
+    def __init__(self, inbox: Inbox, *, sending: bool, window: int, idle: float, piece: int, max_message: int) -> None:
         self._inbox = inbox
         self.sending = sending
         self._window = window
         self._idle = idle
         self._piece = piece
         self._max_message = max_message
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._sent = 0  # pieces sent
         self._allowed = 0  # the sender may send pieces up to this sequence number
         self._received = 0  # pieces received
@@ -204,7 +92,7 @@ class Stream:
             assert self._link is not None
             await self._link.send("d" if i == last else "m", self._sent, piece)
 
-    def _on_sender_event(self, event: _Event) -> None:
+    def _on_sender_event(self, event: Event) -> None:
         if event.kind == "c":
             self._allowed = max(self._allowed, event.n)
         elif event.kind == "x":
@@ -285,7 +173,7 @@ class Stream:
 
     # ---- shared ----
 
-    async def _next(self) -> _Event:
+    async def _next(self) -> Event:
         return await self._inbox.get(self._idle, self._link)
 
     def _raise_final(self, otherwise: str) -> None:
@@ -365,18 +253,18 @@ async def open_stream(
     Returns once the handler's end is live (or raises the handler's error, e.g. UNAVAILABLE when
     no worker listens). ``close()`` the result in every case.
     """
-    inbox = _Inbox()
+    inbox = Inbox()
     sending = direction == UPLOAD
     stream = Stream(inbox, sending=sending, window=window, idle=idle, piece=_piece(bus), max_message=max_message)
     sub: Any = None
     token = uuid.uuid4().hex
     if bus.serves_locally(subject):
-        pipe = _LocalPipe(inbox)
+        pipe = LocalPipe(inbox)
         _pending[token] = pipe
         mode = "l"
     else:
         token = bus.nc.new_inbox()
-        sub = await bus.nc.subscribe(f"{token}.>", cb=_event_of(inbox, len(token) + 1))
+        sub = await bus.nc.subscribe(f"{token}.>", cb=events_into(inbox, len(token) + 1))
         mode = "n"
 
     async def cleanup() -> None:
@@ -390,7 +278,7 @@ async def open_stream(
     header = b" ".join((_MAGIC, mode.encode(), token.encode(), direction.encode(), str(window).encode()))
     payload = header + b"\n" + body
     request = asyncio.create_task(bus.call(subject, payload, timeout=timeout, headers=headers))
-    request.add_done_callback(lambda _task: inbox.put(_Event("f", 0)))
+    request.add_done_callback(lambda _task: inbox.put(Event("f", 0)))
     stream._final = request
     opened = Opened(stream, request, cleanup)
     try:
@@ -404,7 +292,10 @@ async def open_stream(
                     stream._link = link
                     _pending.pop(token, None)
                 else:
-                    stream._link = _NatsLink(bus, event.data.decode())
+                    peer = event.data.decode(errors="replace")
+                    if not _INBOX.match(peer):
+                        raise StreamBroken("INTERNAL", "the handler's end named no inbox to send to")
+                    stream._link = NatsLink(bus, peer)
                 if sending:
                     stream._allowed = event.n
                 return opened
@@ -453,7 +344,7 @@ async def accept_stream(bus: Bus, payload: bytes, *, idle: float = DEFAULT_IDLE)
         raise StreamBroken("INVALID_ARGUMENT", "the request opens a stream without a window") from None
     if not 1 <= window <= 1024:
         raise StreamBroken("INVALID_ARGUMENT", f"a stream's window is 1 to 1024 pieces; got {window}")
-    inbox = _Inbox()
+    inbox = Inbox()
     sending = direction == DOWNLOAD
     stream = Stream(
         inbox, sending=sending, window=window, idle=idle, piece=_piece(bus), max_message=DEFAULT_MAX_MESSAGE
@@ -467,17 +358,19 @@ async def accept_stream(bus: Bus, payload: bytes, *, idle: float = DEFAULT_IDLE)
         pipe = _pending.get(token)
         if pipe is None:
             raise StreamBroken("UNAVAILABLE", "the caller of this stream is gone")
-        pipe.link = _LocalLink(inbox)
-        stream._link = _LocalLink(pipe.inbox)
+        pipe.link = LocalLink(inbox)
+        stream._link = LocalLink(pipe.inbox)
         await stream._link.send("r", credit)
 
         async def nothing() -> None:
             return None
 
         return Accepted(stream, body, nothing)
+    if not _INBOX.match(token):
+        raise StreamBroken("INVALID_ARGUMENT", "the request names no reply inbox for its stream")
     mine = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(f"{mine}.>", cb=_event_of(inbox, len(mine) + 1))
-    stream._link = _NatsLink(bus, token)
+    sub = await bus.nc.subscribe(f"{mine}.>", cb=events_into(inbox, len(mine) + 1))
+    stream._link = NatsLink(bus, token)
 
     async def cleanup() -> None:
         with contextlib.suppress(Exception):

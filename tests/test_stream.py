@@ -278,3 +278,31 @@ async def test_a_caller_whose_worker_is_gone_fails_at_the_next_probe_not_after_t
         await host.stop(timeout=1)
         await caller_bus.stop()
         await worker_bus.stop()
+
+
+async def test_an_opening_request_that_names_a_subject_other_than_an_inbox_is_refused(nats_server: Server) -> None:
+    bus = Bus([nats_server.url], name="stream-test")
+    await bus.start()
+    ns = unique("ns")
+
+    async def get(body: bytes, stream: Stream, ctx: RequestContext) -> bytes:
+        raise AssertionError("never served")
+
+    async def unary(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return b""
+
+    host = WorkerHost(bus, ns)
+    host.add("file", "store", serve_streams(bus, unary, {"get": get}))
+    await host.start()
+    spy = await bus.nc.subscribe(f"l8.{ns}.state.>")
+    try:
+        for payload in (b"l8-stream/1 n l8." + ns.encode() + b".state.s.save d 4\n", b"not a stream", b""):
+            with pytest.raises(RemoteError) as info:
+                await bus.request(request_subject(ns, "file", "store", "get"), payload, timeout=5)
+            assert info.value.code == "INVALID_ARGUMENT"
+        await bus.nc.flush()
+        assert spy.pending_msgs == 0, "the worker published nothing where the payload pointed"
+    finally:
+        await spy.unsubscribe()
+        await host.stop()
+        await bus.stop()
