@@ -46,6 +46,7 @@ UPLOAD = "u"
 DOWNLOAD = "d"
 DEFAULT_WINDOW = 8
 DEFAULT_IDLE = 60.0
+OPEN_WAIT = 15.0  # seconds a caller waits for the worker that took its request to take the stream
 DEFAULT_PIECE = 256 << 10
 DEFAULT_MAX_MESSAGE = 32 << 20
 _ENVELOPE = 4096  # room for the subject and headers under the bus's payload limit
@@ -73,6 +74,7 @@ class Stream:
         self._received = 0  # pieces received
         self._granted = 0  # credit given to the sender
         self.ended = False  # the receiver saw the end
+        self.broken = False  # the other end is gone or the stream failed: nobody to wait for
         self.cancelled: str | None = None
         self._final: asyncio.Task[bytes] | None = None  # the caller's opening request
 
@@ -174,7 +176,11 @@ class Stream:
     # ---- shared ----
 
     async def _next(self) -> Event:
-        return await self._inbox.get(self._idle, self._link)
+        try:
+            return await self._inbox.get(self._idle, self._link)
+        except StreamBroken:
+            self.broken = True
+            raise
 
     def _raise_final(self, otherwise: str) -> None:
         task = self._final
@@ -220,13 +226,13 @@ class Opened:
     async def close(self, grace: float = 5.0) -> None:
         """Release the stream (idempotent). A request still running after a cancel gets ``grace``
         seconds to end on its own, so the handler stops at a read or write, in process or not,
-        rather than wherever a cancellation would hit it."""
+        rather than wherever a cancellation would hit it; when the other end is gone, no wait."""
         if self._closed:
             return
         self._closed = True
         try:
             if not self._request.done():
-                if self.stream._link is not None:
+                if self.stream._link is not None and not self.stream.broken:
                     await self.cancel("the caller closed the stream")
                     await asyncio.wait({self._request}, timeout=grace)
                 self._request.cancel()
@@ -283,7 +289,14 @@ async def open_stream(
     opened = Opened(stream, request, cleanup)
     try:
         while True:
-            event = await inbox.get(idle)
+            try:
+                event = await inbox.get(min(idle, OPEN_WAIT))
+            except StreamBroken:
+                # No peer to probe yet: the worker that took the request died before it answered,
+                # or it is too busy to admit the stream.
+                raise StreamBroken(
+                    "UNAVAILABLE", f"no worker took the stream within {min(idle, OPEN_WAIT):g}s"
+                ) from None
             if event.kind == "r":
                 if mode == "l":
                     link = _pending[token].link if token in _pending else None

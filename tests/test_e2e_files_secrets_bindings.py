@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
-from tests.file_client import MB, content, digest_of, download, rss_mb, upload
+from tests.file_client import MB, digest_of, download, rss_mb, upload
 from tests.process import l8_running, start_worker, stop_all
 from tests.servers import Server, env_with
 from tests.test_examples import run_example
@@ -119,30 +119,26 @@ async def test_a_front_only_sidecar_is_served_by_an_l8_worker_and_a_worker_kille
                 assert await download(stub, "filestore", "through/worker.bin") == (5 * MB, await digest_of(5 * MB))
 
                 # The worker dies while an upload is under way: the caller gets an error soon, not a hang.
-                half = asyncio.Event()
-
-                async def stalling() -> AsyncIterator[pb.PutFileRequest]:
-                    sent = 0
-                    async for piece in content(30 * MB):
-                        first = sent == 0
-                        yield (
-                            pb.PutFileRequest(store_name="filestore", name="torn", data=piece)
-                            if first
-                            else (pb.PutFileRequest(data=piece))
-                        )
-                        sent += 1
+                # (grpc's sync client here: grpc-aio's reports INTERNAL instead of the server's status
+                # when a write races the end of a client stream, grpc/grpc#36066.)
+                def torn() -> Iterator[pb.PutFileRequest]:
+                    piece = os.urandom(100 * 1024)
+                    yield pb.PutFileRequest(store_name="filestore", name="torn", data=piece)
+                    for sent in range(1, 300):
+                        yield pb.PutFileRequest(data=piece)
                         if sent == 20:
-                            half.set()
-                            await asyncio.sleep(0)
-                            while workers[0].poll() is None:
-                                await asyncio.sleep(0.05)
+                            workers[0].send_signal(signal.SIGKILL)
+                            workers[0].wait(10)
 
-                call = asyncio.ensure_future(stub.PutFile(stalling(), timeout=120))
-                await half.wait()
-                workers[0].send_signal(signal.SIGKILL)
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await call
-                assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value
+                def put_torn() -> grpc.StatusCode:
+                    with grpc.insecure_channel(front.grpc_address) as sync_channel:
+                        try:
+                            runtime_pb2_grpc.RuntimeStub(sync_channel).PutFile(torn(), timeout=120)
+                        except grpc.RpcError as exc:
+                            return exc.code()  # type: ignore[no-any-return, attr-defined]
+                    raise AssertionError("the upload to a killed worker succeeded")
+
+                assert await asyncio.to_thread(put_torn) is grpc.StatusCode.UNAVAILABLE
 
                 workers.append(start_worker(cfg, nats_server.url, "file,secrets,bindings", env=env_with(**SECRETS)))
                 await wait_served(stub)
