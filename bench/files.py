@@ -132,6 +132,7 @@ async def memory(l8: L8Process, size: int) -> None:
 
 
 async def main(size_mb: int, big_mb: int) -> None:
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     work = Path(tempfile.mkdtemp(prefix="l8-bench-files-"))
     server: Server = start_nats(work / "nats")
     l8s: dict[str, L8Process] = {}
@@ -144,6 +145,7 @@ async def main(size_mb: int, big_mb: int) -> None:
         for l8 in l8s.values():
             l8.stop()
         server.stop()
+        print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ async def bench(nats_url: str, grpc_address: str, floor_address: str) -> None:
 
 
 async def main() -> None:
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     work = Path(tempfile.mkdtemp(prefix="l8-bench-sb-"))
     server = start_nats(work / "nats")
     config = {
@@ -182,6 +183,7 @@ async def main() -> None:
         stop_pid(floor_server)
         l8.stop()
         server.stop()
+        print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
