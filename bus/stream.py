@@ -33,10 +33,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from bus.codec import RequestContext
+from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.errors import BusError, StreamBroken
 from bus.stream_links import Event, Inbox, Link, LocalLink, LocalPipe, NatsLink, events_into
+from bus.worker import Handler
 
 _MAGIC = b"l8-stream/1"
 # Where an end may be told to send: a reply inbox, never another subject (a crafted opening
@@ -51,8 +52,7 @@ DEFAULT_PIECE = 256 << 10
 DEFAULT_MAX_MESSAGE = 32 << 20
 _ENVELOPE = 4096  # room for the subject and headers under the bus's payload limit
 
-Handler = Callable[[str, bytes, RequestContext], Awaitable[bytes]]
-StreamOp = Callable[[bytes, "Stream", RequestContext], Awaitable[bytes]]
+StreamOp = Callable[[bytes, "Stream", RequestContext], Awaitable["bytes | Reply"]]
 
 # Caller ends waiting for a handler in this same process, by token.
 _pending: dict[str, LocalPipe] = {}
@@ -408,7 +408,7 @@ def serve_streams(
     """
     slots = asyncio.Semaphore(max_streams)
 
-    async def serve(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+    async def serve(op: str, payload: bytes, ctx: RequestContext) -> bytes | Reply:
         fn = ops.get(op)
         if fn is None:
             return await handler(op, payload, ctx)

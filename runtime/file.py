@@ -19,13 +19,13 @@ import grpc
 
 from bridges.errors import Code
 from bus import BusError
+from bus.connection import ENVELOPE
 from bus.stream import DOWNLOAD, UPLOAD, open_stream
 from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
 from runtime.routing import Malformed, string_field
 
 STREAM_TIMEOUT = 3600.0
-_ENVELOPE = 1024
 
 
 def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float:
@@ -84,7 +84,7 @@ def get_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
     async def get(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         component = await _component(forwarder, request, context)
         what = f"file store {component!r}"
-        limit = forwarder.bus.max_payload - _ENVELOPE
+        limit = forwarder.bus.max_payload - ENVELOPE
         if len(request) > limit:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is {len(request)} bytes; the bus carries {limit}")
         timeout = _timeout(context)

@@ -37,7 +37,7 @@ class Rig:
     local: bool
 
     def subject(self, op: str) -> str:
-        return request_subject(self.ns, "file", "store", op)
+        return request_subject(self.ns, "file", "store", op, "app")
 
     async def open(self, op: str, direction: str, body: bytes = b"", timeout: float = 30.0) -> Opened:
         return await open_stream(
@@ -46,7 +46,7 @@ class Rig:
             body,
             direction=direction,
             timeout=timeout,
-            headers=request_headers("app", timeout, None),
+            headers=request_headers(timeout, None),
             window=WINDOW,
         )
 
@@ -214,7 +214,7 @@ async def test_a_silent_caller_times_the_handler_out(rig: Callable[..., Awaitabl
 
 async def test_other_ops_go_to_the_unary_handler(rig: Callable[..., Awaitable[Rig]]) -> None:
     r = await rig({})
-    reply = await r.bus.call(r.subject("list"), b"x", timeout=5, headers=request_headers("app", 5, None))
+    reply = await r.bus.call(r.subject("list"), b"x", timeout=5, headers=request_headers(5, None))
     assert reply == b"unary:x"
 
 
@@ -225,11 +225,11 @@ async def test_a_stream_nobody_serves_fails_at_once_with_no_responders(nats_serv
         with pytest.raises(NoResponders):
             await open_stream(
                 bus,
-                request_subject(unique("ns"), "file", "store", "put"),
+                request_subject(unique("ns"), "file", "store", "put", "app"),
                 b"",
                 direction=UPLOAD,
                 timeout=30,
-                headers=request_headers("app", 30, None),
+                headers=request_headers(30, None),
             )
     finally:
         await bus.stop()
@@ -258,11 +258,11 @@ async def test_a_caller_whose_worker_is_gone_fails_at_the_next_probe_not_after_t
     try:
         opened = await open_stream(
             caller_bus,
-            request_subject(ns, "file", "store", "get"),
+            request_subject(ns, "file", "store", "get", "app"),
             b"",
             direction=DOWNLOAD,
             timeout=600,
-            headers=request_headers("app", 600, None),
+            headers=request_headers(600, None),
             idle=600,
         )
         try:
@@ -298,7 +298,7 @@ async def test_an_opening_request_that_names_a_subject_other_than_an_inbox_is_re
     try:
         for payload in (b"l8-stream/1 n l8." + ns.encode() + b".state.s.save d 4\n", b"not a stream", b""):
             with pytest.raises(RemoteError) as info:
-                await bus.request(request_subject(ns, "file", "store", "get"), payload, timeout=5)
+                await bus.request(request_subject(ns, "file", "store", "get", "app"), payload, timeout=5)
             assert info.value.code == "INVALID_ARGUMENT"
         await bus.nc.flush()
         assert spy.pending_msgs == 0, "the worker published nothing where the payload pointed"
