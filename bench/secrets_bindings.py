@@ -53,7 +53,8 @@ async def main():
         return pb.InvokeBindingResponse(data=pb.InvokeBindingRequest.FromString(request).data).SerializeToString()
     server = grpc.aio.server()
     handlers = {"InvokeBinding": grpc.unary_unary_rpc_method_handler(answer)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("l8.runtime.v1.Runtime", handlers),))
+    service = pb.DESCRIPTOR.services_by_name["Runtime"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_insecure_port("127.0.0.1:" + sys.argv[1])
     await server.start()
     await server.wait_for_termination()
