@@ -4,11 +4,13 @@ L8Error (INTERNAL)
 ├── InvalidArgument (INVALID_ARGUMENT)    bad input: says what is wrong, nothing was changed
 │   └── InvalidEtag                       an etag that is not one this store hands out
 ├── EtagMismatch (ABORTED)                the etag is stale, or FIRST_WRITE found the key taken
+├── DeadlineExceeded (DEADLINE_EXCEEDED)  the backend did not answer within the call's time
 ├── NotFound (NOT_FOUND)
-├── PermissionDenied (PERMISSION_DENIED)   the caller may not do this
 ├── FailedPrecondition (FAILED_PRECONDITION)
 ├── ResourceExhausted (RESOURCE_EXHAUSTED)
+├── PermissionDenied (PERMISSION_DENIED)  the caller may not do this (a secret outside its scope)
 ├── Unimplemented (UNIMPLEMENTED)         the store lacks the feature asked for
+├── DataLoss (DATA_LOSS)                  what the backend holds is not what was written
 └── BackendUnavailable (UNAVAILABLE)      the backend could not be reached; safe to retry
 """
 
@@ -72,6 +74,10 @@ class EtagMismatch(L8Error):
     code = Code.ABORTED
 
 
+class DeadlineExceeded(L8Error):
+    code = Code.DEADLINE_EXCEEDED
+
+
 class NotFound(L8Error):
     code = Code.NOT_FOUND
 
@@ -87,6 +93,10 @@ class FailedPrecondition(L8Error):
 class ResourceExhausted(L8Error):
     code = Code.RESOURCE_EXHAUSTED
     retriable = True
+
+
+class DataLoss(L8Error):
+    code = Code.DATA_LOSS
 
 
 class Unimplemented(L8Error):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -270,3 +270,84 @@ class Sequencer(Component, Protocol):
     """
 
     async def reserve(self, key: str, count: int, floor: int) -> int: ...
+
+
+# ---- file ----
+
+
+@dataclass(slots=True, frozen=True)
+class FileInfo:
+    name: str
+    size: int
+    last_modified: float  # unix seconds
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class FilePage:
+    files: list[FileInfo]
+    truncated: bool  # more files follow the last one of ``files``
+
+
+class FileStore(Component, Protocol):
+    """Files by name. Names arrive checked by the handler: relative, '/'-separated segments, none
+    empty, '.' or '..'. A file becomes visible only when its upload is complete, and of two uploads
+    of one name the one that completes last wins."""
+
+    async def put(self, name: str, chunks: AsyncIterator[bytes], metadata: dict[str, str]) -> FileInfo:
+        """Store what ``chunks`` yields. If ``chunks`` raises, nothing is stored and the error goes on."""
+        ...
+
+    async def get(self, name: str) -> tuple[FileInfo, AsyncGenerator[bytes, None]]:
+        """The file's info and its content (close the generator when done); NotFound if missing."""
+        ...
+
+    async def stat(self, name: str) -> FileInfo:
+        """NotFound if missing."""
+        ...
+
+    async def list(self, directory: str, after: str, limit: int) -> FilePage:
+        """Up to ``limit`` files under ``directory`` ("" is every file), at any depth, in name order,
+        those whose name sorts after ``after`` only."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """NotFound if missing."""
+        ...
+
+
+# ---- secrets ----
+
+
+class SecretStore(Component, Protocol):
+    """Secrets by name; a secret is a map of values (most stores hold one value, under its name)."""
+
+    async def get(self, name: str) -> dict[str, str] | None:
+        """None when the store has no such secret."""
+        ...
+
+    async def bulk(self) -> dict[str, dict[str, str]]:
+        """Every secret the store holds."""
+        ...
+
+
+# ---- bindings ----
+
+
+@dataclass(slots=True, frozen=True)
+class BindingReply:
+    data: bytes = b""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class OutputBinding(Component, Protocol):
+    """An external system l8 sends to: ``invoke`` runs one of ``operations()``."""
+
+    def operations(self) -> tuple[str, ...]: ...
+
+    async def invoke(
+        self, operation: str, data: bytes, metadata: dict[str, str], *, timeout: float, max_reply: int
+    ) -> BindingReply:
+        """Run ``operation`` within ``timeout`` seconds; a reply over ``max_reply`` bytes is refused
+        with ResourceExhausted rather than read whole."""
+        ...

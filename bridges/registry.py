@@ -52,6 +52,21 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "redis": "bridges.redis.pubsub:RedisPubSub",
         "nats.jetstream": "bridges.nats.pubsub:JetStreamPubSub",
     },
+    "file": {
+        "nats.objectstore": "bridges.nats.file:NatsObjectFileStore",
+        "local.dir": "bridges.localfs.file:LocalDirFileStore",
+    },
+    "secrets": {
+        "env": "bridges.env.secrets:EnvSecretStore",
+        "local.file": "bridges.localfs.secrets:LocalFileSecretStore",
+    },
+    "bindings": {
+        "nats": "bridges.nats.bindings:NatsBinding",
+        "kafka": "bridges.kafka.bindings:KafkaBinding",
+        "http": "bridges.http.bindings:HttpBinding",
+        "redis": "bridges.redis.bindings:RedisBinding",
+        "local.dir": "bridges.localfs.bindings:LocalDirBinding",
+    },
 }
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")

@@ -8,7 +8,15 @@ from bus.auth import BusAuth
 from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats
-from bus.errors import BusError, BusTimeout, BusUnreachable, NoResponders, PayloadTooLarge, RemoteError
+from bus.errors import (
+    BusError,
+    BusTimeout,
+    BusUnreachable,
+    NoResponders,
+    PayloadTooLarge,
+    RemoteError,
+    StreamBroken,
+)
 from bus.worker import Route, WorkerHost
 
 __all__ = [
@@ -24,5 +32,6 @@ __all__ = [
     "Reply",
     "RequestContext",
     "Route",
+    "StreamBroken",
     "WorkerHost",
 ]

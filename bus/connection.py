@@ -252,14 +252,22 @@ class Bus:
     ) -> Reply:
         """A request answered by a route of this process when local dispatch serves it, else by
         whoever answers on the bus: the same limits, deadline and errors either way."""
-        if self._local:
-            local = self._local.get(subjects.stem_of(subject)) or self._local.get(subject)
-            if local is not None:
-                if len(payload) > self.max_payload - ENVELOPE:
-                    raise PayloadTooLarge(subject, len(payload), self.max_payload - ENVELOPE)
-                return await local(subject, payload, headers, timeout)
+        local = self._local_handler(subject)
+        if local is not None:
+            if len(payload) > self.max_payload - ENVELOPE:
+                raise PayloadTooLarge(subject, len(payload), self.max_payload - ENVELOPE)
+            return await local(subject, payload, headers, timeout)
         msg = await self.request(subject, payload, timeout=timeout, headers=headers)
         return Reply(msg.data, msg.headers)
+
+    def _local_handler(self, subject: str) -> LocalHandler | None:
+        if not self._local:
+            return None
+        return self._local.get(subjects.stem_of(subject)) or self._local.get(subject)
+
+    def serves_locally(self, subject: str) -> bool:
+        """Whether ``exchange(subject, ...)`` is served in this process, without the server."""
+        return self._local_handler(subject) is not None
 
     async def call(
         self,

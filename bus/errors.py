@@ -7,7 +7,8 @@ BusError
 │   └── BusUnreachable  the first connection could not be made in time
 ├── InvalidSubject a subject the bus refuses to send (too long for the server)
 ├── PayloadTooLarge  the message is larger than the bus carries
-└── RemoteError    the worker answered with an error code and message in its reply headers
+├── RemoteError    the worker answered with an error code and message in its reply headers
+└── StreamBroken   a stream beside a request broke: a lost message, a silent peer, a cancel
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ class PayloadTooLarge(BusError):
 
 class RemoteError(BusError):
     """An error a worker sent back; ``code`` is the name of a status code (``INVALID_ARGUMENT``...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StreamBroken(BusError):
+    """A stream (bus/stream.py) could not go on; ``code`` names the status, as RemoteError's does."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

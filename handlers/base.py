@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
@@ -30,6 +30,41 @@ class RequestInfo(Protocol):
 
 
 Handler = Callable[[str, bytes, RequestInfo], Awaitable[bytes]]
+
+
+class ChunkStream(Protocol):
+    """Messages beside a request (the bus's streams satisfy it): read them, or send them."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def send(self, message: bytes) -> None: ...
+
+
+# What an error message quotes of the caller's input at most.
+QUOTE_LIMIT = 64
+
+
+def short(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def check_metadata(
+    metadata: Mapping[str, str], what: str, *, entries: int = 64, key_chars: int = 256, value_chars: int = 4096
+) -> dict[str, str]:
+    """Request metadata within its ranges, as a plain dict; INVALID_ARGUMENT naming what is wrong."""
+    if len(metadata) > entries:
+        raise InvalidArgument(f"{what}: metadata holds at most {entries} entries; got {len(metadata)}")
+    for key, value in metadata.items():
+        if not key:
+            raise InvalidArgument(f"{what}: a metadata key is empty")
+        if len(key) > key_chars:
+            raise InvalidArgument(f"{what}: metadata key {short(key)} is over {key_chars} characters")
+        if len(value) > value_chars:
+            raise InvalidArgument(f"{what}: metadata {short(key)} is over {value_chars} characters")
+    return dict(metadata)
 
 
 class KeyPrefix:

@@ -12,8 +12,9 @@ from bridges.errors import L8Error
 from bridges.protocols import Probed
 from bridges.registry import BridgeEnv
 from bus.worker import Handler
-from runtime.config import Config
+from runtime.config import ComponentConfig, Config
 from runtime.health import Health, Status
+from runtime.secretrefs import Redacting, Redactor, resolve
 
 log = logging.getLogger("l8.runtime.components")
 
@@ -24,6 +25,9 @@ HANDLERS = {
     "lock": "handlers.lock:LockHandler",
     "sequencer": "handlers.sequencer:SequencerHandler",
     "pubsub": "handlers.pubsub:PubSubHandler",
+    "file": "handlers.file:FileHandler",
+    "secrets": "handlers.secrets:SecretsHandler",
+    "bindings": "handlers.bindings:BindingsHandler",
 }
 
 
@@ -40,36 +44,72 @@ class Served:
 
 
 class Components:
-    """The components of the apis this process serves; started in config order, stopped in reverse."""
+    """The components of the apis this process serves; started in config order (secret stores
+    first, since other components may read their metadata from them), stopped in reverse."""
 
     def __init__(self, config: Config, env: BridgeEnv, health: Health) -> None:
         self._config = config
         self._env = env
         self._health = health
         self.served: list[Served] = []
+        self.redactor = Redactor()
+        self._resolving: dict[str, Any] = {}  # secret stores opened only to resolve references
 
     async def start(self, apis: list[str]) -> None:
-        for name, comp in self._config.components.items():
-            if comp.kind not in apis:
-                continue
-            self._health.set(name, Status.INIT)
-            bridge: Any = None
+        ordered = sorted(self._config.components.items(), key=lambda item: item[1].kind != "secrets")
+        try:
+            for name, comp in ordered:
+                if comp.kind in apis:
+                    await self._start_one(name, comp)
+        finally:
+            await self._close_resolving()
+
+    async def _start_one(self, name: str, comp: ComponentConfig) -> None:
+        self._health.set(name, Status.INIT)
+        bridge: Any = None
+        try:
+            metadata = comp.metadata
+            if comp.secret_refs:
+                self.redactor.install()
+                metadata = await resolve(self._config, comp, self._secret_store, self.redactor)
+            bridge = registry.create(comp.kind, comp.type, name, metadata, self._env)
+            await bridge.start()
+            # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
+            handler = _handler_class(comp.kind)(name, bridge, metadata)
+        except BaseException as exc:
+            # A bridge may have taken a connection or a shared client before it failed: give it back.
+            if bridge is not None:
+                await _stop_quietly(name, bridge)
+            if not isinstance(exc, (L8Error, ValueError, OSError)):
+                raise
+            reason = self.redactor.redact(str(exc))
+            self._health.set(name, Status.DOWN, reason)
+            raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {reason}") from None
+        if comp.secret_refs:
+            handler = Redacting(handler, self.redactor)
+        self.served.append(Served(comp.kind, name, bridge, handler))
+        self._health.set(name, Status.UP)
+        log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)
+
+    async def _secret_store(self, name: str) -> Any:
+        for served in self.served:
+            if served.name == name:
+                return served.bridge
+        store = self._resolving.get(name)
+        if store is None:
+            comp = self._config.components[name]
+            store = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
+            await store.start()
+            self._resolving[name] = store
+        return store
+
+    async def _close_resolving(self) -> None:
+        while self._resolving:
+            _, store = self._resolving.popitem()
             try:
-                bridge = registry.create(comp.kind, comp.type, name, comp.metadata, self._env)
-                await bridge.start()
-                # Inside the try: a handler refuses bad metadata (defaultGroup...) with ValueError too.
-                handler = _handler_class(comp.kind)(name, bridge, comp.metadata)
-            except BaseException as exc:
-                # A bridge may have taken a connection or a shared client before it failed: give it back.
-                if bridge is not None:
-                    await _stop_quietly(name, bridge)
-                if not isinstance(exc, (L8Error, ValueError, OSError)):
-                    raise
-                self._health.set(name, Status.DOWN, str(exc))
-                raise ComponentError(f"component {name!r} ({comp.kind} {comp.type}) failed to start: {exc}") from exc
-            self.served.append(Served(comp.kind, name, bridge, handler))
-            self._health.set(name, Status.UP)
-            log.debug("component %s (%s %s) is up", name, comp.kind, comp.type)
+                await store.stop()
+            except Exception as exc:
+                log.warning("a secret store opened to resolve references did not stop cleanly: %s", exc)
 
     def probes(self) -> dict[str, Any]:
         """``ping`` of every served component whose bridge has one (bridges/protocols.py ``Probed``)."""
@@ -79,6 +119,7 @@ class Components:
         while self.served:
             served = self.served.pop()
             await _stop_quietly(served.name, served.bridge)
+        self.redactor.uninstall()
 
 
 async def _stop_quietly(name: str, bridge: Any) -> None:

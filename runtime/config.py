@@ -22,7 +22,7 @@ from handlers import limits
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 # Building blocks whose handlers exist; grows with each capability.
-API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub")
+API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub", "file", "secrets", "bindings")
 
 
 class ConfigError(Exception):
@@ -194,10 +194,51 @@ class HealthConfig(_Model):
     timeout: float = Field(default=2.0, gt=0, le=600, description="seconds a probe may take before it counts as DOWN")
 
 
+class SecretRef(_Model):
+    """A metadata value taken from a secret at start: the value ``key`` (default: ``name``) of secret
+    ``name`` in secret store ``store`` (default: the only configured secret store)."""
+
+    name: str = Field(min_length=1)
+    key: str | None = None
+    store: str | None = None
+
+
+def _secret_ref(field: str, value: dict[str, Any]) -> SecretRef:
+    if len(value) != 1 or next(iter(value)) not in ("secretKeyRef", "secretRef"):
+        raise ValueError(f"metadata {field}: a mapping value must be {{secretKeyRef: ...}} or {{secretRef: ...}}")
+    kind, ref = next(iter(value.items()))
+    if kind == "secretRef" and isinstance(ref, str):
+        ref = {"name": ref}
+    if kind == "secretRef" and isinstance(ref, dict) and "key" in ref:
+        raise ValueError(f"metadata {field}: secretRef names a whole secret; use secretKeyRef to pick a key")
+    if not isinstance(ref, dict):
+        raise ValueError(f"metadata {field}: {kind} takes {{name, key, store}}")
+    try:
+        return SecretRef.model_validate(ref)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_msg(e)}" for e in exc.errors())
+        raise ValueError(f"metadata {field}.{kind}: {problems}") from None
+
+
 class ComponentConfig(_Model):
     kind: str
     type: str
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Metadata values to read from secret stores at start; taken out of ``metadata`` as it loads.
+    secret_refs: dict[str, SecretRef] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refs(cls, v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("metadata"), dict):
+            metadata = dict(v["metadata"])
+            refs = dict(v.get("secret_refs") or {})
+            for field, value in v["metadata"].items():
+                if isinstance(value, dict):
+                    refs[field] = _secret_ref(str(field), value)
+                    del metadata[field]
+            v = {**v, "metadata": metadata, "secret_refs": refs}
+        return v
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -333,6 +374,32 @@ class Config(_Model):
         if self.subscriptions and self.app.callback is None:
             raise ValueError("subscriptions: delivering events needs the app's callback (app.callback / --app-port)")
         return self
+
+    @model_validator(mode="after")
+    def _secret_stores(self) -> Config:
+        stores = [n for n, c in self.components.items() if c.kind == "secrets"]
+        for name, comp in self.components.items():
+            for field, ref in comp.secret_refs.items():
+                where = f"components.{name}.metadata.{field}"
+                if comp.kind == "secrets":
+                    raise ValueError(f"{where}: a secret store's metadata cannot come from a secret store")
+                if ref.store is None and len(stores) != 1:
+                    raise ValueError(
+                        f"{where}: say which secret store holds {ref.name!r} (store: ...); "
+                        f"configured: {', '.join(stores) or 'none'}"
+                    )
+                if ref.store is not None and ref.store not in stores:
+                    raise ValueError(
+                        f"{where}: {ref.store!r} is not a configured secret store; configured: "
+                        f"{', '.join(stores) or 'none'}"
+                    )
+        return self
+
+    def secret_store_of(self, ref: SecretRef) -> str:
+        """The secret store a reference reads (checked when the config loaded)."""
+        if ref.store is not None:
+            return ref.store
+        return next(n for n, c in self.components.items() if c.kind == "secrets")
 
     def apis(self) -> list[str]:
         """The apis whose handlers run in this process."""

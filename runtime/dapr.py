@@ -34,6 +34,8 @@ ROUTES.update(TryLockAlpha1=native.ROUTES["TryLock"], UnlockAlpha1=native.ROUTES
 ROUTES["PublishEvent"] = native.ROUTES["PublishEvent"]
 ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
 ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
+# So are the secret and binding messages: same fields, numbers and types.
+ROUTES.update({name: native.ROUTES[name] for name in ("GetSecret", "GetBulkSecret", "InvokeBinding")})
 
 
 async def metadata_response(config: Config, announcer: Announcer | None = None) -> Any:

@@ -13,6 +13,7 @@ from bus.errors import (
     NoResponders,
     PayloadTooLarge,
     RemoteError,
+    StreamBroken,
 )
 
 TABLE: dict[Code, tuple[grpc.StatusCode, int]] = {
@@ -58,7 +59,7 @@ def code_of_grpc(status: grpc.StatusCode) -> Code:
 
 def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
     """The status and message a caller sees for a bus failure while serving ``what``."""
-    if isinstance(exc, RemoteError):
+    if isinstance(exc, RemoteError | StreamBroken):
         try:
             return Code(exc.code), exc.message
         except ValueError:

@@ -15,7 +15,7 @@ from bus.subjects import request_subject
 from handlers import limits
 from runtime import errors
 from runtime.config import Config
-from runtime.routing import Malformed, bytes_field, string_field
+from runtime.routing import Malformed, bytes_field, name_field
 
 _NAMES = {
     "state": "state store",
@@ -97,9 +97,17 @@ class Forwarder:
             headers[HDR_TRACEPARENT] = traceparent
         return headers
 
-    async def forward(self, api: str, op: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def forward(
+        self,
+        api: str,
+        op: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        name_at: tuple[int, ...] = (1,),
+    ) -> bytes:
+        """``name_at`` is the path of field numbers to the component name (nested messages first)."""
         try:
-            name = string_field(request, 1)
+            name = name_field(request, name_at)
         except Malformed as exc:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid protobuf message: {exc}")
         try:
@@ -173,10 +181,12 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], code: Code, message
     raise AssertionError("abort returns only by raising")  # pragma: no cover
 
 
-def forwarding_handler(forwarder: Forwarder, api: str, op: str) -> grpc.RpcMethodHandler:
+def forwarding_handler(
+    forwarder: Forwarder, api: str, op: str, name_at: tuple[int, ...] = (1,)
+) -> grpc.RpcMethodHandler:
     """A unary handler taking and returning raw bytes: no decode, no re-encode at the edge."""
 
     async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return await forwarder.forward(api, op, request, context)
+        return await forwarder.forward(api, op, request, context, name_at)
 
     return grpc.unary_unary_rpc_method_handler(call)

@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from runtime import auth, configuration, dapr, native
+from runtime import auth, configuration, dapr, file, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
@@ -84,6 +84,8 @@ class GrpcServer:
             "SubscribeConfiguration": configuration.native_subscribe(self.configuration),
             # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
             "GetNextId": next_id_handler(self._segments),
+            # PutFile and GetFile move their messages as streams on the bus.
+            **file.native_handlers(self._forwarder),
         }
         # Dapr's configuration messages differ from the native ones: translated in runtime/configuration.py.
         dapr_special = {"InvokeService": invoke, **configuration.dapr_handlers(self.configuration, self._forwarder)}

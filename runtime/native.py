@@ -33,7 +33,15 @@ ROUTES: dict[str, tuple[str, str]] = {
     "LockKeepAlive": ("lock", "keepalive"),
     "PublishEvent": ("pubsub", "publish"),
     "PublishBulkEvent": ("pubsub", "bulkpublish"),
+    "ListFile": ("file", "list"),
+    "DelFile": ("file", "delete"),
+    "GetFileMeta": ("file", "meta"),
+    "GetSecret": ("secrets", "get"),
+    "GetBulkSecret": ("secrets", "bulkget"),
+    "InvokeBinding": ("bindings", "invoke"),
 }
+# Rpcs whose component name is not field 1 of the request: the path of field numbers to it.
+NAME_AT: dict[str, tuple[int, ...]] = {"ListFile": (1, 1), "DelFile": (1, 1), "GetFileMeta": (1, 1)}
 
 
 def unimplemented(service: str, method: Any) -> grpc.RpcMethodHandler:
@@ -60,14 +68,14 @@ def native_service(
     forwarder: Forwarder, special: Mapping[str, grpc.RpcMethodHandler] | None = None
 ) -> grpc.GenericRpcHandler:
     """``special`` holds the rpcs not forwarded as they came to a component's worker: invocations,
-    configuration subscriptions and the sequencer's segment cache."""
+    configuration subscriptions, the sequencer's segment cache and the file streams."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].methods:
         route = ROUTES.get(method.name)
         if special and method.name in special:
             handlers[method.name] = special[method.name]
         elif route:
-            handlers[method.name] = forwarding_handler(forwarder, *route)
+            handlers[method.name] = forwarding_handler(forwarder, *route, NAME_AT.get(method.name, (1,)))
         else:
             handlers[method.name] = unimplemented(SERVICE, method)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

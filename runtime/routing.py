@@ -63,3 +63,10 @@ def bytes_field(buf: bytes, number: int) -> bytes:
     if pos > end:
         raise Malformed("truncated field")
     return b""
+
+
+def name_field(buf: bytes, path: tuple[int, ...]) -> str:
+    """The string at ``path``: field numbers through nested messages, the last one a string."""
+    for number in path[:-1]:
+        buf = bytes_field(buf, number)
+    return string_field(buf, path[-1])

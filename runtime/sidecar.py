@@ -31,6 +31,7 @@ from bridges.registry import BridgeEnv
 from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, credentials, subjects
 from bus.auth import redact
 from bus.board import Board
+from bus.stream import serve_streams
 from handlers.base import guarded
 from handlers.pubsub import PubSubHandler
 from handlers.pubsub_registry import Deliveries
@@ -150,7 +151,9 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            self.workers.add(served.api, served.name, guarded(served.handler))
+            streams = getattr(served.handler, "streams", None)
+            handler = guarded(served.handler)
+            self.workers.add(served.api, served.name, serve_streams(self.bus, handler, streams) if streams else handler)
         await self.workers.start()
         await self._start_watchers()
         await self._start_deliveries()

@@ -126,11 +126,11 @@ def start_l8(
 
 
 def start_worker(
-    config: dict[str, Any], bus_url: str, handlers: str, cwd: Path | None = None
+    config: dict[str, Any], bus_url: str, handlers: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     cwd = cwd or Path(tempfile.mkdtemp(prefix="l8-worker-"))
     path = write_config(cwd / "worker.yaml", config)
-    proc, _ = spawn(["worker", "--config", str(path), "--bus", bus_url, "--handlers", handlers], cwd)
+    proc, _ = spawn(["worker", "--config", str(path), "--bus", bus_url, "--handlers", handlers], cwd, env)
     return proc
 
 

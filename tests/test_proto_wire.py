@@ -137,3 +137,38 @@ def test_layotto_field_numbers_hold_where_l8_once_differed() -> None:
     # The events of SubscribeTopicEvents are AppCallback's TopicEventRequest, metadata at 10.
     event = pb.SubscribeTopicEventsResponse(event_message=appcallback_pb2.TopicEventRequest(metadata={"k": "v"}))
     assert event.SerializeToString() == b"\x12\x08\x52\x06\x0a\x01k\x12\x01v"
+
+
+def test_dapr_secret_and_binding_messages_are_the_native_ones_on_the_wire() -> None:
+    from dapr.proto.runtime.v1 import binding_pb2, secret_pb2
+
+    get = secret_pb2.GetSecretRequest(store_name="s", key="k", metadata={"a": "b"})
+    assert pb.GetSecretRequest.FromString(get.SerializeToString()) == pb.GetSecretRequest(
+        store_name="s", key="k", metadata={"a": "b"}
+    )
+    assert dict(
+        secret_pb2.GetSecretResponse.FromString(pb.GetSecretResponse(data={"k": "v"}).SerializeToString()).data
+    ) == {"k": "v"}
+    bulk = secret_pb2.GetBulkSecretRequest(store_name="s", metadata={"a": "b"})
+    assert pb.GetBulkSecretRequest.FromString(bulk.SerializeToString()).store_name == "s"
+    native_bulk = pb.GetBulkSecretResponse()
+    native_bulk.data["db"].secrets["password"] = "x"
+    dapr_bulk = secret_pb2.GetBulkSecretResponse.FromString(native_bulk.SerializeToString())
+    assert dict(dapr_bulk.data["db"].secrets) == {"password": "x"}
+
+    invoke = binding_pb2.InvokeBindingRequest(name="b", data=b"d", metadata={"k": "v"}, operation="create")
+    assert pb.InvokeBindingRequest.FromString(invoke.SerializeToString()) == pb.InvokeBindingRequest(
+        name="b", data=b"d", metadata={"k": "v"}, operation="create"
+    )
+    reply = binding_pb2.InvokeBindingResponse.FromString(
+        pb.InvokeBindingResponse(data=b"r", metadata={"m": "1"}).SerializeToString()
+    )
+    assert (reply.data, dict(reply.metadata)) == (b"r", {"m": "1"})
+
+
+def test_routing_finds_the_store_name_of_the_file_rpcs_inside_their_request_message() -> None:
+    from runtime.routing import name_field
+
+    req = pb.ListFileRequest(request=pb.FileRequest(store_name="files", name="dir"), page_size=5, marker="m")
+    assert name_field(req.SerializeToString(), (1, 1)) == "files"
+    assert name_field(pb.ListFileRequest().SerializeToString(), (1, 1)) == ""

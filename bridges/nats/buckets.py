@@ -120,14 +120,19 @@ class Last:
 
 
 async def last_message(nc: Client, bucket: str, subject: str, timeout: float) -> Last | None:
-    """The last message of ``subject`` in the bucket's stream, or None when it has none."""
-    msg = await nc.request(f"$JS.API.DIRECT.GET.KV_{bucket}.{subject}", b"", timeout=timeout)
+    """The last message of ``subject`` in the KV bucket's stream, or None when it has none."""
+    return await last_in_stream(nc, f"KV_{bucket}", subject, timeout)
+
+
+async def last_in_stream(nc: Client, stream: str, subject: str, timeout: float) -> Last | None:
+    """The last message of ``subject`` in ``stream`` (a direct get), or None when it has none."""
+    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
     headers = msg.headers or {}
     status = headers.get(HDR_STATUS)
     if status is not None:
         if status == "404":
             return None
-        raise BackendUnavailable(f"bucket {bucket}: direct get answered {status}")
+        raise BackendUnavailable(f"stream {stream}: direct get answered {status}")
     return Last(int(headers[HDR_SEQUENCE]), msg.data, headers.get(HDR_OPERATION) in DELETE_OPS)
 
 

@@ -1,0 +1,1 @@
+"""Bridges to the process environment: secrets from environment variables."""

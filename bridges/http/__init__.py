@@ -1,0 +1,1 @@
+"""Bridges to HTTP servers: an output binding."""

@@ -1,0 +1,1 @@
+"""Bridges to the local file system: a directory of files, a secrets file."""
