@@ -247,3 +247,19 @@ class Sequencer(Component, Protocol):
     """
 
     async def reserve(self, key: str, count: int, floor: int) -> int: ...
+
+
+# ---- hello (Layotto's demo) ----
+
+
+class Hello(Component, Protocol):
+    """Layotto's demo building block: a greeting, optionally for ``name``."""
+
+    async def hello(self, name: str) -> str: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """A component that takes a new full metadata while it runs (Layotto's ApplyConfiguration)."""
+
+    async def apply(self, metadata: dict[str, str]) -> None: ...

@@ -50,9 +50,12 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "redis": "bridges.redis.pubsub:RedisPubSub",
         "nats.jetstream": "bridges.nats.pubsub:JetStreamPubSub",
     },
+    "hello": {
+        "helloworld": "bridges.helloworld.hello:HelloWorld",
+    },
 }
 
-KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")
+KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings", "hello")
 
 
 def types_for(kind: str) -> list[str]:

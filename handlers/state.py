@@ -1,9 +1,10 @@
 """The State API: get, bulk get, save, delete, bulk delete and transactions on a StateStore.
 
 Semantics (DESIGN.md): a missing key reads as empty data; a given etag must match unless the
-request asks LAST_WRITE explicitly; FIRST_WRITE without an etag inserts only; every write rotates
-the etag; ``ttlInSeconds`` expires a key and reads report ``ttlExpireTime``. Each request is
-checked whole before anything is written, so bad input changes nothing.
+request asks LAST_WRITE explicitly (an etag "0" or "" is none, as in Layotto); FIRST_WRITE
+without an etag inserts only; every write rotates the etag; ``ttlInSeconds`` expires a key and
+reads report ``ttlExpireTime``. Each request is checked whole before anything is written, so bad
+input changes nothing.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class StateHandler:
 
     async def delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.DeleteStateRequest.FromString(payload)
-        etag = req.etag.value if req.HasField("etag") and req.etag.value else None
+        etag = _etag(req)
         if req.options.concurrency == LAST_WRITE:
             etag = None
         await self.store.delete(StateDelete(self.prefix.apply(req.key, ctx.app_id), etag))
@@ -125,7 +126,7 @@ class StateHandler:
                 f"{where}: the value of key {item.key!r} is {len(item.value)} bytes; "
                 f"state store {self.component!r} takes at most {limit}"
             )
-        etag = item.etag.value if item.HasField("etag") and item.etag.value else None
+        etag = _etag(item)
         concurrency = item.options.concurrency
         if concurrency == LAST_WRITE:
             etag = None
@@ -134,7 +135,7 @@ class StateHandler:
 
     def _delete_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateDelete:
         key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
-        etag = item.etag.value if item.HasField("etag") and item.etag.value else None
+        etag = _etag(item)
         if item.options.concurrency == LAST_WRITE:
             etag = None
         return StateDelete(key, etag)
@@ -152,6 +153,13 @@ class StateHandler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+
+def _etag(item: pb.StateItem | pb.DeleteStateRequest) -> str | None:
+    """The etag to check, if any. Layotto's SDKs send "0" for "no etag" (its Redis store reads
+    version 0 as unconditional), and Dapr's an empty one; both mean no etag here too."""
+    value: str = item.etag.value
+    return None if value in ("", "0") else value
 
 
 async def _one(store: StateStore, op: StateOp) -> None:

@@ -23,6 +23,7 @@ HANDLERS = {
     "lock": "handlers.lock:LockHandler",
     "sequencer": "handlers.sequencer:SequencerHandler",
     "pubsub": "handlers.pubsub:PubSubHandler",
+    "hello": "handlers.hello:HelloHandler",
 }
 
 

@@ -20,7 +20,7 @@ from bus.subjects import TOKEN
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 # Building blocks whose handlers exist; grows with each capability.
-API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub")
+API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub", "hello")
 
 
 class ConfigError(Exception):

@@ -25,6 +25,7 @@ _NAMES = {
     "file": "file store",
     "secrets": "secret store",
     "bindings": "binding",
+    "hello": "hello component",
 }
 
 

@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from runtime import configuration, dapr, native
+from runtime import configuration, dapr, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
@@ -101,6 +101,7 @@ class GrpcServer:
             (
                 native.native_service(self._forwarder, native_special),
                 dapr.dapr_service(self._forwarder, self._config, dapr_special, self._subscriber),
+                lifecycle.lifecycle_service(self._forwarder),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -110,6 +111,7 @@ class GrpcServer:
                     (
                         native.SERVICE,
                         dapr.SERVICE,
+                        lifecycle.SERVICE,
                         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                         REFLECTION_SERVICE,
                     )

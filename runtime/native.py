@@ -33,6 +33,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "LockKeepAlive": ("lock", "keepalive"),
     "PublishEvent": ("pubsub", "publish"),
     "PublishBulkEvent": ("pubsub", "bulkpublish"),
+    "SayHello": ("hello", "say"),
 }
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from handlers.proto import runtime_pb2 as pb
@@ -99,17 +100,21 @@ def test_the_native_api_drives_state_end_to_end_and_health_and_reflection_answer
         assert got.data == b"v" and got.etag
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        try:
-            stub.SayHello(pb.SayHelloRequest())
-        except grpc.RpcError as exc:
-            assert exc.code() is grpc.StatusCode.UNIMPLEMENTED
-            assert "SayHello" in (exc.details() or "")
+        with pytest.raises(grpc.RpcError) as unimplemented:
+            stub.GetSecret(pb.GetSecretRequest(store_name="secrets", key="k"))
+        assert unimplemented.value.code() is grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert "GetSecret" in (unimplemented.value.details() or "")  # type: ignore[attr-defined]
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         answers = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for a in answers for s in a.list_services_response.service}
-        assert {"spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr", "grpc.health.v1.Health"} <= names
+        assert {
+            "spec.proto.runtime.v1.Runtime",
+            "spec.proto.runtime.v1.Lifecycle",
+            "dapr.proto.runtime.v1.Dapr",
+            "grpc.health.v1.Health",
+        } <= names
         # Reflection and the Dapr messages load on first use: each service must still be described.
         for symbol in ("spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr"):
             answers = reflect.ServerReflectionInfo(
