@@ -1,4 +1,5 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `asyncapi` and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `asyncapi`, `config from-layotto`
+and `version`."""
 
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--namespace", help="the namespace on the bus (namespace)")
     spec.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
     spec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    conf = sub.add_parser("config", help="convert configs")
+    conf_sub = conf.add_subparsers(dest="config_command", required=True)
+    layotto = conf_sub.add_parser("from-layotto", help="print an l8 config made from a Layotto JSON config")
+    layotto.add_argument("path", help="Layotto's config.json")
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -137,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"l8 {__version__}")
+        return 0
+    if args.command == "config":
+        from runtime.layotto_config import convert_file
+
+        try:
+            conversion = convert_file(args.path)
+        except ConfigError as exc:
+            print(f"l8: config error: {exc}", file=sys.stderr)
+            return 2
+        for note in conversion.notes:
+            print(f"l8: {note}", file=sys.stderr)
+        print(conversion.render(), end="")
         return 0
     try:
         config = config_from_args(args)
