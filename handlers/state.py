@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from bridges.errors import InvalidArgument, L8Error, Unimplemented
+from bridges.errors import EtagMismatch, InvalidArgument, InvalidEtag, L8Error, Unimplemented
 from bridges.protocols import StateDelete, StateEntry, StateOp, StateSet, StateStore
 from handlers.base import KeyPrefix, RequestInfo, parse_ttl
 from handlers.proto import runtime_pb2 as pb
@@ -22,6 +22,12 @@ FIRST_WRITE = pb.StateOptions.CONCURRENCY_FIRST_WRITE
 LAST_WRITE = pb.StateOptions.CONCURRENCY_LAST_WRITE
 _EMPTY = b""
 _MAX_PARALLELISM = 64
+# Dapr's ErrorInfo reasons of state failures.
+ILLEGAL_KEY = "DAPR_STATE_ILLEGAL_KEY"
+_REASONS: dict[type[L8Error], str] = {
+    InvalidEtag: "DAPR_STATE_ETAG_INVALID",
+    EtagMismatch: "DAPR_STATE_ETAG_MISMATCH",
+}
 
 
 class StateHandler:
@@ -44,11 +50,16 @@ class StateHandler:
         fn = self._ops.get(op)
         if fn is None:
             raise Unimplemented(f"state has no operation {op!r}")
-        return await fn(payload, ctx)
+        try:
+            return await fn(payload, ctx)
+        except L8Error as exc:
+            if not exc.reason:
+                exc.reason = _REASONS.get(type(exc), "")
+            raise
 
     async def get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetStateRequest.FromString(payload)
-        entry = await self.store.get(self.prefix.apply(req.key, ctx.app_id))
+        entry = await self.store.get(self.prefix.apply(req.key, ctx.app_id, reason=ILLEGAL_KEY))
         if entry is None:
             return _EMPTY
         data: bytes = _entry_response(entry).SerializeToString()
@@ -56,7 +67,7 @@ class StateHandler:
 
     async def bulk_get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetBulkStateRequest.FromString(payload)
-        stored = [self.prefix.apply(key, ctx.app_id, f"keys[{i}]") for i, key in enumerate(req.keys)]
+        stored = [self.prefix.apply(key, ctx.app_id, f"keys[{i}]", ILLEGAL_KEY) for i, key in enumerate(req.keys)]
         limit = asyncio.Semaphore(min(req.parallelism, _MAX_PARALLELISM) if req.parallelism > 0 else _MAX_PARALLELISM)
 
         async def one(key: str, full: str) -> pb.BulkStateItem:
@@ -87,7 +98,7 @@ class StateHandler:
         etag = _etag(req)
         if req.options.concurrency == LAST_WRITE:
             etag = None
-        await self.store.delete(StateDelete(self.prefix.apply(req.key, ctx.app_id), etag))
+        await self.store.delete(StateDelete(self.prefix.apply(req.key, ctx.app_id, reason=ILLEGAL_KEY), etag))
         return _EMPTY
 
     async def bulk_delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
@@ -98,11 +109,17 @@ class StateHandler:
 
     async def transaction(self, payload: bytes, ctx: RequestInfo) -> bytes:
         if "TRANSACTIONAL" not in self.store.features():
-            raise Unimplemented(f"state store {self.component!r} does not support transactions")
+            raise Unimplemented(
+                f"state store {self.component!r} does not support transactions",
+                reason="DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED",
+            )
         req = pb.ExecuteStateTransactionRequest.FromString(payload)
         limit = self.store.limits.max_transaction_ops
         if len(req.operations) > limit:
-            raise InvalidArgument(f"a transaction holds at most {limit} operations; got {len(req.operations)}")
+            raise InvalidArgument(
+                f"a transaction holds at most {limit} operations; got {len(req.operations)}",
+                reason="DAPR_STATE_TOO_MANY_TRANSACTIONS",
+            )
         ops: list[StateOp] = []
         for i, operation in enumerate(req.operations):
             where = f"operations[{i}]"
@@ -119,7 +136,7 @@ class StateHandler:
         return _EMPTY
 
     def _set_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateSet:
-        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
+        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key", ILLEGAL_KEY)
         limit = self.store.limits.max_value_bytes
         if len(item.value) > limit:
             raise InvalidArgument(
@@ -134,7 +151,7 @@ class StateHandler:
         return StateSet(key, item.value, etag, first_write=concurrency == FIRST_WRITE, ttl=ttl)
 
     def _delete_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateDelete:
-        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
+        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key", ILLEGAL_KEY)
         etag = _etag(item)
         if item.options.concurrency == LAST_WRITE:
             etag = None

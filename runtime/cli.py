@@ -120,7 +120,11 @@ async def _serve(config: Config, *, serve: bool) -> int:
         log.error("%s", exc)
         return 1
     try:
-        await stop.wait()
+        # A signal, or Dapr's Shutdown call (gRPC or POST /v1.0/shutdown).
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(sidecar.shutdown_requested.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         log.info("stopping: finishing calls in flight")
     finally:
         await sidecar.stop()

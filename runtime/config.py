@@ -91,6 +91,13 @@ class ServerConfig(_Model):
     grpc: str = "127.0.0.1:34904"
     http: str = "127.0.0.1:34999"
     max_message_bytes: int = Field(default=16 << 20, gt=0)
+    # The HTTP port's bounds: the request head's size and time to arrive, an idle connection's life,
+    # and how many connections may be open (a new one past the cap takes the place of the oldest
+    # waiting one). Bodies are bounded by max_message_bytes.
+    http_max_header_bytes: int = Field(default=16 << 10, ge=1024, le=1 << 20)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    http_idle_timeout: float = Field(default=60.0, gt=0, le=86400)
+    http_max_connections: int = Field(default=1024, ge=1, le=100_000)
 
     @field_validator("grpc", "http")
     @classmethod

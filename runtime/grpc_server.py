@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
 from runtime.invoke import Invoker, grpc_handler
+from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
 from runtime.subscriber import SubscriberManager
 
@@ -53,9 +55,17 @@ class _LazyReflection(grpc.GenericRpcHandler):  # type: ignore[misc]
 
 class GrpcServer:
     def __init__(
-        self, config: Config, forwarder: Forwarder, invoker: Invoker, subscriber: SubscriberManager | None = None
+        self,
+        config: Config,
+        forwarder: Forwarder,
+        invoker: Invoker,
+        subscriber: SubscriberManager | None = None,
+        metadata: Metadata | None = None,
+        shutdown: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._metadata = metadata or Metadata(config, subscriber)
+        self._shutdown = shutdown
         self._forwarder = forwarder
         self._invoker = invoker
         self._subscriber = subscriber
@@ -100,7 +110,7 @@ class GrpcServer:
         server.add_generic_rpc_handlers(
             (
                 native.native_service(self._forwarder, native_special),
-                dapr.dapr_service(self._forwarder, self._config, dapr_special, self._subscriber),
+                dapr.dapr_service(self._forwarder, self._metadata, dapr_special, self._shutdown),
                 lifecycle.lifecycle_service(self._forwarder),
             )
         )

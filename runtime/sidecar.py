@@ -16,15 +16,16 @@ from pathlib import Path
 
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, Route, WorkerHost, subjects
-from runtime.actuator import Routes, split_address
+from runtime.actuator import http_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.components import Components
 from runtime.config import Config
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
-from runtime.http import HttpServer
-from runtime.invoke import InvokeHandler, Invoker, http_route
+from runtime.http import HttpServer, Limits
+from runtime.invoke import InvokeHandler, Invoker
+from runtime.metadata import Metadata
 from runtime.subscriber import Bridges, SubscriberManager
 
 log = logging.getLogger("l8")
@@ -47,6 +48,9 @@ class Sidecar:
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.subscriber: SubscriberManager | None = None
+        self.metadata: Metadata | None = None
+        # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
+        self.shutdown_requested = asyncio.Event()
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -118,10 +122,28 @@ class Sidecar:
                 open_app(cfg.app.callback, cfg.server.max_message_bytes) if cfg.app.callback else None,
                 Bridges(cfg, env, pubsubs),
             )
-            self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber)
+            live = self.components.served
+            self.metadata = Metadata(cfg, self.subscriber, lambda: {s.name: s.bridge.features() for s in live})
+            self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber, self.metadata, self.shutdown_requested.set)
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
-            self.http = HttpServer(host, port, Routes(cfg, self.health, http_route(invoker)))
+            router = http_router(
+                cfg,
+                self.health,
+                forwarder,
+                invoker,
+                self.metadata,
+                self.grpc.configuration,
+                self.shutdown_requested.set,
+            )
+            limits = Limits(
+                max_body_bytes=cfg.server.max_message_bytes,
+                max_header_bytes=cfg.server.http_max_header_bytes,
+                header_timeout=cfg.server.http_header_timeout,
+                idle_timeout=cfg.server.http_idle_timeout,
+                max_connections=cfg.server.http_max_connections,
+            )
+            self.http = HttpServer(host, port, router, limits)
             try:
                 await self.http.start()
             except OSError as exc:

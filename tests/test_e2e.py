@@ -137,11 +137,17 @@ def test_the_actuator_reports_health_info_and_metadata(nats_server: Server) -> N
             assert json.loads(r.read())["app"]["name"] == "l8"
         with urllib.request.urlopen(base + "/v1.0/metadata") as r:
             meta = json.loads(r.read())
-            assert meta["components"] == [{"name": "statestore", "type": "state.nats.kv", "version": "v1"}]
-        try:
+            assert meta["components"] == [
+                {
+                    "name": "statestore",
+                    "type": "state.nats.kv",
+                    "version": "v1",
+                    "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
+                }
+            ]
+        with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(base + "/nope")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404
+        assert missing.value.code == 404
 
 
 def test_readiness_stays_down_while_a_component_cannot_start_and_l8_exits_non_zero() -> None:
