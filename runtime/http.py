@@ -92,7 +92,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._reset_request()
-        self.waiting_since = time.monotonic()  # the connection has no request in progress since then
+        # Since when the connection has not completed a request: the cap evicts the longest waiting.
+        self.waiting_since = time.monotonic()
 
     # ---- state of the request being read ----
 
@@ -123,7 +124,6 @@ class _Connection(asyncio.Protocol):
             return
         if not self._in_request:
             self._in_request = True
-            self.waiting_since = time.monotonic()
             self._arm(self._limits.header_timeout, self._head_expired)
         elif self._url and self._headers_done:
             # Reading a body: each read may pause at most header_timeout.
@@ -255,13 +255,22 @@ class _Connection(asyncio.Protocol):
         transport.write(head + body if body else head)
 
     def _fail(self, response: Response) -> None:
-        """A request l8 cannot read: answer it, then close (the stream's framing is lost)."""
+        """A request l8 cannot read: answer it, then close (the stream's framing is lost).
+
+        Closing a socket with unread bytes in it makes the kernel send a reset, which can destroy
+        the answer before the client reads it; so l8 stops writing, discards what still comes for
+        a moment (``_LINGER``), then closes."""
         self._closing = True
         self._queue.clear()
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
         self._write(response, close=True)
-        self._close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+            self._arm(_LINGER, self._close)
+        else:
+            self._close()
 
     def _close(self) -> None:
         self._closing = True
@@ -296,6 +305,7 @@ class _Connection(asyncio.Protocol):
 
 
 _CLOSE = Response(0)
+_LINGER = 2.0  # seconds a failed connection discards input before it closes
 
 
 class HttpServer:

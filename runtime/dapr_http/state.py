@@ -15,7 +15,7 @@ import orjson
 
 from handlers.proto import runtime_pb2 as pb
 from runtime.dapr_http import body as b
-from runtime.dapr_http.errors import malformed
+from runtime.dapr_http.errors import HttpError, malformed
 from runtime.dapr_http.front import HttpFront
 from runtime.dapr_http.router import Params, Route, route
 from runtime.http import Request, Response
@@ -167,7 +167,9 @@ class StateRoutes:
             op_obj = b.json_object(op, where)
             kind = b.string(op_obj, "operation", where, required=True)
             if kind not in _OPERATIONS:
-                raise malformed(f"{where}.operation: operation type {b.short(kind)} not supported")
+                raise HttpError(
+                    400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"{where}: operation type {b.short(kind)} not supported"
+                )
             item = state_item(op_obj.get("request"), f"{where}.request", with_value=kind == "upsert")
             req.operations.add(operationType=kind, request=item)
         await self._front.call(API, store, "transaction", req.SerializeToString(), request, "ERR_STATE_TRANSACTION")
