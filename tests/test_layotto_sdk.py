@@ -5,12 +5,7 @@ is an app written with the Dapr SDK's ``App`` (Layotto apps come with the app ch
 from __future__ import annotations
 
 import json
-import os
-import queue
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,58 +14,19 @@ import pytest
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
-from tests.process import L8Process, start_l8
-from tests.servers import Server, free_port, stop_pid, wait_port
-
-HERE = Path(__file__).parent
-CLIENT = HERE / "node" / "layotto_client.js"
-APP = HERE / "apps" / "echo_app.py"
+from tests.process import L8Process
+from tests.sdk_env import l8_with_app, run_node, take_events
+from tests.servers import Server
 
 
 @pytest.fixture(scope="module")
 def l8(nats_server: Server) -> Iterator[L8Process]:
-    app_id = unique("layotto")
-    app_port = free_port()
-    components = {
-        "statestore": {"kind": "state", "type": "nats.kv"},
-        "configstore": {"kind": "configuration", "type": "nats.kv"},
-        "lockstore": {"kind": "lock", "type": "nats.kv"},
-        "sequencer": {"kind": "sequencer", "type": "nats.kv"},
-        "pubsub": {"kind": "pubsub", "type": "nats.jetstream"},
-        "helloworld": {"kind": "hello", "type": "helloworld"},
-    }
-    config = {
-        "app": {"id": app_id},
-        "namespace": unique("ns"),
-        "bus": {"url": nats_server.url},
-        "components": components,
-    }
-    sidecar = start_l8(config, "--app-port", str(app_port))
-    app = subprocess.Popen(
-        [sys.executable, str(APP)],
-        env={**os.environ, "APP_ID": app_id, "APP_PORT": str(app_port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(app_port, timeout=30, proc=app)
-        sidecar.extra["app_id"] = app_id
+    with l8_with_app(nats_server, "layotto") as sidecar:
         yield sidecar
-    finally:
-        stop_pid(app)
-        sidecar.stop()
 
 
 def run(l8: L8Process, scenario: str, **env: str) -> Any:
-    out = subprocess.run(
-        ["node", str(CLIENT), scenario],
-        env={**os.environ, "runtime_GRPC_PORT": str(l8.grpc_port), **env},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert out.returncode == 0, f"{out.stderr}\n{l8.log()[-3000:]}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_node(l8, "layotto_client.js", scenario, runtime_GRPC_PORT=str(l8.grpc_port), **env)
 
 
 def test_say_hello_answers_from_the_helloworld_component(l8: L8Process) -> None:
@@ -92,31 +48,7 @@ def test_state_saves_reads_bulk_reads_transacts_and_deletes(l8: L8Process) -> No
 
 def test_an_event_published_by_the_sdk_reaches_a_subscriber(l8: L8Process) -> None:
     topic = unique("js-topic")
-    outgoing: queue.Queue[pb.SubscribeTopicEventsRequest | None] = queue.Queue()
-    outgoing.put(
-        pb.SubscribeTopicEventsRequest(
-            initial_request=pb.SubscribeTopicEventsRequestInitial(pubsub_name="pubsub", topic=topic)
-        )
-    )
-
-    def requests() -> Iterator[pb.SubscribeTopicEventsRequest]:
-        while (req := outgoing.get()) is not None:
-            yield req
-
-    with grpc.insecure_channel(l8.grpc_address) as channel:
-        stream = runtime_pb2_grpc.RuntimeStub(channel).SubscribeTopicEvents(requests(), timeout=60)
-        assert next(stream).HasField("initial_response")
-        run(l8, "publish", TOPIC=topic)
-        event = next(stream).event_message
-        outgoing.put(
-            pb.SubscribeTopicEventsRequest(
-                event_processed=pb.SubscribeTopicEventsRequestProcessed(
-                    id=event.id, status=pb.TopicEventResponse(status=pb.TopicEventResponse.SUCCESS)
-                )
-            )
-        )
-        outgoing.put(None)
-        stream.cancel()
+    [event] = take_events(l8, topic, 1, lambda: run(l8, "publish", TOPIC=topic))
     assert event.topic == topic and event.pubsub_name == "pubsub"
     assert event.data_content_type == "application/json"
     assert json.loads(event.data) == {"from": "layotto", "n": 1}

@@ -47,8 +47,25 @@ def json_object(value: Any, what: str, reason: str = "") -> dict[str, Any]:
     return value
 
 
+def get(obj: dict[str, Any], name: str) -> Any:
+    """A field by name, matched as Go's encoding/json (so Dapr) matches it: exactly, else ignoring
+    case (the JS SDK sends ``entryID`` for ``entryId``)."""
+    if name in obj:
+        return obj[name]
+    folded = name.casefold()
+    for key, value in obj.items():
+        if key.casefold() == folded:
+            return value
+    return None
+
+
+def has(obj: dict[str, Any], name: str) -> bool:
+    folded = name.casefold()
+    return name in obj or any(key.casefold() == folded for key in obj)
+
+
 def string(obj: dict[str, Any], name: str, where: str, *, required: bool = False, limit: int = MAX_NAME) -> str:
-    value = obj.get(name)
+    value = get(obj, name)
     if value is None:
         if required:
             raise malformed(f"{where}.{name} is missing")
@@ -61,7 +78,7 @@ def string(obj: dict[str, Any], name: str, where: str, *, required: bool = False
 
 
 def integer(obj: dict[str, Any], name: str, where: str, *, required: bool = False) -> int:
-    value = obj.get(name)
+    value = get(obj, name)
     if value is None:
         if required:
             raise malformed(f"{where}.{name} is missing")

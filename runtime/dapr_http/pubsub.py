@@ -83,18 +83,18 @@ def _entry(value: Any, where: str, seen: set[str]) -> pb.BulkPublishRequestEntry
 
     if not isinstance(value, dict):
         raise bad("an entry must be a JSON object")
-    entry_id = value.get("entryId")
+    entry_id = b.get(value, "entryId")
     if not isinstance(entry_id, str) or not entry_id:
         raise bad("entryId is missing or not a string")
     if entry_id in seen:
         raise bad(f"entryId {b.short(entry_id)} is used twice")
     seen.add(entry_id)
-    content_type = value.get("contentType") or ""
+    content_type = b.get(value, "contentType") or ""
     if not isinstance(content_type, str):
         raise bad("contentType must be a string")
-    if "event" not in value:
+    if not b.has(value, "event"):
         raise bad("event is missing")
-    event = value["event"]
+    event = b.get(value, "event")
     if not content_type and not isinstance(event, str):
         content_type = "application/json"  # a JSON event with no type given is JSON
     if is_json_type(content_type):
@@ -103,5 +103,5 @@ def _entry(value: Any, where: str, seen: set[str]) -> pb.BulkPublishRequestEntry
         data = event.encode()
     else:
         raise bad(f"event must be a string for content type {b.short(content_type or '(none)')}")
-    metadata = b.string_map(value.get("metadata"), f"{where}.metadata", _EVENTS)
+    metadata = b.string_map(b.get(value, "metadata"), f"{where}.metadata", _EVENTS)
     return pb.BulkPublishRequestEntry(entry_id=entry_id, event=data, content_type=content_type, metadata=metadata)

@@ -58,15 +58,15 @@ def state_item(value: Any, where: str, *, with_value: bool = True) -> pb.StateIt
     key = b.string(obj, "key", where, required=True)
     if not key:
         raise malformed(f"{where}.key is empty", "DAPR_STATE_ILLEGAL_KEY")
-    item = pb.StateItem(key=key, metadata=b.string_map(obj.get("metadata"), f"{where}.metadata"))
-    if with_value and obj.get("value") is not None:
-        item.value = b.encode(obj["value"])
-    etag = obj.get("etag")
+    item = pb.StateItem(key=key, metadata=b.string_map(b.get(obj, "metadata"), f"{where}.metadata"))
+    if with_value and b.get(obj, "value") is not None:
+        item.value = b.encode(b.get(obj, "value"))
+    etag = b.get(obj, "etag")
     if etag is not None:
         if not isinstance(etag, str):
             raise malformed(f"{where}.etag must be a string; got {type(etag).__name__}", "DAPR_STATE_ETAG_INVALID")
         item.etag.value = etag
-    item.options.CopyFrom(_options(obj.get("options"), f"{where}.options"))
+    item.options.CopyFrom(_options(b.get(obj, "options"), f"{where}.options"))
     return item
 
 
@@ -114,7 +114,7 @@ class StateRoutes:
     async def bulk_get(self, request: Request, params: Params) -> Response:
         store = self._front.component(API, params["store"], "ERR_STATE_BULK_GET")
         obj = b.json_object(b.json_body(request.body), "the body")
-        keys = obj.get("keys")
+        keys = b.get(obj, "keys")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise malformed("keys must be a JSON array of strings")
         if len(keys) > b.MAX_ITEMS:
@@ -156,12 +156,14 @@ class StateRoutes:
     async def transaction(self, request: Request, params: Params) -> Response:
         store = self._front.component(API, params["store"], "ERR_STATE_TRANSACTION")
         obj = b.json_object(b.json_body(request.body), "the body")
-        operations = obj.get("operations")
+        operations = b.get(obj, "operations")
         if not isinstance(operations, list):
             raise malformed("operations must be a JSON array")
         if len(operations) > b.MAX_ITEMS:
             raise malformed(f"operations has {len(operations)} entries; at most {b.MAX_ITEMS}")
-        req = pb.ExecuteStateTransactionRequest(storeName=store, metadata=b.string_map(obj.get("metadata"), "metadata"))
+        req = pb.ExecuteStateTransactionRequest(
+            storeName=store, metadata=b.string_map(b.get(obj, "metadata"), "metadata")
+        )
         for i, op in enumerate(operations):
             where = f"operations[{i}]"
             op_obj = b.json_object(op, where)
@@ -170,7 +172,7 @@ class StateRoutes:
                 raise HttpError(
                     400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"{where}: operation type {b.short(kind)} not supported"
                 )
-            item = state_item(op_obj.get("request"), f"{where}.request", with_value=kind == "upsert")
+            item = state_item(b.get(op_obj, "request"), f"{where}.request", with_value=kind == "upsert")
             req.operations.add(operationType=kind, request=item)
         await self._front.call(API, store, "transaction", req.SerializeToString(), request, "ERR_STATE_TRANSACTION")
         return Response(204)
