@@ -27,6 +27,7 @@ COMPONENTS = {
     "pubsub": {"kind": "pubsub", "type": "nats.jetstream"},
 }
 HEADER_TIMEOUT = 1.0
+IDLE_TIMEOUT = 1.0
 MAX_CONNECTIONS = 250
 DEADLINE = 30.0
 
@@ -35,7 +36,11 @@ DEADLINE = 30.0
 async def sidecar(nats_server: Server) -> AsyncIterator[Sidecar]:
     config = sidecar_config(nats_server.url, COMPONENTS)
     server = config.server.model_copy(
-        update={"http_header_timeout": HEADER_TIMEOUT, "http_max_connections": MAX_CONNECTIONS}
+        update={
+            "http_header_timeout": HEADER_TIMEOUT,
+            "http_idle_timeout": IDLE_TIMEOUT,
+            "http_max_connections": MAX_CONNECTIONS,
+        }
     )
     sidecar = Sidecar(config.model_copy(update={"server": server}))
     await sidecar.start()
@@ -162,6 +167,18 @@ async def test_slow_clients_are_cut_off_after_the_header_timeout_while_health_ke
         for _, writer in slow:
             writer.close()
     assert await healthy(sidecar)
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(sidecar: Sidecar) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sidecar))
+    try:
+        writer.write(f"GET /v1.0/healthz HTTP/1.1\r\n{HEAD}\r\n".encode())
+        [answer] = await read_answers(reader)
+        assert answer.status == 204 and answer.headers.get("connection") != "close"
+        # Kept alive, then closed by l8 once it has waited the idle timeout for a next request.
+        assert await asyncio.wait_for(reader.read(), DEADLINE + IDLE_TIMEOUT) == b""
+    finally:
+        writer.close()
 
 
 async def test_at_the_connection_cap_the_longest_waiting_connection_makes_room(sidecar: Sidecar) -> None:
