@@ -5,6 +5,7 @@ L8Error (INTERNAL)
 │   └── InvalidEtag                       an etag that is not one this store hands out
 ├── EtagMismatch (ABORTED)                the etag is stale, or FIRST_WRITE found the key taken
 ├── NotFound (NOT_FOUND)
+├── PermissionDenied (PERMISSION_DENIED)   the caller may not do this
 ├── FailedPrecondition (FAILED_PRECONDITION)
 ├── ResourceExhausted (RESOURCE_EXHAUSTED)
 ├── Unimplemented (UNIMPLEMENTED)         the store lacks the feature asked for
@@ -84,6 +85,10 @@ class EtagMismatch(L8Error):
 
 class NotFound(L8Error):
     code = Code.NOT_FOUND
+
+
+class PermissionDenied(L8Error):
+    code = Code.PERMISSION_DENIED
 
 
 class FailedPrecondition(L8Error):

@@ -77,6 +77,10 @@ class StateStore(Component, Protocol):
 class PubSubLimits:
     max_message_bytes: int = 1 << 20
     features: frozenset[str] = field(default_factory=frozenset)
+    # Seconds the broker waits for a held message before it gives it to another subscriber; a
+    # subscriber that needs longer calls ``Received.touch`` within it. None: the bridge keeps its
+    # messages' leases by itself.
+    lease_seconds: float | None = None
 
 
 class Received(Protocol):
@@ -98,6 +102,15 @@ class Received(Protocol):
     @property
     def attempt(self) -> int:
         """1 on the first delivery, 2 on the first redelivery..."""
+        ...
+
+    @property
+    def ref(self) -> str:
+        """Where the broker keeps it (a stream sequence, an offset...), for logs."""
+        ...
+
+    async def touch(self) -> None:
+        """Tell the broker the message is still being worked on, so it is not redelivered yet."""
         ...
 
     async def ack(self) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -9,6 +10,9 @@ from bridges.errors import InvalidArgument
 
 # Keys must not hold the separator l8 puts between a prefix and the key.
 SEPARATOR = "||"
+# Names that become one token of a bus subject (app ids, component names): bus/subjects.py's TOKEN,
+# spelled again because handlers do not import the bus (tests/test_layers.py checks they agree).
+TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class RequestInfo(Protocol):

@@ -1,101 +1,43 @@
-"""The Pub/Sub API: publish and bulk publish in a CloudEvents 1.0 envelope, and what a subscriber
-needs to turn a broker message back into an event, route it and settle it.
-
-Publishing: the payload is wrapped in an envelope (id, source = the caller's app id, type,
-specversion, datacontenttype, data or data_base64, topic, pubsubname, time, traceparent) unless
-the request says ``rawPayload=true``, in which case the bytes travel as they came; a payload whose
-content type is ``application/cloudevents+json`` is the envelope, completed where it lacks fields.
-``ttlInSeconds`` sets ``expiration``; the broker may also drop the event itself. A request is
-checked whole before anything is published, so bad input publishes nothing.
-
-Delivering (used by the runtime's subscriber, which owns the transport to the app): ``decode``
-turns a message into an ``Event``; ``Routes`` (handlers/pubsub_rules.py) picks the path with a small
-evaluator of the CEL subset Dapr's examples use; ``Settler`` carries out the app's verdict: ack, retry with backoff,
-or dead-letter then drop.
+"""The Pub/Sub API: publish and bulk publish in a CloudEvents 1.0 envelope
+(handlers/pubsub_envelope.py), and the subscription registry's ops through which sidecars tell the
+workers what to deliver (handlers/pubsub_registry.py). A publish is checked whole before anything
+is published, so bad input publishes nothing.
 """
 
 from __future__ import annotations
 
-import base64
-import enum
-import json
-import logging
-import os
+import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from bridges.errors import InvalidArgument, L8Error, Unimplemented
-from bridges.protocols import PubSub, Received
-from handlers.base import RequestInfo, is_json_type, is_text_type, parse_ttl
+from bridges.errors import BackendUnavailable, InvalidArgument, L8Error, PermissionDenied, Unimplemented
+from bridges.protocols import PubSub
+from handlers.base import TOKEN, RequestInfo
 from handlers.proto import runtime_pb2 as pb
+from handlers.pubsub_envelope import Outgoing, check_topic, wrap
+from handlers.pubsub_registry import Deliveries, decl_key
+from handlers.pubsub_specs import Spec, SpecError
 
-log = logging.getLogger("l8.handlers.pubsub")
-
-EVENT_TYPE = "com.dapr.event.sent"
-CLOUDEVENT_JSON = "application/cloudevents+json"
-HDR_RAW = "l8-raw"  # the payload is not an envelope (published with rawPayload=true)
-HDR_EXPIRES = "l8-expires"  # unix seconds after which a raw payload is not delivered
-HDR_TRACEPARENT = "traceparent"
 _EMPTY = b""
-_CORE = ("id", "source", "type", "specversion", "datacontenttype", "data", "data_base64")
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)  # what orjson refuses and json takes (integers past 64 bits); else ValueError
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("true", "1", "yes")
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _parse_time(value: str) -> float | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def new_traceparent() -> str:
-    ids = os.urandom(24).hex()
-    return f"00-{ids[:32]}-{ids[32:]}-01"
-
-
-@dataclass(slots=True)
-class Outgoing:
-    data: bytes
-    headers: dict[str, str]
-    ttl: int | None
 
 
 class PubSubHandler:
-    """Serves one pub/sub component: ops ``publish`` and ``bulkpublish``."""
+    """Serves one pub/sub component: ops ``publish`` and ``bulkpublish``, and, once ``deliveries``
+    are attached, the registry ops ``announce``, ``withdraw`` and ``status``."""
 
     def __init__(self, component: str, bridge: PubSub, metadata: dict[str, str]) -> None:
         self.component = component
         self.bridge = bridge
+        self.deliveries: Deliveries | None = None
         self._ops: dict[str, Callable[[bytes, RequestInfo], Awaitable[bytes]]] = {
             "publish": self.publish,
             "bulkpublish": self.bulk_publish,
+            "announce": self.announce,
+            "withdraw": self.withdraw,
+            "status": self.status,
         }
 
     async def __call__(self, op: str, payload: bytes, ctx: RequestInfo) -> bytes:
@@ -106,14 +48,14 @@ class PubSubHandler:
 
     async def publish(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.PublishEventRequest.FromString(payload)
-        _check_topic(req.topic)
-        out = self.envelope(req.topic, req.data, req.data_content_type, req.metadata, ctx, "the event")
+        check_topic(req.topic)
+        out = self._wrap(req.topic, req.data, req.data_content_type, req.metadata, ctx, "the event")
         await self.bridge.publish(req.topic, out.data, out.headers, ttl=out.ttl)
         return _EMPTY
 
     async def bulk_publish(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.BulkPublishRequest.FromString(payload)
-        _check_topic(req.topic)
+        check_topic(req.topic)
         if not req.entries:
             raise InvalidArgument("a bulk publish needs at least one entry")
         seen: set[str] = set()
@@ -126,7 +68,7 @@ class PubSubHandler:
                 raise InvalidArgument(f"{where}: entry_id {entry.entry_id!r} is used twice")
             seen.add(entry.entry_id)
             metadata = {**req.metadata, **entry.metadata}
-            prepared.append(self.envelope(req.topic, entry.event, entry.content_type, metadata, ctx, where))
+            prepared.append(self._wrap(req.topic, entry.event, entry.content_type, metadata, ctx, where))
         # The batch interface has no per-message TTL; events with one go on their own.
         if any(o.ttl is not None for o in prepared):
             errors: list[str | None] = []
@@ -145,242 +87,86 @@ class PubSubHandler:
         data: bytes = resp.SerializeToString()
         return data
 
-    def envelope(
-        self,
-        topic: str,
-        data: bytes,
-        content_type: str,
-        metadata: Mapping[str, str],
-        ctx: RequestInfo,
-        what: str,
+    def _wrap(
+        self, topic: str, data: bytes, content_type: str, metadata: Mapping[str, str], ctx: RequestInfo, what: str
     ) -> Outgoing:
-        ttl = parse_ttl(metadata, what)
-        traceparent: str | None = getattr(ctx, "traceparent", None)
-        headers: dict[str, str] = {}
-        limit = self.bridge.limits.max_message_bytes
-        if _truthy(metadata.get("rawPayload")):
-            headers[HDR_RAW] = "1"
-            if traceparent:
-                headers[HDR_TRACEPARENT] = traceparent
-            if ttl is not None:
-                headers[HDR_EXPIRES] = str(int(time.time()) + ttl)
-            if len(data) > limit:
-                raise InvalidArgument(f"{what} is {len(data)} bytes; pub/sub {self.component!r} takes at most {limit}")
-            return Outgoing(data, headers, ttl)
-        content_type = content_type or "text/plain"
-        if content_type.split(";", 1)[0].strip().lower() == CLOUDEVENT_JSON:
-            event = _given_cloudevent(data, what)
-        else:
-            event = {"datacontenttype": content_type}
-            if is_json_type(content_type):
-                if data:
-                    try:
-                        event["data"] = _loads(data)
-                    except ValueError:
-                        raise InvalidArgument(
-                            f"{what}: the data is not valid JSON, but its content type is {content_type!r}"
-                        ) from None
-            elif is_text_type(content_type):
-                try:
-                    event["data"] = data.decode()
-                except UnicodeDecodeError:
-                    event["data_base64"] = base64.b64encode(data).decode()
-            else:
-                event["data_base64"] = base64.b64encode(data).decode()
-        event.setdefault("id", str(uuid.uuid4()))
-        event.setdefault("source", ctx.app_id or "l8")
-        event.setdefault("type", EVENT_TYPE)
-        event.setdefault("specversion", "1.0")
-        event.setdefault("datacontenttype", "application/json" if "data" in event else "application/octet-stream")
-        for key, value in metadata.items():
-            if key.startswith("cloudevent.") and len(key) > 11:
-                event[key[11:]] = value
-        event["topic"] = topic
-        event["pubsubname"] = self.component
-        event.setdefault("time", _rfc3339(time.time()))
-        tp = traceparent or str(event.get("traceparent") or "") or new_traceparent()
-        event["traceparent"] = tp
-        event.setdefault("traceid", tp)
-        if ttl is not None:
-            event["expiration"] = _rfc3339(time.time() + ttl)
-        headers[HDR_TRACEPARENT] = tp
-        body = _dumps(event)
-        if len(body) > limit:
-            raise InvalidArgument(
-                f"{what} is {len(body)} bytes in its envelope; pub/sub {self.component!r} takes at most {limit}"
-            )
-        return Outgoing(body, headers, ttl)
-
-
-def _check_topic(topic: str) -> None:
-    if not topic:
-        raise InvalidArgument("the topic is empty")
-    if not topic.strip():
-        raise InvalidArgument("the topic is blank")
-
-
-def _given_cloudevent(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        event = _loads(data)
-    except ValueError:
-        raise InvalidArgument(f"{what}: content type {CLOUDEVENT_JSON} but the payload is not JSON") from None
-    if not isinstance(event, dict):
-        raise InvalidArgument(f"{what}: a CloudEvent must be a JSON object, not {type(event).__name__}")
-    spec = event.get("specversion", "1.0")
-    if spec != "1.0":
-        raise InvalidArgument(f"{what}: specversion {spec!r} is not supported; l8 speaks CloudEvents 1.0")
-    for key in ("id", "source", "type", "datacontenttype", "subject"):
-        if key in event and not (isinstance(event[key], str) and event[key]):
-            raise InvalidArgument(f"{what}: the CloudEvent attribute {key!r} must be a non-empty string")
-    if "data" in event and "data_base64" in event:
-        raise InvalidArgument(f"{what}: a CloudEvent holds data or data_base64, not both")
-    if "data_base64" in event:
-        raw = event["data_base64"]
-        try:
-            base64.b64decode(raw, validate=True)
-        except (ValueError, TypeError):
-            raise InvalidArgument(f"{what}: data_base64 is not valid base64") from None
-    return event
-
-
-# ---- delivery ----
-
-
-class MalformedEvent(InvalidArgument):
-    pass
-
-
-@dataclass(slots=True)
-class Event:
-    """An event as the app sees it: the envelope's attributes and the data as bytes."""
-
-    id: str
-    source: str
-    type: str
-    specversion: str
-    datacontenttype: str
-    data: bytes
-    topic: str
-    pubsubname: str
-    extensions: dict[str, Any] = field(default_factory=dict)
-    traceparent: str | None = None
-    expires_at: float | None = None
-    envelope: dict[str, Any] = field(default_factory=dict)
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.expires_at is not None and (now or time.time()) >= self.expires_at
-
-
-def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str) -> Event:
-    """The event in a broker message; MalformedEvent if it is not a CloudEvents 1.0 envelope."""
-    if headers.get(HDR_RAW):
-        expires = headers.get(HDR_EXPIRES)
-        return Event(
-            id=str(uuid.uuid4()),
-            source="",
-            type=EVENT_TYPE,
-            specversion="1.0",
-            datacontenttype="application/octet-stream",
-            data=raw,
-            topic=topic,
-            pubsubname=pubsub,
-            traceparent=headers.get(HDR_TRACEPARENT),
-            expires_at=float(expires) if expires else None,
-            envelope={"data_base64": base64.b64encode(raw).decode()},
+        return wrap(
+            self.component, self.bridge.limits.max_message_bytes, topic, data, content_type, metadata, ctx, what
         )
-    try:
-        envelope = _loads(raw)
-    except ValueError:
-        raise MalformedEvent("the message is not JSON") from None
-    if not isinstance(envelope, dict):
-        raise MalformedEvent("the message is not a JSON object")
-    content_type = str(envelope.get("datacontenttype") or "")
-    if "data_base64" in envelope:
-        try:
-            data = base64.b64decode(envelope["data_base64"])
-        except (ValueError, TypeError):
-            raise MalformedEvent("data_base64 is not base64") from None
-    elif "data" not in envelope or envelope["data"] is None:
-        data = b""
-    elif isinstance(envelope["data"], str) and not is_json_type(content_type):
-        data = envelope["data"].encode()
-    else:
-        data = _dumps(envelope["data"])
-    expiration = envelope.get("expiration")
-    return Event(
-        id=str(envelope.get("id") or ""),
-        source=str(envelope.get("source") or ""),
-        type=str(envelope.get("type") or ""),
-        specversion=str(envelope.get("specversion") or "1.0"),
-        datacontenttype=content_type,
-        data=data,
-        # The subscription's, not the envelope's: a dead-lettered event must reach the dead-letter
-        # topic's handler, and the app's handler lookup goes by (pubsub, topic, path).
-        topic=topic,
-        pubsubname=pubsub,
-        extensions={k: v for k, v in envelope.items() if k not in _CORE},
-        traceparent=headers.get(HDR_TRACEPARENT) or envelope.get("traceparent"),
-        expires_at=_parse_time(expiration) if isinstance(expiration, str) else None,
-        envelope=envelope,
-    )
 
+    # ---- the subscription registry ----
 
-# ---- settling ----
+    def _registry(self) -> Deliveries:
+        if self.deliveries is None:
+            raise Unimplemented(f"pub/sub {self.component!r} delivers no events in this worker")
+        return self.deliveries
 
-
-class Verdict(enum.Enum):
-    ACK = "ack"
-    RETRY = "retry"
-    DROP = "drop"
-
-
-@dataclass(slots=True, frozen=True)
-class Backoff:
-    initial: float = 0.2
-    maximum: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.maximum, self.initial * float(2 ** max(0, min(attempt - 1, 30))))
-
-
-class Settler:
-    """Carries out a verdict on a message of one subscription."""
-
-    def __init__(
-        self,
-        bridge: PubSub,
-        *,
-        dead_letter_topic: str | None,
-        max_deliveries: int = 0,
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.bridge = bridge
-        self.dead_letter_topic = dead_letter_topic or None
-        self.max_deliveries = max_deliveries
-        self.backoff = backoff or Backoff()
-
-    async def settle(self, received: Received, verdict: Verdict, why: str = "") -> Verdict:
-        """Returns what was done: a RETRY past max deliveries becomes a DROP (dead-lettered)."""
-        if verdict is Verdict.ACK:
-            await received.ack()
-            return verdict
-        if verdict is Verdict.RETRY:
-            if self.max_deliveries and received.attempt >= self.max_deliveries:
-                why = why or f"not processed after {received.attempt} deliveries"
-                verdict = Verdict.DROP
-            else:
-                await received.retry(self.backoff.delay(received.attempt))
-                return verdict
-        if self.dead_letter_topic:
-            headers = dict(received.headers)
-            headers["l8-dead-letter-reason"] = " ".join(why.split())[:500] or "dropped"
-            headers["l8-original-topic"] = received.topic
+    async def announce(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        """Post the caller's subscriptions on this component, replacing what that instance posted before."""
+        deliveries = self._registry()
+        app = _caller(ctx)
+        body = _json_object(payload, "an announcement")
+        instance = _instance(body)
+        raw_specs = body.get("specs")
+        if not isinstance(raw_specs, list) or len(raw_specs) > MAX_ANNOUNCED:
+            raise InvalidArgument(f"an announcement's specs must be a list of at most {MAX_ANNOUNCED} subscriptions")
+        specs = []
+        for i, raw in enumerate(raw_specs):
             try:
-                await self.bridge.publish(self.dead_letter_topic, received.data, headers)
-            except L8Error as exc:
-                # Never lose it: without its dead-letter copy, it stays in the topic.
-                log.warning("dead-lettering to %r failed, redelivering: %s", self.dead_letter_topic, exc)
-                await received.retry(self.backoff.delay(received.attempt))
-                return Verdict.RETRY
-        await received.drop()
-        return Verdict.DROP
+                spec = Spec.from_dict(raw)
+            except SpecError as exc:
+                raise InvalidArgument(f"specs[{i}]: {exc}") from None
+            if spec.app != app:
+                raise PermissionDenied(f"specs[{i}]: app {app!r} cannot announce subscriptions of {spec.app[:64]!r}")
+            if spec.pubsub != self.component:
+                raise InvalidArgument(f"specs[{i}]: it is for pub/sub {spec.pubsub[:64]!r}, not {self.component!r}")
+            specs.append(spec.to_dict())
+        notice = orjson.dumps({"instance": instance, "at": time.time(), "specs": specs})
+        await _posting(deliveries.board.post(decl_key(app, self.component, instance), notice))
+        return _EMPTY
+
+    async def withdraw(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        deliveries = self._registry()
+        instance = _instance(_json_object(payload, "a withdrawal"))
+        await _posting(deliveries.board.remove(decl_key(_caller(ctx), self.component, instance)))
+        return _EMPTY
+
+    async def status(self, payload: bytes, ctx: RequestInfo) -> bytes:
+        """What is announced for the caller's app and what every worker reports of its deliveries."""
+        deliveries = self._registry()
+        app = _caller(ctx)
+        return orjson.dumps({"declared": deliveries.declared(app), "workers": deliveries.statuses(app)})
+
+
+MAX_ANNOUNCED = 1000
+_INSTANCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _caller(ctx: RequestInfo) -> str:
+    if not TOKEN.match(ctx.app_id):
+        raise InvalidArgument("the caller has no usable app id")
+    return ctx.app_id
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidArgument(f"{what} must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return body
+
+
+def _instance(body: dict[str, Any]) -> str:
+    instance = body.get("instance")
+    if not isinstance(instance, str) or not _INSTANCE.match(instance):
+        raise InvalidArgument("instance must be 1 to 64 letters, digits, '_' or '-'")
+    return instance
+
+
+async def _posting(op: Awaitable[None]) -> None:
+    try:
+        await op
+    except Exception as exc:
+        raise BackendUnavailable(f"the subscription registry: {exc}") from None

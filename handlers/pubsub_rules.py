@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.base import is_json_type
 
 if TYPE_CHECKING:
-    from handlers.pubsub import Event
+    from handlers.pubsub_envelope import Event
 
 
 class RuleError(ValueError):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from bridges.errors import Code
 
 if TYPE_CHECKING:
-    from handlers.pubsub import Event
+    from handlers.pubsub_envelope import Event
 
 # Metadata as gRPC carries it: text values, and bytes for keys ending in -bin.
 Metadata = list[tuple[str, "str | bytes"]]

@@ -20,7 +20,7 @@ from runtime import errors
 from runtime.app_channel import AppCallError, AppSubscription, AppUnavailable, BulkEntry, Metadata
 
 if TYPE_CHECKING:
-    from handlers.pubsub import Event
+    from handlers.pubsub_envelope import Event
 
 ON_INVOKE = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
 CLOUDEVENT_JSON = "application/cloudevents+json"

@@ -3,7 +3,7 @@ subscriptions, built with FastStream's specification generator.
 
 FastStream describes here; it does not consume: l8's delivery loop needs explicit settling after
 an app's gRPC answer, a dead-letter step and handing back on shutdown, which FastStream's
-subscriber (ack policy around a handler) does not model; see runtime/subscriber.py.
+subscriber (ack policy around a handler) does not model; see handlers/pubsub_delivery.py.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ def document(config: Config, app_subscriptions: list[AppSubscription] | None = N
     from faststream.nats import NatsBroker
     from faststream.specification import AsyncAPI
 
-    from runtime.subscriber import Spec
+    from runtime.subscriptions import spec_from_app, spec_from_config
 
     servers = ["nats://127.0.0.1:4222"] if config.bus.embedded else config.bus.servers
     broker = NatsBroker(servers)
-    specs = [Spec.from_config(s) for s in config.subscriptions] + [Spec.from_app(s) for s in app_subscriptions or []]
+    app_id, timeout = config.app.id, config.delivery_timeout
+    specs = [spec_from_config(s, app_id, timeout) for s in config.subscriptions]
+    specs += [spec_from_app(s, app_id, timeout) for s in app_subscriptions or []]
 
     async def _handler(body: CloudEvent) -> None:  # describes the payload; never called
         return None

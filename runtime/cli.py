@@ -1,5 +1,5 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `asyncapi`, `config from-layotto`
-and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `subscriptions`, `asyncapi`,
+`config from-layotto` and `version`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from runtime import __version__
 from runtime.config import API_NAMES, Config, ConfigError, load_config
 
 log = logging.getLogger("l8")
+T = TypeVar("T")
 
 
 def _port(flag: str) -> Callable[[str], int]:
@@ -57,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--namespace", help="the namespace on the bus (namespace)")
     spec.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
     spec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    subs = sub.add_parser(
+        "subscriptions", help="list the subscriptions announced on the bus and how they are delivered"
+    )
+    subs.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
+    subs.add_argument("--bus", help="NATS URLs, comma separated (default: the running embedded bus of data_dir)")
+    subs.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    subs.add_argument("--data-dir", help="where a running `l8 run` keeps its embedded bus (data_dir)")
+    subs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    subs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     conf = sub.add_parser("config", help="convert configs")
     conf_sub = conf.add_subparsers(dest="config_command", required=True)
@@ -131,7 +142,7 @@ async def _serve(config: Config, *, serve: bool) -> int:
     return 0
 
 
-def _run_loop(coro: Any) -> int:
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 
@@ -139,8 +150,23 @@ def _run_loop(coro: Any) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.Runner()
     with runner:
-        result: int = runner.run(coro)
-        return result
+        return runner.run(coro)
+
+
+def _subscriptions(config: Config, as_json: bool) -> int:
+    from bus import BusError
+    from runtime.registry_view import collect, render
+
+    try:
+        rows = _run_loop(collect(config))
+    except LookupError as exc:
+        print(f"l8: {exc}", file=sys.stderr)
+        return 2
+    except (BusError, OSError, TimeoutError) as exc:
+        print(f"l8: cannot read the subscriptions from the bus: {exc}", file=sys.stderr)
+        return 1
+    print(render(rows, as_json))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "subscriptions":
+        return _subscriptions(config, args.json)
     if args.command == "asyncapi":
         from runtime.asyncapi import render
 

@@ -67,6 +67,8 @@ class BusConfig(_Model):
     # Requests for a handler that runs in this same process skip the server round trip (a third
     # of the latency of a GetState); the queue group still serves every other process's requests.
     local_dispatch: bool = True
+    # Replicas of l8's own buckets on the bus (the subscription registry): 3 on a 3-node cluster.
+    replicas: int = Field(default=1, ge=1, le=5)
 
     @property
     def embedded(self) -> bool:
@@ -163,7 +165,12 @@ class SubscriptionConfig(_Model):
     deadLetterTopic: str | None = None
     bulk: BulkConfig = Field(default_factory=BulkConfig)
     concurrency: int = Field(default=32, ge=1, le=10000, description="events delivered at once; 1 keeps order")
-    maxDeliveries: int = Field(default=0, ge=0, description="then dead-letter; 0 is unlimited")
+    maxDeliveries: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="then dead-letter; 0 is unlimited; default 5 with a deadLetterTopic",
+    )
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     metadata: dict[str, str] = Field(default_factory=dict)
 

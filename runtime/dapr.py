@@ -34,18 +34,22 @@ ROUTES["BulkPublishEvent"] = native.ROUTES["PublishBulkEvent"]
 ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 
 
-def metadata_response(metadata: Metadata) -> Any:
+async def metadata_response(metadata: Metadata) -> Any:
     # Imported on first use: the Dapr message set is large and only these rpcs need it.
     from dapr.proto.runtime.v1 import metadata_pb2
 
-    described = metadata.describe()
+    described = await metadata.describe()
     resp = metadata_pb2.GetMetadataResponse(id=described["id"], runtime_version=described["runtimeVersion"])
     for comp in described["components"]:
         resp.registered_components.add(
             name=comp["name"], type=comp["type"], version=comp["version"], capabilities=comp["capabilities"]
         )
     resp.extended_metadata.update(described["extended"])
-    kinds = {"DECLARATIVE": metadata_pb2.DECLARATIVE, "PROGRAMMATIC": metadata_pb2.PROGRAMMATIC}
+    kinds = {
+        "DECLARATIVE": metadata_pb2.DECLARATIVE,
+        "PROGRAMMATIC": metadata_pb2.PROGRAMMATIC,
+        "STREAMING": metadata_pb2.STREAMING,
+    }
     for spec in described["subscriptions"]:
         sub = resp.subscriptions.add(
             pubsub_name=spec["pubsubname"],
@@ -53,6 +57,10 @@ def metadata_response(metadata: Metadata) -> Any:
             dead_letter_topic=spec["deadLetterTopic"],
             type=kinds.get(spec["type"], metadata_pb2.UNKNOWN),
         )
+        # l8's delivery state of the subscription, where Dapr's message has room for it.
+        sub.metadata["l8.state"] = spec["state"]
+        if spec["reason"]:
+            sub.metadata["l8.reason"] = spec["reason"]
         for rule in spec["rules"]:
             sub.rules.rules.add(match=rule["match"], path=rule["path"])
     connection = described["appConnectionProperties"]
@@ -72,7 +80,7 @@ def dapr_service(
     """``special`` holds the rpcs not forwarded as they came to a component's worker."""
 
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        data: bytes = metadata_response(metadata).SerializeToString()
+        data: bytes = (await metadata_response(metadata)).SerializeToString()
         return data
 
     async def set_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

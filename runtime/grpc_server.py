@@ -16,7 +16,7 @@ from runtime.forward import Forwarder
 from runtime.invoke import Invoker, grpc_handler
 from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
-from runtime.subscriber import SubscriberManager
+from runtime.streaming import Streams
 
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 _REFLECTION_METHOD = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
@@ -59,16 +59,16 @@ class GrpcServer:
         config: Config,
         forwarder: Forwarder,
         invoker: Invoker,
-        subscriber: SubscriberManager | None = None,
+        streams: Streams | None = None,
         metadata: Metadata | None = None,
         shutdown: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
-        self._metadata = metadata or Metadata(config, subscriber)
+        self._metadata = metadata or Metadata(config, streams.announcer.report if streams else None)
         self._shutdown = shutdown
         self._forwarder = forwarder
         self._invoker = invoker
-        self._subscriber = subscriber
+        self._streams = streams
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._segments = SegmentCache(forwarder)
@@ -97,16 +97,12 @@ class GrpcServer:
         }
         # Dapr's configuration messages differ from the native ones: translated in runtime/configuration.py.
         dapr_special = {"InvokeService": invoke, **configuration.dapr_handlers(self.configuration, self._forwarder)}
-        if self._subscriber is not None:
+        if self._streams is not None:
             # Pull subscriptions: one implementation behind both the native and the Dapr rpc.
             from runtime.streaming import dapr_messages, native_messages, stream_handler
 
-            native_special["SubscribeTopicEvents"] = stream_handler(
-                self._forwarder, self._subscriber, native_messages()
-            )
-            dapr_special["SubscribeTopicEventsAlpha1"] = stream_handler(
-                self._forwarder, self._subscriber, dapr_messages()
-            )
+            native_special["SubscribeTopicEvents"] = stream_handler(self._forwarder, self._streams, native_messages())
+            dapr_special["SubscribeTopicEventsAlpha1"] = stream_handler(self._forwarder, self._streams, dapr_messages())
         server.add_generic_rpc_handlers(
             (
                 native.native_service(self._forwarder, native_special),

@@ -8,18 +8,15 @@ and size, kept in this sidecar's memory as Dapr keeps them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bridges import registry
 from bridges.errors import Code
 from runtime import __version__
 from runtime.config import Config
 from runtime.forward import FrontError
-
-if TYPE_CHECKING:
-    from runtime.subscriber import SubscriberManager
 
 MAX_ATTRIBUTES = 64
 MAX_KEY = 256
@@ -29,7 +26,8 @@ MAX_VALUE = 4096
 @dataclass
 class Metadata:
     config: Config
-    subscriber: SubscriberManager | None = None
+    # The subscriptions of this sidecar with their delivery state (runtime/subscriptions.py's report).
+    report: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     running: Callable[[], dict[str, frozenset[str]]] = dict  # component name -> features of its live bridge
     attributes: dict[str, str] = field(default_factory=dict)
 
@@ -69,25 +67,11 @@ class Metadata:
     def extended(self) -> dict[str, str]:
         return {**self.attributes, "namespace": self.config.namespace, "daprRuntimeVersion": f"l8-{__version__}"}
 
-    def subscriptions(self) -> list[dict[str, Any]]:
-        kinds = {"config": "DECLARATIVE", "app": "PROGRAMMATIC", "stream": "STREAMING"}
-        found = []
-        for spec in self.subscriber.specs() if self.subscriber is not None else ():
-            rules = [{"match": r.match, "path": r.path} for r in spec.routes.rules]
-            if spec.routes.default is not None:
-                rules.append({"match": "", "path": spec.routes.default})
-            found.append(
-                {
-                    "pubsubname": spec.pubsub,
-                    "topic": spec.topic,
-                    "deadLetterTopic": spec.dead_letter_topic or "",
-                    "rules": rules,
-                    "type": kinds.get(spec.origin, "UNKNOWN"),
-                }
-            )
-        return found
+    async def subscriptions(self) -> list[dict[str, Any]]:
+        """As Dapr's /v1.0/metadata lists them, with l8's delivery state beside each."""
+        return [_subscription_row(row) for row in await self.report()] if self.report is not None else []
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         """Dapr's HTTP answer (``GET /v1.0/metadata``); the gRPC one is built from the same parts."""
         app = self.config.app
         connection: dict[str, Any] = {"protocol": "grpc", "maxConcurrency": self.config.concurrency}
@@ -101,7 +85,26 @@ class Metadata:
             "actors": [],
             "components": self.components(),
             "extended": self.extended(),
-            "subscriptions": self.subscriptions(),
+            "subscriptions": await self.subscriptions(),
             "httpEndpoints": [],
             "appConnectionProperties": connection,
         }
+
+
+_TYPES = {"config": "DECLARATIVE", "app": "PROGRAMMATIC", "stream": "STREAMING"}
+
+
+def _subscription_row(row: dict[str, Any]) -> dict[str, Any]:
+    rules = [{"match": m, "path": p} for m, p in row.get("rules", ())]
+    if row.get("default_route") is not None and "rules" in row:
+        rules.append({"match": "", "path": row["default_route"]})
+    return {
+        "pubsubname": row["pubsub"],
+        "topic": row["topic"],
+        "deadLetterTopic": row.get("dead_letter_topic") or "",
+        "rules": rules,
+        "type": _TYPES.get(row["origin"], "UNKNOWN"),
+        "state": row["state"],
+        "reason": row.get("reason", ""),
+        "workers": row.get("workers", []),
+    }

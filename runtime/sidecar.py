@@ -1,9 +1,14 @@
 """Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
 
-Start order: embedded bus → bus connection → components → worker host → invocation server (when
-the app has a callback) → gRPC and HTTP servers. Stop runs the other way: the fronts stop taking
-calls and finish those in flight, then the invocation server and the worker host drain, then
-components, the app channel, the bus connection and the embedded server stop.
+Start order: embedded bus → bus connection → components → worker host (handlers; the pub/sub
+handlers' deliveries) → the app's invocations and events (when the app has a callback) → gRPC and
+HTTP servers → the announcement of the app's subscriptions, last, so events flow only once
+everything they may call back into is up.
+
+Stop runs the other way: the subscriptions are withdrawn; this process's deliveries stop fetching,
+let the app answer what it has and hand back the rest; the app's event routes and the fronts finish
+what is in flight; then invocations, the worker host, components, the app channel, the bus
+connection and the embedded server stop.
 """
 
 from __future__ import annotations
@@ -12,21 +17,26 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from pathlib import Path
 
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, Route, WorkerHost, subjects
+from bus.board import Board
 from runtime.actuator import http_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.components import Components
 from runtime.config import Config
+from runtime.event_router import BusRouter
+from runtime.event_server import EventServer
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
 from runtime.http import HttpServer, Limits
 from runtime.invoke import InvokeHandler, Invoker
 from runtime.metadata import Metadata
-from runtime.subscriber import Bridges, SubscriberManager
+from runtime.streaming import Streams
+from runtime.subscriptions import LEASE, Announcer
 
 log = logging.getLogger("l8")
 
@@ -44,10 +54,14 @@ class Sidecar:
         self.components: Components | None = None
         self.workers: WorkerHost | None = None
         self.app_channel: AppChannel | None = None
+        self.event_channel: AppChannel | None = None
         self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
-        self.subscriber: SubscriberManager | None = None
+        self.events: EventServer | None = None
+        self.announcer: Announcer | None = None
+        self.board: Board | None = None
+        self.worker_id = uuid.uuid4().hex[:12]
         self.metadata: Metadata | None = None
         # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
         self.shutdown_requested = asyncio.Event()
@@ -105,26 +119,34 @@ class Sidecar:
             self.workers.add(served.api, served.name, served.handler)
         await self.workers.start()
         await self._start_watchers()
+        await self._start_deliveries()
         if self.serve:
             if cfg.app.callback is not None:
-                # Only a sidecar that can reach its app answers the app's invocations; one
-                # without joins no queue group, so callers never wait on it.
+                # Only a sidecar that can reach its app answers the app's invocations and events;
+                # one without joins no queue group, so callers never wait on it.
                 self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes)
                 handler = InvokeHandler(cfg.app.id, self.app_channel)
                 self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
+                # Events and subscription discovery get a channel of their own: asking a starting app
+                # for its subscriptions must not put the invocations' connection into backoff.
+                self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes)
+            self.events = EventServer(
+                self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
+            )
+            await self.events.start()
             forwarder = Forwarder(self.bus, cfg)
             invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
-            pubsubs = {s.name: s.bridge for s in self.components.served if s.api == "pubsub"}
-            # Deliveries get a channel of their own: the subscriber closes it when it has drained,
-            # while invocations may still be answering.
-            self.subscriber = SubscriberManager(
-                cfg,
-                open_app(cfg.app.callback, cfg.server.max_message_bytes) if cfg.app.callback else None,
-                Bridges(cfg, env, pubsubs),
-            )
+            self.announcer = Announcer(cfg, forwarder, self.event_channel)
             live = self.components.served
-            self.metadata = Metadata(cfg, self.subscriber, lambda: {s.name: s.bridge.features() for s in live})
-            self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber, self.metadata, self.shutdown_requested.set)
+            self.metadata = Metadata(cfg, self.announcer.report, lambda: {s.name: s.bridge.features() for s in live})
+            self.grpc = GrpcServer(
+                cfg,
+                forwarder,
+                invoker,
+                Streams(self.announcer, self.events),
+                self.metadata,
+                self.shutdown_requested.set,
+            )
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
             router = http_router(
@@ -148,8 +170,30 @@ class Sidecar:
                 await self.http.start()
             except OSError as exc:
                 raise OSError(f"server.http: cannot listen on {cfg.server.http}: {exc.strerror or exc}") from None
-            # Last: events flow to the app only once everything they may call back into is up.
-            await self.subscriber.start()
+            if self.embedded is not None:
+                # So that `l8 subscriptions` and local workers find the embedded bus.
+                (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
+            await self.announcer.start()
+
+    async def _start_deliveries(self) -> None:
+        """The pub/sub handlers of this process deliver the subscriptions announced on the bus."""
+        assert self.components is not None and self.bus is not None
+        pubsubs = [s for s in self.components.served if s.api == "pubsub"]
+        if not pubsubs:
+            return
+        from handlers.pubsub_registry import Deliveries
+
+        self.board = Board(
+            self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
+        )
+        router = BusRouter(self.bus, self.config.namespace)
+        for served in pubsubs:
+            deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
+            served.handler.deliveries = deliveries  # type: ignore[attr-defined]
+            await deliveries.start()
+
+    def _health_of(self, name: str, up: bool, reason: str) -> None:
+        self.health.set(name, Status.UP if up else Status.DOWN, reason)
 
     async def _start_watchers(self) -> None:
         """Handlers that push changes (configuration) publish them for every front on the bus."""
@@ -172,9 +216,15 @@ class Sidecar:
             log.info("l8 stopped")
 
     async def _stop(self) -> None:
-        # Deliveries first: stop fetching, let the app answer what is in flight, hand back the rest.
-        if self.subscriber is not None:
-            await self.subscriber.stop()
+        if self.announcer is not None:
+            await self.announcer.stop()
+        # Deliveries next: stop fetching, let the targets answer what is in flight, hand back the rest.
+        for served in self.components.served if self.components is not None else ():
+            deliveries = getattr(served.handler, "deliveries", None)
+            if deliveries is not None:
+                await deliveries.stop(timeout=10.0)
+        if self.events is not None:
+            await self.events.stop()
         if self.grpc is not None:
             await self.grpc.stop()
         if self.http is not None:
@@ -185,8 +235,9 @@ class Sidecar:
             await self.workers.stop()
         if self.components is not None:
             await self.components.stop()
-        if self.app_channel is not None:
-            await self.app_channel.close()
+        for channel in (self.app_channel, self.event_channel):
+            if channel is not None:
+                await channel.close()
         if self.bus is not None:
             await self.bus.stop()
         if self.embedded is not None:

@@ -5,6 +5,10 @@ The client's first message is ``initial_request{pubsub_name, topic, metadata, de
 l8 checks it, answers an empty ``initial_response`` first (the Dapr SDK waits for it), then sends
 ``event_message``s; the client settles each with ``event_processed{id, status}``. Events not
 settled when the stream ends go back to the broker.
+
+A stream is announced as a subscription of the app (target ``stream``) for the pub/sub workers to
+deliver; its events reach this sidecar through the event server (runtime/event_server.py). At most
+``maxInFlight`` (initial request metadata, default 100) wait for their answer at once.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from typing import Any
 import grpc
 
 from bridges.errors import Code, L8Error
-from handlers.pubsub import Event
+from handlers.pubsub_envelope import Event
+from handlers.pubsub_specs import MAX_CONCURRENCY, SpecError, metadata_int
+from runtime.event_server import EventServer, StreamSession
 from runtime.forward import Forwarder, FrontError, abort
-from runtime.subscriber import StreamSession, SubscriberManager
+from runtime.subscriptions import Announcer
+
+DEFAULT_MAX_IN_FLIGHT = 100
 
 log = logging.getLogger("l8.runtime.streaming")
 
@@ -65,7 +73,33 @@ def dapr_messages() -> Messages:
     )
 
 
-def stream_handler(forwarder: Forwarder, manager: SubscriberManager, messages: Messages) -> grpc.RpcMethodHandler:
+@dataclass(slots=True)
+class Streams:
+    """What a streaming subscription needs of the sidecar: its announcement and its event route."""
+
+    announcer: Announcer
+    events: EventServer
+
+    async def open(self, pubsub: str, topic: str, dead_letter: str | None, metadata: dict[str, str]) -> Any:
+        try:
+            max_in_flight = metadata_int(metadata, "maxInFlight", DEFAULT_MAX_IN_FLIGHT, 1, MAX_CONCURRENCY)
+        except SpecError as exc:
+            raise FrontError(Code.INVALID_ARGUMENT, str(exc)) from None
+        assert max_in_flight is not None
+        spec = self.announcer.open_stream(pubsub, topic, dead_letter, max_in_flight)
+        try:
+            session = await self.events.open_stream(pubsub, topic, max_in_flight)
+        except BaseException:
+            self.announcer.close_stream(spec)
+            raise
+        return spec, session
+
+    async def close(self, spec: Any, session: StreamSession) -> None:
+        self.announcer.close_stream(spec)
+        await self.events.close_stream(session)
+
+
+def stream_handler(forwarder: Forwarder, streams: Streams, messages: Messages) -> grpc.RpcMethodHandler:
     async def subscribe(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -80,16 +114,15 @@ def stream_handler(forwarder: Forwarder, manager: SubscriberManager, messages: M
             await abort(context, Code.INVALID_ARGUMENT, "pubsubName is required")
         if not init.topic:
             await abort(context, Code.INVALID_ARGUMENT, "topic is required")
-        try:
-            pubsub = forwarder.component("pubsub", init.pubsub_name)
-        except FrontError as exc:
-            await abort(context, exc.code, exc.message)
         dead_letter = init.dead_letter_topic if init.HasField("dead_letter_topic") else None
         try:
-            session = await manager.open_stream(pubsub, init.topic, dead_letter, dict(init.metadata))
+            pubsub = forwarder.component("pubsub", init.pubsub_name)
+            spec, session = await streams.open(pubsub, init.topic, dead_letter or None, dict(init.metadata))
+        except FrontError as exc:
+            await abort(context, exc.code, exc.message)
         except L8Error as exc:
             await abort(context, exc.code, str(exc))
-        reader = asyncio.create_task(_read(requests, session, manager))
+        reader = asyncio.create_task(_read(requests, session))
         try:
             yield messages.response(initial_response=messages.initial_response())
             async for event in session.events():
@@ -98,7 +131,7 @@ def stream_handler(forwarder: Forwarder, manager: SubscriberManager, messages: M
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            await manager.close_stream(session)
+            await streams.close(spec, session)
 
     return grpc.stream_stream_rpc_method_handler(
         subscribe,
@@ -107,16 +140,16 @@ def stream_handler(forwarder: Forwarder, manager: SubscriberManager, messages: M
     )
 
 
-async def _read(requests: AsyncIterator[Any], session: StreamSession, manager: SubscriberManager) -> None:
+async def _read(requests: AsyncIterator[Any], session: StreamSession) -> None:
     try:
         async for req in requests:
             kind = req.WhichOneof("subscribe_topic_events_request_type")
             if kind == "event_processed":
-                await session.processed(req.event_processed.id, req.event_processed.status.status)
+                session.processed(req.event_processed.id, req.event_processed.status.status)
             elif kind == "initial_request":
                 log.warning("a second initial_request on one subscription is ignored")
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
         log.debug("subscription stream ended: %s", exc)
     finally:
         # The client stopped sending: it can settle nothing more, so the stream ends.
-        await manager.close_stream(session)
+        session.close()

@@ -99,15 +99,19 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
     return Server(proc, port, data_dir)
 
 
-def start_redis(port: int | None = None) -> Server:
+def start_redis(port: int | None = None, data_dir: Path | None = None) -> Server:
+    """A redis-server; with ``data_dir`` it keeps an append-only file there, so a restart keeps its data."""
     port = port or free_port()
+    persistence = ["--appendonly", "no"]
+    if data_dir is not None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)]
     proc = subprocess.Popen(
-        [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_port(port, proc=proc)
-    return Server(proc, port)
+    return Server(proc, port, data_dir)
 
 
 def tansu_binary() -> str:

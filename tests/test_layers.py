@@ -36,3 +36,10 @@ def test_a_layer_imports_no_layer_above_it(package: str) -> None:
         if imported_packages(path) & FORBIDDEN[package]
     }
     assert not offenders, offenders
+
+
+def test_the_handlers_spelling_of_a_subject_token_is_the_bus_one() -> None:
+    from bus.subjects import TOKEN as BUS_TOKEN
+    from handlers.base import TOKEN as HANDLERS_TOKEN
+
+    assert HANDLERS_TOKEN.pattern == BUS_TOKEN.pattern

@@ -16,7 +16,7 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from dapr.proto.runtime.v1 import pubsub_pb2 as dapr_pubsub
 
 from handlers.proto import runtime_pb2 as pb
-from handlers.pubsub import Event
+from handlers.pubsub_envelope import Event
 from handlers.pubsub_rules import Routes, RuleError
 from runtime.sidecar import Sidecar
 from tests.conftest import SidecarFactory, native_stub, sidecar_config, unique
@@ -336,7 +336,7 @@ async def test_a_streaming_subscription_with_a_bad_first_message_is_refused(
 
 
 def test_data_base64_of_a_given_cloudevent_reaches_the_app_decoded() -> None:
-    from handlers.pubsub import decode
+    from handlers.pubsub_envelope import decode
 
     raw = json.dumps({"specversion": "1.0", "id": "1", "data_base64": base64.b64encode(b"\x00\x01").decode()})
     assert decode(raw.encode(), {}, "pubsub", "t").data == b"\x00\x01"

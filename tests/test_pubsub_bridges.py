@@ -23,9 +23,9 @@ from bridges import registry
 from bridges.errors import InvalidArgument, L8Error
 from bridges.protocols import PubSub, Received, Subscription
 from tests.conftest import unique
-from tests.servers import Server, start_redis, start_tansu
+from tests.servers import Server, start_nats, start_redis, start_tansu
 
-BRIDGES = ["kafka", "redis"]
+BRIDGES = ["kafka", "redis", "nats.jetstream"]
 
 # Short enough that takeovers and group joins happen within a test, long enough for a loaded box.
 REDIS_PROCESSING_TIMEOUT = 2.0
@@ -57,10 +57,14 @@ def spec_for(type_: str, request: pytest.FixtureRequest) -> Spec:
                 "redeliverInterval": "0.25s",
             },
         )
+    if type_ == "nats.jetstream":
+        nats_server = request.getfixturevalue("nats_server")
+        # Short, so that a message a dead subscriber held comes back within a test.
+        return Spec(type_, {"ackWaitSeconds": "2"}, nats_url=nats_server.url)
     raise AssertionError(f"no spec for pub/sub type {type_!r}")
 
 
-def private_broker(type_: str, port: int | None = None) -> tuple[Server, dict[str, str]]:
+def private_broker(type_: str, port: int | None = None, data_dir: Any = None) -> tuple[Server, dict[str, str]]:
     """A broker of the type's own for a test that restarts it, and the metadata pointing at it."""
     if type_ == "kafka":
         kafka = start_tansu(port)
@@ -68,15 +72,21 @@ def private_broker(type_: str, port: int | None = None) -> tuple[Server, dict[st
     if type_ == "redis":
         redis_server = start_redis(port)
         return redis_server, {"url": f"redis://127.0.0.1:{redis_server.port}"}
+    if type_ == "nats.jetstream":
+        nats_server = start_nats(data_dir, port)
+        return nats_server, {}
     raise AssertionError(f"no private broker for pub/sub type {type_!r}")
 
 
-async def open_pubsub(spec: Spec, **metadata: str) -> tuple[PubSub, Callable[[], Awaitable[None]]]:
+async def open_pubsub(
+    spec: Spec, nats_url: str | None = None, **metadata: str
+) -> tuple[PubSub, Callable[[], Awaitable[None]]]:
     nc = None
-    if spec.type.startswith("nats.") and spec.nats_url:
+    url = nats_url or spec.nats_url
+    if spec.type.startswith("nats.") and url:
         import nats
 
-        nc = await nats.connect(spec.nats_url)
+        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     env = registry.BridgeEnv(nats=nc, namespace="test", app_id=unique("app"))
     pubsub: PubSub = registry.create("pubsub", spec.type, "pubsub", {**spec.metadata, **metadata}, env)
     await pubsub.start()
@@ -346,13 +356,14 @@ async def test_a_subscription_keeps_working_after_the_broker_restarts(spec: Spec
     server, where = private_broker(spec.type)
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
-        pubsub, close = await open_pubsub(spec, **where)
+        nats_url = server.url if spec.type.startswith("nats.") else None
+        pubsub, close = await open_pubsub(spec, nats_url, **where)
         closers.append(close)
         topic, group = unique("t"), unique("g")
         sub = await pubsub.subscribe(topic, group, max_in_flight=10)
         assert await sub.fetch(10, 0.5) == []
         server.stop()
-        server, _ = private_broker(spec.type, server.port)
+        server, _ = private_broker(spec.type, server.port, server.data_dir)
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -101,6 +101,7 @@ class KafkaPubSub:
         self.limits = PubSubLimits(
             max_message_bytes=_int(metadata, "maxMessageBytes", 1 << 20),
             features=frozenset({"TTL", "ORDERED", "BULK_PUBLISH"}),
+            lease_seconds=self._max_poll_ms / 1000,
         )
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -285,6 +286,13 @@ class KafkaReceived:
     async def retry(self, delay: float) -> None:
         self._sub._retry(self, max(0.0, delay))
 
+    @property
+    def ref(self) -> str:
+        return f"partition {self._part.tp.partition} offset {self.offset}"
+
+    async def touch(self) -> None:
+        await self._sub.keep_alive()
+
 
 class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, pubsub: KafkaPubSub, topic: str, group: str, max_in_flight: int, ordered: bool) -> None:
@@ -304,6 +312,7 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
         self._rr = 0
+        self._last_poll = time.monotonic()
 
     async def start(self) -> None:
         with map_kafka_errors(f"pubsub {self._pubsub.name!r}: subscribing to {self.topic!r}"):
@@ -469,17 +478,33 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
                         # Nothing may be fetched until something is settled; a zero-time fetch
                         # still tells the group this member is alive and polling.
                         await self._consumer.getmany(timeout_ms=0)
+                        self._last_poll = time.monotonic()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._changed.wait(), wait)
                     else:
                         batches = await self._consumer.getmany(
                             timeout_ms=int(wait * 1000), max_records=max(1, min(max_messages, self._capacity()))
                         )
+                        self._last_poll = time.monotonic()
                         for tp, records in batches.items():
                             part = self._parts.get(tp)
                             if part is not None:
                                 part.buffer.extend(records)
         return []
+
+    async def keep_alive(self) -> None:
+        """Poll, fetching nothing, when no fetch has for a while: a member that does not poll within
+        ``maxPollIntervalMs`` leaves the group, and its partitions' unsettled messages go to another."""
+        if self._closed or self._fetch_lock.locked():
+            return
+        if time.monotonic() - self._last_poll < self._pubsub._max_poll_ms / 3000:
+            return
+        async with self._fetch_lock:
+            assigned = self._consumer.assignment()
+            self._consumer.pause(*assigned)
+            with contextlib.suppress(KafkaError, ConsumerStoppedError):
+                await self._consumer.getmany(timeout_ms=0)
+            self._last_poll = time.monotonic()
 
     async def close(self) -> None:
         if self._closed:

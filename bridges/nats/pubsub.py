@@ -92,6 +92,15 @@ class _Received:
         delivered: int = self._msg.metadata.num_delivered
         return delivered
 
+    @property
+    def ref(self) -> str:
+        return f"stream sequence {self._msg.metadata.sequence.stream}"
+
+    async def touch(self) -> None:
+        if not self._settled:
+            with map_nats_errors("pub/sub: in progress"):
+                await self._msg.in_progress()
+
     def _settle(self) -> bool:
         if self._settled:
             return False
@@ -160,7 +169,7 @@ class JetStreamSubscription:
             received = _Received(self._buf.popleft(), self._topic, self)
             self._unsettled.add(received)
             out.append(received)
-        if not self._buf:
+        if not self._buf and not self._closed:
             self._arrived.clear()
         return out
 
@@ -180,6 +189,8 @@ class JetStreamSubscription:
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout)
             except TimeoutError:
+                return []
+            if self._closed:
                 return []
         # A batch arrives back to back: let the rest of it land before handing it out.
         waited = 0
@@ -201,6 +212,7 @@ class JetStreamSubscription:
                 log.debug("unsubscribe of %r failed: %s", self._topic, exc)
         # Hand back what was fetched and never settled, so it is redelivered now, not after ack_wait.
         self._take(len(self._buf))
+        self._arrived.set()  # a fetch waiting for messages returns now, with none
         for received in list(self._unsettled):
             try:
                 await received.retry(0)
@@ -237,7 +249,7 @@ class JetStreamPubSub:
         if policy not in ("all", "new"):
             raise ValueError(f"deliverPolicy {policy!r} is neither 'all' nor 'new'")
         self._deliver_policy = DeliverPolicy.ALL if policy == "all" else DeliverPolicy.NEW
-        self.limits = PubSubLimits(features=frozenset({"TTL", "ORDERED", "BULK"}))
+        self.limits = PubSubLimits(features=frozenset({"TTL", "ORDERED", "BULK"}), lease_seconds=self._ack_wait)
         self._subs: set[JetStreamSubscription] = set()
         self._publish_sem = asyncio.Semaphore(_PUBLISH_PARALLELISM)
 
@@ -274,6 +286,9 @@ class JetStreamPubSub:
         self._subs.clear()
 
     async def publish(self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None) -> None:
+        limit = self.limits.max_message_bytes
+        if len(data) > limit:
+            raise InvalidArgument(f"message of {len(data)} bytes exceeds this pubsub's limit of {limit}")
         hdrs = dict(headers)
         if ttl is not None:
             hdrs[HDR_TTL] = f"{ttl}s"
@@ -296,6 +311,10 @@ class JetStreamPubSub:
     async def subscribe(
         self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False
     ) -> JetStreamSubscription:
+        if not topic or not group:
+            raise InvalidArgument("topic and group must not be empty")
+        if max_in_flight < 1:
+            raise InvalidArgument(f"max_in_flight must be at least 1, got {max_in_flight}")
         token = topic_token(topic)
         durable = _durable(group, token)
         config = ConsumerConfig(

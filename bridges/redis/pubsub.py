@@ -261,6 +261,13 @@ class RedisReceived:
     async def retry(self, delay: float) -> None:
         self._sub.retry(self, max(0.0, delay))
 
+    @property
+    def ref(self) -> str:
+        return f"stream id {self.id.decode(errors='replace')}"
+
+    async def touch(self) -> None:
+        """Nothing to do: the subscription refreshes the idle time of everything it holds."""
+
 
 class RedisSubscription:
     def __init__(self, pubsub: RedisPubSub, topic: str, group: str, consumer: str, max_in_flight: int) -> None:

@@ -27,7 +27,7 @@ class MetadataRoutes:
         ]
 
     async def get(self, request: Request, params: Params) -> Response:
-        return Response(200, orjson.dumps(self._metadata.describe()), {"content-type": "application/json"})
+        return Response(200, orjson.dumps(await self._metadata.describe()), {"content-type": "application/json"})
 
     async def put(self, request: Request, params: Params) -> Response:
         try:
