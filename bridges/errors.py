@@ -12,12 +12,20 @@ L8Error (INTERNAL)
 ├── Unimplemented (UNIMPLEMENTED)         the store lacks the feature asked for
 ├── DataLoss (DATA_LOSS)                  what the backend holds is not what was written
 └── BackendUnavailable (UNAVAILABLE)      the backend could not be reached; safe to retry
+
+An error may carry a ``reason``: Dapr's name for the failure (``DAPR_STATE_ILLEGAL_KEY``...), which
+the fronts put in a ``google.rpc.ErrorInfo``. Until bus error replies have a header of their own
+for it, the reason travels in front of the message as ``{{REASON}} `` (``str()`` of the error, which
+is what the worker host sends), and the fronts take it off again (``split_reason``).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from typing import ClassVar
+
+_REASON = re.compile(r"^\{\{([A-Z][A-Z0-9_]{0,63})\}\} ")
 
 
 class Code(enum.StrEnum):
@@ -60,6 +68,24 @@ def quote(value: str | bytes, limit: int = QUOTED) -> str:
 class L8Error(Exception):
     code: ClassVar[Code] = Code.INTERNAL
     retriable: ClassVar[bool] = False
+    reason: str = ""
+
+    def __init__(self, *args: object, reason: str = "") -> None:
+        super().__init__(*args)
+        if reason:
+            self.reason = reason
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{{{{{self.reason}}}}} {text}" if self.reason else text
+
+
+def split_reason(message: str) -> tuple[str, str]:
+    """(reason, message) of an error message that may carry a reason in front."""
+    found = _REASON.match(message)
+    if found is None:
+        return "", message
+    return found.group(1), message[found.end() :]
 
 
 class InvalidArgument(L8Error):

@@ -351,3 +351,19 @@ class OutputBinding(Component, Protocol):
         """Run ``operation`` within ``timeout`` seconds; a reply over ``max_reply`` bytes is refused
         with ResourceExhausted rather than read whole."""
         ...
+
+
+# ---- hello (Layotto's demo) ----
+
+
+class Hello(Component, Protocol):
+    """Layotto's demo building block: a greeting, optionally for ``name``."""
+
+    async def hello(self, name: str) -> str: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """A component that takes a new full metadata while it runs (Layotto's ApplyConfiguration)."""
+
+    async def apply(self, metadata: dict[str, str]) -> None: ...

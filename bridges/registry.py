@@ -67,13 +67,37 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "redis": "bridges.redis.bindings:RedisBinding",
         "local.dir": "bridges.localfs.bindings:LocalDirBinding",
     },
+    "hello": {
+        "helloworld": "bridges.helloworld.hello:HelloWorld",
+    },
 }
 
-KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings")
+# What each type's bridge declares in features(), for listing components a process does not run
+# (tests/test_dapr_http_metadata.py checks it against the running bridges).
+FEATURES: dict[tuple[str, str], frozenset[str]] = {
+    ("state", "nats.kv"): frozenset({"ETAG", "TRANSACTIONAL", "TTL"}),
+    ("state", "redis"): frozenset({"ETAG", "TRANSACTIONAL", "TTL"}),
+    ("configuration", "nats.kv"): frozenset({"WATCH"}),
+    ("configuration", "redis"): frozenset({"WATCH"}),
+    ("lock", "nats.kv"): frozenset({"TTL", "KEEPALIVE"}),
+    ("lock", "redis"): frozenset({"TTL", "KEEPALIVE"}),
+    ("sequencer", "nats.kv"): frozenset({"SEGMENT"}),
+    ("sequencer", "redis"): frozenset({"SEGMENT"}),
+    ("pubsub", "kafka"): frozenset({"TTL", "ORDERED", "BULK_PUBLISH"}),
+    ("pubsub", "redis"): frozenset({"TTL", "ORDERED", "BULK_PUBLISH"}),
+    ("pubsub", "nats.jetstream"): frozenset({"TTL", "ORDERED", "BULK"}),
+    ("hello", "helloworld"): frozenset({"APPLY_CONFIGURATION"}),
+}
+
+KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings", "hello")
 
 
 def types_for(kind: str) -> list[str]:
     return sorted(_REGISTRY.get(kind, {}))
+
+
+def features_of(kind: str, type_: str) -> frozenset[str]:
+    return FEATURES.get((kind, type_), frozenset())
 
 
 def is_registered(kind: str, type_: str) -> bool:

@@ -89,12 +89,15 @@ class KeyPrefix:
             return f"{self._component}{SEPARATOR}"
         return f"{self.rule}{SEPARATOR}"
 
-    def apply(self, key: str, app_id: str, what: str = "key") -> str:
+    def apply(self, key: str, app_id: str, what: str = "key", reason: str = "") -> str:
+        """``reason`` names the failure of a bad key for the fronts (Dapr's ErrorInfo reason)."""
         if not key:
-            raise InvalidArgument(f"{what} is empty")
+            raise InvalidArgument(f"{what} is empty", reason=reason)
         limits.check_size(key, limits.KEY, what)
         if SEPARATOR in key:
-            raise InvalidArgument(f"{what} {quote(key)} contains {SEPARATOR!r}, which l8 reserves for key prefixes")
+            raise InvalidArgument(
+                f"{what} {quote(key)} contains {SEPARATOR!r}, which l8 reserves for key prefixes", reason=reason
+            )
         if self.rule == "appid":
             if not app_id:
                 raise InvalidArgument("the caller has no app id, which keyPrefix 'appid' needs")

@@ -61,16 +61,22 @@ class LockHandler:
         return data
 
     def _resource(self, resource_id: str, owner: str, ctx: RequestInfo) -> str:
+        if not resource_id:
+            raise InvalidArgument("resource_id is empty", reason="DAPR_LOCK_RESOURCE_ID_EMPTY")
         resource = self.prefix.apply(resource_id, ctx.app_id, "resource_id")
         if not owner:
-            raise InvalidArgument("lock_owner is empty; give each would-be holder its own id, e.g. a UUID")
+            raise InvalidArgument(
+                "lock_owner is empty; give each would-be holder its own id, e.g. a UUID", reason="DAPR_LOCK_OWNER_EMPTY"
+            )
         limits.check_size(owner, limits.LOCK_OWNER, "lock_owner")
         return resource
 
 
 def _expire(expire: int) -> int:
     if expire <= 0:
-        raise InvalidArgument(f"expire must be a positive number of seconds; got {expire}")
+        raise InvalidArgument(
+            f"expire must be a positive number of seconds; got {expire}", reason="DAPR_LOCK_EXPIRY_NOT_POSITIVE"
+        )
     if expire > limits.LOCK_EXPIRE_SECONDS:
         raise InvalidArgument(f"expire may be at most {limits.LOCK_EXPIRE_SECONDS} seconds; got {expire}")
     return expire

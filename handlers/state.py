@@ -1,9 +1,10 @@
 """The State API: get, bulk get, save, delete, bulk delete and transactions on a StateStore.
 
 Semantics (DESIGN.md): a missing key reads as empty data; a given etag must match unless the
-request asks LAST_WRITE explicitly; FIRST_WRITE without an etag inserts only; every write rotates
-the etag; ``ttlInSeconds`` expires a key and reads report ``ttlExpireTime``. Each request is
-checked whole before anything is written, so bad input changes nothing.
+request asks LAST_WRITE explicitly (an etag "0" or "" is none, as in Layotto); FIRST_WRITE
+without an etag inserts only; every write rotates the etag; ``ttlInSeconds`` expires a key and
+reads report ``ttlExpireTime``. Each request is checked whole before anything is written, so bad
+input changes nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from bridges.errors import InvalidArgument, L8Error, Unimplemented, quote
+from bridges.errors import EtagMismatch, InvalidArgument, InvalidEtag, L8Error, Unimplemented, quote
 from bridges.protocols import StateDelete, StateEntry, StateOp, StateSet, StateStore
 from handlers import limits
 from handlers.base import KeyPrefix, RequestInfo, parse_ttl
@@ -22,6 +23,12 @@ FIRST_WRITE = pb.StateOptions.CONCURRENCY_FIRST_WRITE
 LAST_WRITE = pb.StateOptions.CONCURRENCY_LAST_WRITE
 _EMPTY = b""
 _MAX_PARALLELISM = 64
+# Dapr's ErrorInfo reasons of state failures.
+ILLEGAL_KEY = "DAPR_STATE_ILLEGAL_KEY"
+_REASONS: dict[type[L8Error], str] = {
+    InvalidEtag: "DAPR_STATE_ETAG_INVALID",
+    EtagMismatch: "DAPR_STATE_ETAG_MISMATCH",
+}
 
 
 class StateHandler:
@@ -44,13 +51,18 @@ class StateHandler:
         fn = self._ops.get(op)
         if fn is None:
             raise Unimplemented(f"state has no operation {quote(op)}")
-        return await fn(payload, ctx)
+        try:
+            return await fn(payload, ctx)
+        except L8Error as exc:
+            if not exc.reason:
+                exc.reason = _REASONS.get(type(exc), "")
+            raise
 
     async def get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetStateRequest.FromString(payload)
         if req.metadata:
             limits.check_map(req.metadata, "metadata")
-        entry = await self.store.get(self.prefix.apply(req.key, ctx.app_id))
+        entry = await self.store.get(self.prefix.apply(req.key, ctx.app_id, reason=ILLEGAL_KEY))
         if entry is None:
             return _EMPTY
         data: bytes = _entry_response(entry).SerializeToString()
@@ -60,7 +72,7 @@ class StateHandler:
         req = pb.GetBulkStateRequest.FromString(payload)
         limits.check_count(req.keys, limits.BULK, "keys")
         limits.check_map(req.metadata, "metadata")
-        stored = [self.prefix.apply(key, ctx.app_id, f"keys[{i}]") for i, key in enumerate(req.keys)]
+        stored = [self.prefix.apply(key, ctx.app_id, f"keys[{i}]", ILLEGAL_KEY) for i, key in enumerate(req.keys)]
         limit = asyncio.Semaphore(min(req.parallelism, _MAX_PARALLELISM) if req.parallelism > 0 else _MAX_PARALLELISM)
 
         async def one(key: str, full: str) -> pb.BulkStateItem:
@@ -90,11 +102,10 @@ class StateHandler:
     async def delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.DeleteStateRequest.FromString(payload)
         limits.check_map(req.metadata, "metadata")
-        key = self.prefix.apply(req.key, ctx.app_id)
-        etag = _etag(req.etag.value if req.HasField("etag") else "", "etag")
+        etag = _etag(req, "etag")
         if req.options.concurrency == LAST_WRITE:
             etag = None
-        await self.store.delete(StateDelete(key, etag))
+        await self.store.delete(StateDelete(self.prefix.apply(req.key, ctx.app_id, reason=ILLEGAL_KEY), etag))
         return _EMPTY
 
     async def bulk_delete(self, payload: bytes, ctx: RequestInfo) -> bytes:
@@ -106,11 +117,17 @@ class StateHandler:
 
     async def transaction(self, payload: bytes, ctx: RequestInfo) -> bytes:
         if "TRANSACTIONAL" not in self.store.features():
-            raise Unimplemented(f"state store {self.component!r} does not support transactions")
+            raise Unimplemented(
+                f"state store {self.component!r} does not support transactions",
+                reason="DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED",
+            )
         req = pb.ExecuteStateTransactionRequest.FromString(payload)
         limit = min(self.store.limits.max_transaction_ops, limits.BULK)
         if len(req.operations) > limit:
-            raise InvalidArgument(f"a transaction holds at most {limit} operations; got {len(req.operations)}")
+            raise InvalidArgument(
+                f"a transaction holds at most {limit} operations; got {len(req.operations)}",
+                reason="DAPR_STATE_TOO_MANY_TRANSACTIONS",
+            )
         limits.check_map(req.metadata, "metadata")
         ops: list[StateOp] = []
         for i, operation in enumerate(req.operations):
@@ -128,7 +145,7 @@ class StateHandler:
         return _EMPTY
 
     def _set_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateSet:
-        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
+        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key", ILLEGAL_KEY)
         limit = self.store.limits.max_value_bytes
         if len(item.value) > limit:
             raise InvalidArgument(
@@ -136,7 +153,7 @@ class StateHandler:
                 f"state store {self.component!r} takes at most {limit}"
             )
         limits.check_map(item.metadata, f"{where}.metadata")
-        etag = _etag(item.etag.value if item.HasField("etag") else "", f"{where}.etag")
+        etag = _etag(item, f"{where}.etag")
         concurrency = item.options.concurrency
         if concurrency == LAST_WRITE:
             etag = None
@@ -144,9 +161,9 @@ class StateHandler:
         return StateSet(key, item.value, etag, first_write=concurrency == FIRST_WRITE, ttl=ttl)
 
     def _delete_op(self, item: pb.StateItem, ctx: RequestInfo, where: str) -> StateDelete:
-        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key")
+        key = self.prefix.apply(item.key, ctx.app_id, f"{where}.key", ILLEGAL_KEY)
         limits.check_map(item.metadata, f"{where}.metadata")
-        etag = _etag(item.etag.value if item.HasField("etag") else "", f"{where}.etag")
+        etag = _etag(item, f"{where}.etag")
         if item.options.concurrency == LAST_WRITE:
             etag = None
         return StateDelete(key, etag)
@@ -166,9 +183,12 @@ class StateHandler:
                 raise result
 
 
-def _etag(value: str, what: str) -> str | None:
-    """A given etag, or None; a longer one than any store hands out is refused before it travels."""
-    if not value:
+def _etag(item: pb.StateItem | pb.DeleteStateRequest, what: str) -> str | None:
+    """The etag to check, if any. Layotto's SDKs send "0" for "no etag" (its Redis store reads
+    version 0 as unconditional), and Dapr's an empty one; both mean no etag here too. A longer one
+    than any store hands out is refused before it travels."""
+    value: str = item.etag.value
+    if value in ("", "0"):
         return None
     return limits.check_size(value, limits.ETAG, what)
 

@@ -1,4 +1,5 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `subscriptions`, `asyncapi` and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `subscriptions`, `asyncapi`,
+`config from-layotto` and `version`."""
 
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     subs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     subs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+    conf = sub.add_parser("config", help="convert configs")
+    conf_sub = conf.add_subparsers(dest="config_command", required=True)
+    layotto = conf_sub.add_parser("from-layotto", help="print an l8 config made from a Layotto JSON config")
+    layotto.add_argument("path", help="Layotto's config.json")
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -150,7 +156,11 @@ async def _serve(config: Config, *, serve: bool) -> int:
             return 1
         raise stopping_error
     try:
-        await stopping
+        # A signal, or Dapr's Shutdown call (gRPC or POST /v1.0/shutdown).
+        shutdown = asyncio.create_task(sidecar.shutdown_requested.wait())
+        await asyncio.wait({stopping, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopping, shutdown):
+            waiter.cancel()
         log.info("stopping: finishing calls in flight")
     finally:
         await sidecar.stop()
@@ -188,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"l8 {__version__}")
+        return 0
+    if args.command == "config":
+        from runtime.layotto_config import convert_file
+
+        try:
+            conversion = convert_file(args.path)
+        except ConfigError as exc:
+            print(f"l8: config error: {exc}", file=sys.stderr)
+            return 2
+        for note in conversion.notes:
+            print(f"l8: {note}", file=sys.stderr)
+        print(conversion.render(), end="")
         return 0
     try:
         config = config_from_args(args)

@@ -28,6 +28,7 @@ HANDLERS = {
     "file": "handlers.file:FileHandler",
     "secrets": "handlers.secrets:SecretsHandler",
     "bindings": "handlers.bindings:BindingsHandler",
+    "hello": "handlers.hello:HelloHandler",
 }
 
 

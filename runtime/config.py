@@ -22,7 +22,7 @@ from handlers import limits
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 # Building blocks whose handlers exist; grows with each capability.
-API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub", "file", "secrets", "bindings")
+API_NAMES = ("state", "configuration", "lock", "sequencer", "pubsub", "file", "secrets", "bindings", "hello")
 
 
 class ConfigError(Exception):
@@ -178,6 +178,13 @@ class ServerConfig(_Model):
     tls: ServerTlsConfig = Field(default_factory=ServerTlsConfig)
     # Where `l8 worker` serves its health probes (--http-port); none by default.
     worker_http: str | None = None
+    # The HTTP port's bounds: the request head's size and time to arrive, an idle connection's life,
+    # and how many connections may be open (a new one past the cap takes the place of the oldest
+    # waiting one). Bodies are bounded by max_message_bytes.
+    http_max_header_bytes: int = Field(default=16 << 10, ge=1024, le=1 << 20)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    http_idle_timeout: float = Field(default=60.0, gt=0, le=86400)
+    http_max_connections: int = Field(default=1024, ge=1, le=100_000)
 
     @field_validator("grpc", "http", "worker_http")
     @classmethod

@@ -366,10 +366,19 @@ def _ender(outbox: Outbox[Any]) -> End:
 # ---- native: spec.proto.runtime.v1.Runtime/SubscribeConfiguration ----
 
 
+SNAPSHOT = "snapshot"  # request metadata: "true" asks for the current items first
+
+
+def wants_snapshot(request: pb.SubscribeConfigurationRequest) -> bool:
+    value: str = request.metadata.get(SNAPSHOT, "")
+    return value.lower() == "true"
+
+
 def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
-    """Bidi stream: each inbound request adds a subscription; its first response carries the
-    current items of its keys (empty when none exist), later ones the changed items, deletes as
-    items with empty content. A bad request ends the stream with its error."""
+    """Bidi stream: each inbound request adds a subscription. Responses carry changed items,
+    deletes as items with empty content, and never come empty (Layotto's SDKs hand every response
+    to the app as a change). A request with metadata ``snapshot: "true"`` gets the current items
+    of its keys first, when there are any. A bad request ends the stream with its error."""
 
     async def call(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -378,6 +387,8 @@ def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
         subs: list[Subscription] = []
 
         def deliver(sub: Subscription, changes: list[Change], first: bool) -> None:
+            if not changes or (first and not wants_snapshot(sub.request)):
+                return
             outbox.push(
                 pb.SubscribeConfigurationResponse(
                     store_name=sub.store_name, app_id=sub.app_id, items=[c.item() for c in changes]
@@ -393,7 +404,9 @@ def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:
                         raise FrontError(
                             Code.INVALID_ARGUMENT, f"the request is not a valid SubscribeConfigurationRequest: {exc}"
                         ) from None
-                    sub = await hub.open(request, context, deliver, _ender(outbox))
+                    # Without a snapshot the read only seeds the versions the changes are checked against.
+                    snapshot = wants_snapshot(request)
+                    sub = await hub.open(request, context, deliver, _ender(outbox), contents=snapshot)
                     subs.append(sub)
             except FrontError as exc:
                 outbox.fail(exc.code, exc.message)

@@ -8,17 +8,15 @@ and gRPC answers them UNIMPLEMENTED, which is what the SDK expects of a sidecar 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 
-from runtime import __version__, native
-from runtime.config import Config
-from runtime.forward import Forwarder, forwarding_handler
-
-if TYPE_CHECKING:
-    from runtime.subscriptions import Announcer
+from bridges.errors import Code
+from runtime import native
+from runtime.forward import Forwarder, FrontError, abort, forwarding_handler
+from runtime.metadata import Metadata
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
 
@@ -38,45 +36,74 @@ ROUTES["BulkPublishEventAlpha1"] = native.ROUTES["PublishBulkEvent"]
 ROUTES.update({name: native.ROUTES[name] for name in ("GetSecret", "GetBulkSecret", "InvokeBinding")})
 
 
-async def metadata_response(config: Config, announcer: Announcer | None = None) -> Any:
-    # Imported on first use: the Dapr message set is large and only this rpc needs it.
+async def metadata_response(metadata: Metadata) -> Any:
+    # Imported on first use: the Dapr message set is large and only these rpcs need it.
     from dapr.proto.runtime.v1 import metadata_pb2
 
-    resp = metadata_pb2.GetMetadataResponse(id=config.app.id, runtime_version=f"l8-{__version__}")
-    for name, comp in sorted(config.components.items()):
-        resp.registered_components.add(name=name, type=f"{comp.kind}.{comp.type}", version="v1")
-    resp.extended_metadata["namespace"] = config.namespace
-    kinds = {"config": metadata_pb2.DECLARATIVE, "app": metadata_pb2.PROGRAMMATIC, "stream": metadata_pb2.STREAMING}
-    for row in await announcer.report() if announcer is not None else ():
-        sub = resp.subscriptions.add(
-            pubsub_name=row["pubsub"],
-            topic=row["topic"],
-            dead_letter_topic=row.get("dead_letter_topic") or "",
-            type=kinds.get(row["origin"], metadata_pb2.UNKNOWN),
+    described = await metadata.describe()
+    resp = metadata_pb2.GetMetadataResponse(id=described["id"], runtime_version=described["runtimeVersion"])
+    for comp in described["components"]:
+        resp.registered_components.add(
+            name=comp["name"], type=comp["type"], version=comp["version"], capabilities=comp["capabilities"]
         )
-        sub.metadata["l8.state"] = row["state"]
-        if row.get("reason"):
-            sub.metadata["l8.reason"] = row["reason"]
-        for match, path in row.get("rules", ()):
-            sub.rules.rules.add(match=match, path=path)
-        if row.get("default_route") is not None and "rules" in row:
-            sub.rules.rules.add(match="", path=row["default_route"])
+    resp.extended_metadata.update(described["extended"])
+    kinds = {
+        "DECLARATIVE": metadata_pb2.DECLARATIVE,
+        "PROGRAMMATIC": metadata_pb2.PROGRAMMATIC,
+        "STREAMING": metadata_pb2.STREAMING,
+    }
+    for spec in described["subscriptions"]:
+        sub = resp.subscriptions.add(
+            pubsub_name=spec["pubsubname"],
+            topic=spec["topic"],
+            dead_letter_topic=spec["deadLetterTopic"],
+            type=kinds.get(spec["type"], metadata_pb2.UNKNOWN),
+        )
+        # l8's delivery state of the subscription, where Dapr's message has room for it.
+        sub.metadata["l8.state"] = spec["state"]
+        if spec["reason"]:
+            sub.metadata["l8.reason"] = spec["reason"]
+        for rule in spec["rules"]:
+            sub.rules.rules.add(match=rule["match"], path=rule["path"])
+    connection = described["appConnectionProperties"]
+    resp.app_connection_properties.protocol = connection["protocol"]
+    resp.app_connection_properties.max_concurrency = connection["maxConcurrency"]
+    resp.app_connection_properties.port = connection.get("port", 0)
+    resp.app_connection_properties.channel_address = connection.get("channelAddress", "")
     return resp
 
 
 def dapr_service(
     forwarder: Forwarder,
-    config: Config,
+    metadata: Metadata,
     special: Mapping[str, grpc.RpcMethodHandler] | None = None,
-    announcer: Announcer | None = None,
+    shutdown: Callable[[], None] | None = None,
 ) -> grpc.GenericRpcHandler:
     """``special`` holds the rpcs not forwarded as they came to a component's worker."""
 
     async def get_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        data: bytes = (await metadata_response(config, announcer)).SerializeToString()
+        data: bytes = (await metadata_response(metadata)).SerializeToString()
         return data
+
+    async def set_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        from dapr.proto.runtime.v1 import metadata_pb2
+
+        req = metadata_pb2.SetMetadataRequest.FromString(request)
+        try:
+            metadata.set(req.key, req.value)
+        except FrontError as exc:
+            await abort(context, exc.code, exc.message)
+        return b""
+
+    async def shutdown_call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if shutdown is None:
+            await abort(context, Code.UNIMPLEMENTED, "this l8 cannot be shut down over gRPC")
+        shutdown()
+        return b""
 
     handlers = {name: forwarding_handler(forwarder, *route) for name, route in ROUTES.items()}
     handlers["GetMetadata"] = grpc.unary_unary_rpc_method_handler(get_metadata)
+    handlers["SetMetadata"] = grpc.unary_unary_rpc_method_handler(set_metadata)
+    handlers["Shutdown"] = grpc.unary_unary_rpc_method_handler(shutdown_call)
     handlers.update(special or {})
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

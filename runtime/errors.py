@@ -1,10 +1,11 @@
-"""The one table: l8 status code ↔ gRPC status ↔ HTTP status; and bus errors to status codes."""
+"""The one table: l8 status code ↔ gRPC status ↔ HTTP status; bus errors to status codes; and
+Dapr's rich error details (``google.rpc.Status`` with an ``ErrorInfo``) for a reason."""
 
 from __future__ import annotations
 
 import grpc
 
-from bridges.errors import Code
+from bridges.errors import Code, split_reason
 from bus.errors import (
     BusClosed,
     BusError,
@@ -57,13 +58,48 @@ def code_of_grpc(status: grpc.StatusCode) -> Code:
     return _BY_GRPC.get(status, Code.UNKNOWN)
 
 
+DOMAIN = "dapr.io"
+DETAILS_KEY = "grpc-status-details-bin"
+
+
 def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
     """The status and message a caller sees for a bus failure while serving ``what``."""
+    code, message, _ = failure(exc, what)
+    return code, message
+
+
+def failure(exc: BusError, what: str) -> tuple[Code, str, str]:
+    """``from_bus_error`` and the reason a worker gave, if any."""
     if isinstance(exc, RemoteError | StreamBroken):
+        reason, message = split_reason(exc.message)
         try:
-            return Code(exc.code), exc.message
+            return Code(exc.code), message, reason
         except ValueError:
-            return Code.UNKNOWN, exc.message
+            return Code.UNKNOWN, message, reason
+    return (*_bus_failure(exc, what), "")
+
+
+def status_details(
+    code: Code, message: str, reason: str, metadata: dict[str, str] | None = None, resource: tuple[str, str] = ("", "")
+) -> bytes:
+    """A serialized ``google.rpc.Status`` carrying Dapr's ErrorInfo (and ResourceInfo), the value of
+    ``grpc-status-details-bin``."""
+    from google.protobuf import any_pb2  # type: ignore[import-untyped]
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=TABLE[code][0].value[0], message=message)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
+    status.details.append(info)
+    if resource[1]:
+        where = any_pb2.Any()
+        where.Pack(error_details_pb2.ResourceInfo(resource_type=resource[0], resource_name=resource[1]))
+        status.details.append(where)
+    data: bytes = status.SerializeToString()
+    return data
+
+
+def _bus_failure(exc: BusError, what: str) -> tuple[Code, str]:
     if isinstance(exc, NoResponders):
         return (
             Code.UNAVAILABLE,

@@ -26,6 +26,7 @@ _NAMES = {
     "file": "file store",
     "secrets": "secret store",
     "bindings": "binding",
+    "hello": "hello component",
 }
 # Fields the front bounds before forwarding, by (api, op): (field number, limit, name). Only what
 # reaches a subject on its way to a backend: a topic becomes a JetStream subject token. Keys and
@@ -34,6 +35,14 @@ _BOUNDED: dict[tuple[str, str], tuple[tuple[int, int, str], ...]] = {
     ("pubsub", "publish"): ((2, limits.TOPIC, "topic"),),
     ("pubsub", "bulkpublish"): ((2, limits.TOPIC, "topic"),),
 }
+# Dapr's ErrorInfo reasons for an unknown or unnamed component, by api.
+NOT_FOUND = {
+    "state": "DAPR_STATE_NOT_FOUND",
+    "pubsub": "DAPR_PUBSUB_NOT_FOUND",
+    "lock": "DAPR_LOCK_NOT_FOUND",
+    "configuration": "DAPR_CONFIGURATION_STORE_NOT_FOUND",
+}
+NAME_EMPTY = {"pubsub": "DAPR_PUBSUB_NAME_EMPTY"}
 
 
 class Forwarder:
@@ -72,8 +81,16 @@ class Forwarder:
         noun = _NAMES.get(api, api)
         listed = ", ".join(known) if known else "none"
         if not name:
-            raise FrontError(Code.INVALID_ARGUMENT, f"the {noun} name is empty; configured: {listed}")
-        raise FrontError(Code.INVALID_ARGUMENT, f"{noun} {quote(name)} is not configured; configured: {listed}")
+            reason = NAME_EMPTY.get(api) or NOT_FOUND.get(api, "")
+            raise FrontError(
+                Code.INVALID_ARGUMENT, f"the {noun} name is empty; configured: {listed}", reason, (api, "")
+            )
+        raise FrontError(
+            Code.INVALID_ARGUMENT,
+            f"{noun} {quote(name)} is not configured; configured: {listed}",
+            NOT_FOUND.get(api, ""),
+            (api, name[:64]),
+        )
 
     def subject(self, api: str, component: str, op: str) -> str:
         key = (api, component, op)
@@ -116,14 +133,25 @@ class Forwarder:
                 if len(bytes_field(request, number)) > limit:
                     raise FrontError(Code.INVALID_ARGUMENT, f"the {field} is longer than {limit} bytes")
         except FrontError as exc:
-            await abort(context, exc.code, exc.message)
+            await abort(context, exc.code, exc.message, exc.reason, exc.resource)
         except Malformed as exc:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid protobuf message: {exc}")
         return await self.send(
-            self.subject(api, component, op), request, context, f"{_NAMES.get(api, api)} {component!r}"
+            self.subject(api, component, op),
+            request,
+            context,
+            f"{_NAMES.get(api, api)} {component!r}",
+            (api, component),
         )
 
-    async def send(self, subject: str, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], what: str) -> bytes:
+    async def send(
+        self,
+        subject: str,
+        payload: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        what: str,
+        resource: tuple[str, str] = ("", ""),
+    ) -> bytes:
         limit = self._bus.max_payload - ENVELOPE
         if len(payload) > limit:
             await abort(
@@ -134,23 +162,36 @@ class Forwarder:
         try:
             return await self._bus.call(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
         except BusError as exc:
-            code, message = errors.from_bus_error(exc, what)
+            code, message, reason = errors.failure(exc, what)
             if code is Code.DEADLINE_EXCEEDED:
                 message += f" after {time.monotonic() - started:.3f}s"
-            await abort(context, code, message)
+            await abort(context, code, message, reason, resource)
 
     async def call(
-        self, subject: str, payload: bytes, *, timeout: float | None = None, traceparent: str | None = None, what: str
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
+        what: str,
+        resource: tuple[str, str] = ("", ""),
     ) -> bytes:
-        """A request of the front's own (no gRPC call behind it); failures raise FrontError."""
+        """A request of the front's own (no gRPC call behind it, or an HTTP one); failures raise
+        FrontError."""
         timeout = self._default_timeout if timeout is None else timeout
+        limit = self._bus.max_payload - ENVELOPE
+        if len(payload) > limit:
+            raise FrontError(
+                Code.INVALID_ARGUMENT, f"the request is {len(payload)} bytes; the bus carries at most {limit}"
+            )
         try:
             return await self._bus.call(
                 subject, payload, timeout=timeout, headers=request_headers(timeout, traceparent)
             )
         except BusError as exc:
-            code, message = errors.from_bus_error(exc, what)
-            raise FrontError(code, message) from None
+            code, message, reason = errors.failure(exc, what)
+            raise FrontError(code, message, reason, resource) from None
 
 
 def traceparent_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -162,10 +203,14 @@ def traceparent_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 
 class FrontError(Exception):
-    def __init__(self, code: Code, message: str) -> None:
+    """A failure a front reports: its code, message, and Dapr's reason and resource when known."""
+
+    def __init__(self, code: Code, message: str, reason: str = "", resource: tuple[str, str] = ("", "")) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
+        self.resource = resource
 
 
 async def parse(message: Any, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -176,8 +221,19 @@ async def parse(message: Any, data: bytes, context: grpc.aio.ServicerContext[Any
         await abort(context, Code.INVALID_ARGUMENT, f"the request is not a valid {message.DESCRIPTOR.name}: {exc}")
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], code: Code, message: str) -> NoReturn:
-    await context.abort(errors.grpc_status(code), message)
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: Code,
+    message: str,
+    reason: str = "",
+    resource: tuple[str, str] = ("", ""),
+) -> NoReturn:
+    """End the call with ``code``; with a reason, Dapr's rich details go in the trailers."""
+    if reason:
+        details = errors.status_details(code, message, reason, resource=resource)
+        await context.abort(errors.grpc_status(code), message, ((errors.DETAILS_KEY, details),))
+    else:
+        await context.abort(errors.grpc_status(code), message)
     raise AssertionError("abort returns only by raising")  # pragma: no cover
 
 

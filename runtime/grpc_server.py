@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from runtime import auth, configuration, dapr, file, native
+from runtime import auth, configuration, dapr, file, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
 from runtime.invoke import Invoker, grpc_handler
+from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
 from runtime.streaming import Streams
 
@@ -52,8 +54,18 @@ class _LazyReflection(grpc.GenericRpcHandler):  # type: ignore[misc]
 
 
 class GrpcServer:
-    def __init__(self, config: Config, forwarder: Forwarder, invoker: Invoker, streams: Streams | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        forwarder: Forwarder,
+        invoker: Invoker,
+        streams: Streams | None = None,
+        metadata: Metadata | None = None,
+        shutdown: Callable[[], None] | None = None,
+    ) -> None:
         self._config = config
+        self._metadata = metadata or Metadata(config, streams.announcer.report if streams else None)
+        self._shutdown = shutdown
         self._forwarder = forwarder
         self._invoker = invoker
         self._streams = streams
@@ -98,9 +110,8 @@ class GrpcServer:
         server.add_generic_rpc_handlers(
             (
                 native.native_service(self._forwarder, native_special),
-                dapr.dapr_service(
-                    self._forwarder, self._config, dapr_special, self._streams.announcer if self._streams else None
-                ),
+                dapr.dapr_service(self._forwarder, self._metadata, dapr_special, self._shutdown),
+                lifecycle.lifecycle_service(self._forwarder),
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -110,6 +121,7 @@ class GrpcServer:
                     (
                         native.SERVICE,
                         dapr.SERVICE,
+                        lifecycle.SERVICE,
                         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                         REFLECTION_SERVICE,
                     )

@@ -1,7 +1,7 @@
 """Service invocation: method M of app X, called through the bus.
 
 Caller side (``Invoker``): the fronts (native and Dapr ``InvokeService``, Dapr's HTTP
-``/v1.0/invoke/{app}/method/{method}``) send Dapr's ``common.v1.InvokeRequest`` bytes on
+``/v1.0/invoke/{app}/method/{method}`` in runtime/dapr_http/invoke.py) send Dapr's ``common.v1.InvokeRequest`` bytes on
 ``l8.<ns>.app.<X>.invoke.<caller>``. The request's metadata travels in ``l8-md-*`` bus headers beside the
 caller's app id, its deadline and its traceparent.
 
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,16 +35,13 @@ from bus.connection import ENVELOPE
 from bus.errors import BusTimeout, NoResponders, RemoteError
 from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
 from handlers import limits
-from handlers.proto import runtime_pb2 as pb
 from runtime import errors
 from runtime.app_channel import AppCallError, AppChannel
 from runtime.forward import FrontError, abort
-from runtime.http import Request, Response
 from runtime.routing import Malformed, bytes_field, string_field
 
 log = logging.getLogger("l8.invoke")
 
-HTTP_PREFIX = "/v1.0/invoke/"
 HDR_META = "l8-md-"  # bus headers that carry the caller's metadata to the app, and the app's back
 # Dapr's names for the metadata that tells an app who called it.
 CALLER_APP_ID = "dapr-caller-app-id"
@@ -54,7 +50,7 @@ CALLEE_APP_ID = "dapr-callee-app-id"
 _SUBJECTS = 1024  # invocation subjects remembered; beyond that the memory starts again
 _META_KEY = re.compile(r"^[0-9a-z_.-]+$")
 # Connection-level HTTP headers and what gRPC or l8 set themselves never reach the app as metadata.
-_NOT_METADATA = frozenset(
+NOT_METADATA = frozenset(
     {
         "host",
         "connection",
@@ -74,7 +70,6 @@ _NOT_METADATA = frozenset(
         CALLEE_APP_ID,
     }
 )
-_VERBS = frozenset(pb.HTTPExtension.Verb.keys()) - {"NONE"}
 
 Metadata = list[tuple[str, str | bytes]]
 
@@ -92,7 +87,7 @@ def metadata_headers(pairs: Iterable[tuple[str, str | bytes]]) -> tuple[dict[str
         if key == HDR_TRACEPARENT and isinstance(value, str) and _printable(value):
             traceparent = value
             continue
-        if key in _NOT_METADATA or key.startswith(("grpc-", ":", "l8-")) or not _META_KEY.match(key):
+        if key in NOT_METADATA or key.startswith(("grpc-", ":", "l8-")) or not _META_KEY.match(key):
             continue
         if key.endswith("-bin"):
             raw = value if isinstance(value, bytes) else value.encode()
@@ -251,55 +246,6 @@ def grpc_handler(invoker: Invoker) -> grpc.RpcMethodHandler:
         return result.data
 
     return grpc.unary_unary_rpc_method_handler(call)
-
-
-def _http_error(code: Code, message: str) -> Response:
-    body = json.dumps({"errorCode": "ERR_DIRECT_INVOKE", "message": message, "code": code.value}).encode()
-    return Response(errors.http_status(code), body, {"content-type": "application/json"})
-
-
-def http_route(invoker: Invoker) -> Callable[[Request], Awaitable[Response]]:
-    """Dapr's ``/v1.0/invoke/{app}/method/{method}``: any verb; the query string, the body, its
-    content type and the headers (as metadata) reach the app; the app's data and content type
-    come back, and an app error as the HTTP status of its code."""
-
-    async def route(request: Request) -> Response:
-        app_id, sep, method = request.path[len(HTTP_PREFIX) :].partition("/method/")
-        if not sep:
-            return _http_error(
-                Code.INVALID_ARGUMENT, f"{request.path} is not /v1.0/invoke/{{app-id}}/method/{{method}}"
-            )
-        if request.method not in _VERBS:
-            return _http_error(Code.INVALID_ARGUMENT, f"HTTP verb {request.method} cannot be passed on to an app")
-        content_type = request.headers.get("content-type", "")
-        message = pb.CommonInvokeRequest(
-            method=method,
-            content_type=content_type,
-            http_extension=pb.HTTPExtension(
-                verb=pb.HTTPExtension.Verb.Value(request.method), querystring=request.query
-            ),
-        )
-        message.data.value = request.body
-        metadata, traceparent = metadata_headers(request.headers.items())
-        try:
-            result = await invoker.invoke(
-                app_id,
-                method,
-                message.SerializeToString(),
-                timeout=None,
-                metadata=metadata,
-                traceparent=traceparent,
-            )
-        except FrontError as exc:
-            return _http_error(exc.code, exc.message)
-        answer = pb.InvokeResponse.FromString(result.data)
-        headers = {k: v for k, v in result.metadata if isinstance(v, str) and k not in _NOT_METADATA}
-        if answer.content_type:
-            headers["content-type"] = answer.content_type
-        # A response to HEAD carries no body, whatever the app answered.
-        return Response(200, b"" if request.method == "HEAD" else answer.data.value, headers)
-
-    return route
 
 
 # ---- target side ----

@@ -39,6 +39,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "GetSecret": ("secrets", "get"),
     "GetBulkSecret": ("secrets", "bulkget"),
     "InvokeBinding": ("bindings", "invoke"),
+    "SayHello": ("hello", "say"),
 }
 # Rpcs whose component name is not field 1 of the request: the path of field numbers to it.
 NAME_AT: dict[str, tuple[int, ...]] = {"ListFile": (1, 1), "DelFile": (1, 1), "GetFileMeta": (1, 1)}

@@ -35,7 +35,7 @@ from bus.stream import serve_streams
 from handlers.base import guarded
 from handlers.pubsub import PubSubHandler
 from handlers.pubsub_registry import Deliveries
-from runtime.actuator import Routes, split_address
+from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.auth import http_context
 from runtime.components import Components
@@ -45,8 +45,10 @@ from runtime.event_server import EventServer
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, HealthMonitor, Status
-from runtime.http import HttpServer
-from runtime.invoke import InvokeHandler, Invoker, http_route
+from runtime.http import HttpServer, Limits
+from runtime.http import Router as HttpRouter
+from runtime.invoke import InvokeHandler, Invoker
+from runtime.metadata import Metadata
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
@@ -78,6 +80,9 @@ class Sidecar:
         self.board: Board | None = None
         self.deliveries: list[Deliveries] = []
         self.worker_id = uuid.uuid4().hex[:12]
+        self.metadata: Metadata | None = None
+        # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
+        self.shutdown_requested = asyncio.Event()
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -168,7 +173,7 @@ class Sidecar:
         self.supervisor.spawn("health-probes", self.monitor.run)
         if not self.serve:
             if cfg.server.worker_http is not None:
-                await self._start_http("server.worker_http", cfg.server.worker_http, Routes(cfg, self.health))
+                await self._start_http("server.worker_http", cfg.server.worker_http, probes_router(cfg, self.health))
             return
         app_token = cfg.app.api_token()
         if cfg.app.callback is not None:
@@ -187,10 +192,16 @@ class Sidecar:
         forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
-        self.grpc = GrpcServer(cfg, forwarder, invoker, Streams(self.announcer, self.events))
+        live = self.components.served
+        self.metadata = Metadata(cfg, self.announcer.report, lambda: {s.name: s.bridge.features() for s in live})
+        self.grpc = GrpcServer(
+            cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
+        )
         await self.grpc.start()
-        routes = Routes(cfg, self.health, http_route(invoker), subscriptions=self.announcer.report)
-        await self._start_http("server.http", cfg.server.http, routes)
+        router = http_router(
+            cfg, self.health, forwarder, invoker, self.metadata, self.grpc.configuration, self.shutdown_requested.set
+        )
+        await self._start_http("server.http", cfg.server.http, router)
         if self.embedded is not None:
             # So that `l8 subscriptions` finds the embedded bus.
             (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
@@ -218,10 +229,18 @@ class Sidecar:
     def _health_of(self, name: str, up: bool, reason: str) -> None:
         self.health.set(name, Status.UP if up else Status.DOWN, reason)
 
-    async def _start_http(self, field: str, address: str, routes: Routes) -> None:
+    async def _start_http(self, field: str, address: str, router: HttpRouter) -> None:
         host, port = split_address(address)
-        tls = self.config.server.tls
-        self.http = HttpServer(host, port, routes, http_context(tls) if tls.enabled else None)
+        cfg = self.config
+        limits = Limits(
+            max_body_bytes=cfg.server.max_message_bytes,
+            max_header_bytes=cfg.server.http_max_header_bytes,
+            header_timeout=cfg.server.http_header_timeout,
+            idle_timeout=cfg.server.http_idle_timeout,
+            max_connections=cfg.server.http_max_connections,
+        )
+        tls = cfg.server.tls
+        self.http = HttpServer(host, port, router, limits, http_context(tls) if tls.enabled else None)
         try:
             await self.http.start()
         except OSError as exc:

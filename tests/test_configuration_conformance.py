@@ -67,13 +67,29 @@ class Env:
         assert self.front.grpc is not None
         return self.front.grpc.configuration.subscriptions
 
+    async def opened(self, count: int) -> None:
+        """Wait until the front holds ``count`` live subscriptions (native streams send no
+        acknowledgement: their responses are changes only)."""
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while self.subscriptions() < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{self.subscriptions()} of {count} subscriptions"
+            await asyncio.sleep(0.01)
+
 
 class Watch:
-    """One native SubscribeConfiguration stream; ``more`` adds subscriptions to it."""
+    """One native SubscribeConfiguration stream; ``more`` adds subscriptions to it. With
+    ``snapshot`` a subscription asks for the current items first."""
 
-    def __init__(self, stub: runtime_pb2_grpc.RuntimeStub, *keys: str, group: str = "", store: str = "configstore"):
+    def __init__(
+        self,
+        stub: runtime_pb2_grpc.RuntimeStub,
+        *keys: str,
+        group: str = "",
+        store: str = "configstore",
+        snapshot: bool = False,
+    ):
         self._outgoing: asyncio.Queue[pb.SubscribeConfigurationRequest | None] = asyncio.Queue()
-        self._outgoing.put_nowait(pb.SubscribeConfigurationRequest(store_name=store, keys=list(keys), group=group))
+        self.more(*keys, group=group, store=store, snapshot=snapshot)
         self.responses: asyncio.Queue[pb.SubscribeConfigurationResponse] = asyncio.Queue()
         self.call = stub.SubscribeConfiguration(self._requests())
         self.error: grpc.aio.AioRpcError | None = None
@@ -96,8 +112,11 @@ class Watch:
         finally:
             self.ended.set()
 
-    def more(self, *keys: str, group: str = "", store: str = "configstore") -> None:
-        self._outgoing.put_nowait(pb.SubscribeConfigurationRequest(store_name=store, keys=list(keys), group=group))
+    def more(self, *keys: str, group: str = "", store: str = "configstore", snapshot: bool = False) -> None:
+        metadata = {"snapshot": "true"} if snapshot else {}
+        self._outgoing.put_nowait(
+            pb.SubscribeConfigurationRequest(store_name=store, keys=list(keys), group=group, metadata=metadata)
+        )
 
     async def next(self) -> pb.SubscribeConfigurationResponse:
         get = asyncio.create_task(self.responses.get())
@@ -105,7 +124,9 @@ class Watch:
         done, _ = await asyncio.wait({get, ended}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
         if get in done:
             ended.cancel()
-            return get.result()
+            resp = get.result()
+            assert resp.items, "a native subscription sent an empty response"
+            return resp
         get.cancel()
         ended.cancel()
         raise AssertionError(f"no response within {DEADLINE}s (stream ended: {self.ended.is_set()}, {self.error})")
@@ -360,13 +381,12 @@ async def test_other_bad_input_is_invalid_says_what_is_wrong_and_changes_nothing
 
 async def test_three_subscribers_each_see_exactly_their_own_keys_updates_additions_and_deletes(env: Env) -> None:
     await env.put("k1a", "before")
-    one = Watch(env.stub, "k1a", "k1b", "fence1")
-    two = Watch(env.stub, "k2a", "fence2")
+    one = Watch(env.stub, "k1a", "k1b", "fence1", snapshot=True)
+    two = Watch(env.stub, "k2a", "fence2", snapshot=True)  # nothing to send yet: no response
     three = Watch(env.stub, group="g3")  # every key of group g3
     first = await one.next()
     assert [(i.key, i.content) for i in first.items] == [("k1a", "before")]
-    assert list((await two.next()).items) == []
-    assert list((await three.next()).items) == []
+    await env.opened(3)
 
     await env.put("k1a", "updated")
     await env.put("k2a", "added")
@@ -388,27 +408,30 @@ async def test_three_subscribers_each_see_exactly_their_own_keys_updates_additio
         await watch.close()
 
 
-async def test_one_stream_holds_many_subscriptions_and_each_first_response_carries_current_items(env: Env) -> None:
+async def test_one_stream_holds_many_subscriptions_and_sends_current_items_only_to_those_that_ask(
+    env: Env,
+) -> None:
     await env.put("m1", "one")
     await env.put("m2", "two", group="gm")
-    watch = Watch(env.stub, "m1")
+    await env.put("m3", "three")
+    watch = Watch(env.stub, "m1", snapshot=True)
     assert [(i.key, i.content) for i in (await watch.next()).items] == [("m1", "one")]
-    watch.more(group="gm")
+    watch.more(group="gm", snapshot=True)
     first = await watch.next()
     assert [(i.key, i.content, i.group) for i in first.items] == [("m2", "two", "gm")]
+    watch.more("m3")  # no snapshot: its first response is its first change
+    await env.opened(3)
     await env.put("m2", "changed", group="gm")
     await env.put("m1", "changed")
-    seen = [(i.key, i.content) for i in (await watch.next()).items]
-    seen += [(i.key, i.content) for i in (await watch.next()).items]
-    assert seen == [("m2", "changed"), ("m1", "changed")]
+    await env.put("m3", "changed")
+    seen = [(i.key, i.content) for _ in range(3) for i in (await watch.next()).items]
+    assert seen == [("m2", "changed"), ("m1", "changed"), ("m3", "changed")]
     await watch.close()
 
 
 async def test_a_cancelled_stream_does_not_end_the_other_subscriptions(env: Env) -> None:
     watches = [Watch(env.stub, "shared", f"fence{i}") for i in range(3)]
-    for w in watches:
-        await w.next()
-    assert env.subscriptions() == 3
+    await env.opened(3)
     await watches[1].close()
     deadline = asyncio.get_running_loop().time() + DEADLINE
     while env.subscriptions() != 2:
@@ -484,8 +507,8 @@ async def test_a_change_written_while_a_subscription_opens_is_neither_lost_nor_r
             await env.put("race", str(i))
 
     task = asyncio.create_task(writer())
-    watch = Watch(env.stub, "race")
-    seen = [i.content for i in (await watch.next()).items]
+    watch = Watch(env.stub, "race", snapshot=True)
+    seen: list[str] = []
     await task
     while not seen or seen[-1] != str(writes - 1):
         seen += [i.content for i in (await watch.next()).items]
@@ -500,7 +523,7 @@ async def test_two_workers_watching_one_store_deliver_each_change_once(
     cfg = env.workers[0].config
     await make_sidecar(cfg.model_copy(), serve=False)
     watch = Watch(env.stub, "twice", "tfence")
-    await watch.next()
+    await env.opened(1)
     await env.put("twice", "1")
     await env.put("twice", "2")
     await env.delete("twice")
@@ -513,7 +536,7 @@ async def test_subscriptions_survive_a_restart_of_the_worker(
     env: Env, nats_server: Server, make_sidecar: SidecarFactory
 ) -> None:
     watch = Watch(env.stub, "rw", "rfence")
-    await watch.next()
+    await env.opened(1)
     cfg = env.workers[0].config
     await env.workers[0].stop()
     await make_sidecar(cfg.model_copy(), serve=False)
@@ -529,7 +552,7 @@ async def test_redis_watchers_resync_after_their_connection_is_killed(redis_env:
     env = redis_env
     assert env.redis_server is not None
     watch = Watch(env.stub, "lost", "lfence")
-    await watch.next()
+    await env.opened(1)
     admin = aioredis.Redis(port=env.redis_server.port)
     try:
         killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -560,7 +583,7 @@ async def test_a_front_cut_off_from_the_bus_catches_up_on_what_its_subscribers_m
         await writer.put("changed", "before")
         await writer.put("deleted", "before")
         cut_off = Env(front, [], None)
-        watch = Watch(cut_off.stub, "changed", "deleted", "created", "cfence")
+        watch = Watch(cut_off.stub, "changed", "deleted", "created", "cfence", snapshot=True)
         assert sorted((i.key, i.content) for i in (await watch.next()).items) == [
             ("changed", "before"),
             ("deleted", "before"),
@@ -592,7 +615,7 @@ async def test_a_front_cut_off_from_the_bus_catches_up_on_what_its_subscribers_m
 async def test_a_large_item_full_of_characters_that_json_escapes_reaches_subscribers_whole(env: Env) -> None:
     big = '"\\\n' * 200_000  # 600 kB; escaped as JSON it would not fit in one bus message
     watch = Watch(env.stub, "big")
-    await watch.next()
+    await env.opened(1)
     await env.put("big", big)
     assert [(i.key, i.content) for i in (await watch.next()).items] == [("big", big)]
     assert (await env.get("big"))["big"].content == big
@@ -619,7 +642,7 @@ async def test_with_key_prefix_appid_each_app_sees_its_own_keys_unless_it_names_
         pb.GetConfigurationRequest(store_name="configstore", app_id="billing", keys=["limit"])
     )
     assert [(i.key, i.content) for i in other.items] == [("limit", "99")]
-    watch = Watch(orders.stub, "limit", "pfence")
+    watch = Watch(orders.stub, "limit", "pfence", snapshot=True)
     assert [i.content for i in (await watch.next()).items] == ["10"]
     await billing.put("limit", "100")
     await orders.put("limit", "11")

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from handlers.proto import runtime_pb2 as pb
@@ -99,17 +100,21 @@ def test_the_native_api_drives_state_end_to_end_and_health_and_reflection_answer
         assert got.data == b"v" and got.etag
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        try:
-            stub.SayHello(pb.SayHelloRequest())
-        except grpc.RpcError as exc:
-            assert exc.code() is grpc.StatusCode.UNIMPLEMENTED
-            assert "SayHello" in (exc.details() or "")
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.GetSecret(pb.GetSecretRequest(store_name="secrets", key="k"))
+        assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "'secrets' is not configured" in (unknown.value.details() or "")  # type: ignore[attr-defined]
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         answers = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for a in answers for s in a.list_services_response.service}
-        assert {"spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr", "grpc.health.v1.Health"} <= names
+        assert {
+            "spec.proto.runtime.v1.Runtime",
+            "spec.proto.runtime.v1.Lifecycle",
+            "dapr.proto.runtime.v1.Dapr",
+            "grpc.health.v1.Health",
+        } <= names
         # Reflection and the Dapr messages load on first use: each service must still be described.
         for symbol in ("spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr"):
             answers = reflect.ServerReflectionInfo(
@@ -132,11 +137,17 @@ def test_the_actuator_reports_health_info_and_metadata(nats_server: Server) -> N
             assert json.loads(r.read())["app"]["name"] == "l8"
         with urllib.request.urlopen(base + "/v1.0/metadata") as r:
             meta = json.loads(r.read())
-            assert meta["components"] == [{"name": "statestore", "type": "state.nats.kv", "version": "v1"}]
-        try:
+            assert meta["components"] == [
+                {
+                    "name": "statestore",
+                    "type": "state.nats.kv",
+                    "version": "v1",
+                    "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
+                }
+            ]
+        with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(base + "/nope")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404
+        assert missing.value.code == 404
 
 
 def test_readiness_stays_down_while_a_component_cannot_start_and_l8_exits_non_zero() -> None:

@@ -340,13 +340,14 @@ async def test_bad_invocations_are_invalid_argument_saying_what_is_wrong(apps: A
         raw = channel.unary_unary("/spec.proto.runtime.v1.Runtime/InvokeService")
         message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, raw, b"\x0a\x05ab", timeout=30)
         assert "not a valid InvokeServiceRequest" in message
-    for path, what in [
-        ("/v1.0/invoke//method/echo", "app id is empty"),
-        (f"/v1.0/invoke/{apps.beta}/method/", "method name is empty"),
-        (f"/v1.0/invoke/{apps.beta}/echo", "is not /v1.0/invoke/"),
+    for path, code, what in [
+        ("/v1.0/invoke//method/echo", 400, "app id is empty"),
+        (f"/v1.0/invoke/{apps.beta}/method/", 400, "method name is empty"),
+        (f"/v1.0/invoke/{apps.beta}/method/..", 400, "method name is empty"),
+        (f"/v1.0/invoke/{apps.beta}/echo", 404, "no route for /v1.0/invoke/"),
     ]:
         status, _, body = http(apps.alpha.sidecar, "POST", path, b"{}")
-        assert status == 400, (path, body)
+        assert status == code, (path, body)
         assert what in json.loads(body)["message"]
 
 

@@ -209,6 +209,21 @@ async def test_first_write_without_an_etag_inserts_only(env: tuple[Sidecar, Stor
     assert (await store.get("fw")).data == b"after delete"
 
 
+async def test_an_etag_of_zero_or_empty_means_no_etag_as_layotto_sdks_send_it(env: tuple[Sidecar, Store]) -> None:
+    _, store = env
+    await store.save("z", b"1", etag="0")
+    await store.save("z", b"2", etag="0")
+    await store.save("z", b"3", etag="")
+    assert (await store.get("z")).data == b"3"
+    await store.transact(("upsert", Store.item("z", b"4", etag="0")))
+    assert (await store.get("z")).data == b"4"
+    await store.save("z0", b"1", etag="0", first_write=True)
+    code, _ = await code_of(store.save("z0", b"2", etag="0", first_write=True))
+    assert code is grpc.StatusCode.ABORTED
+    await store.delete("z", etag="0")
+    assert (await store.get("z")).data == b""
+
+
 async def test_transactions_apply_in_order(env: tuple[Sidecar, Store]) -> None:
     _, store = env
     await store.save("t1", b"old")

@@ -1,0 +1,1 @@
+"""Layotto's demo component: a greeting kept in the process, no backend behind it."""
