@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from runtime import __version__
@@ -19,8 +20,16 @@ def _json(status: int, body: Any) -> Response:
 
 
 class Routes:
-    def __init__(self, config: Config, health: Health, invoke: Router | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        health: Health,
+        invoke: Router | None = None,
+        *,
+        functions: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self._config = config
+        self._functions = functions  # the wasm functions' rows for /v1.0/metadata
         self._health = health
         self._invoke = invoke  # Dapr's /v1.0/invoke/{app}/method/{method}, any verb
         self._exact = {
@@ -67,15 +76,15 @@ class Routes:
             {"name": name, "type": f"{c.kind}.{c.type}", "version": "v1"}
             for name, c in sorted(self._config.components.items())
         ]
-        return _json(
-            200,
-            {
-                "id": self._config.app.id,
-                "runtimeVersion": f"l8-{__version__}",
-                "components": components,
-                "extended": {"namespace": self._config.namespace},
-            },
-        )
+        body: dict[str, Any] = {
+            "id": self._config.app.id,
+            "runtimeVersion": f"l8-{__version__}",
+            "components": components,
+            "extended": {"namespace": self._config.namespace},
+        }
+        if self._functions is not None:
+            body["functions"] = self._functions()
+        return _json(200, body)
 
 
 def split_address(address: str) -> tuple[str, int]:

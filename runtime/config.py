@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bridges import registry
 from bus.subjects import TOKEN
+from runtime.function_config import FunctionConfig, WasmConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -193,6 +194,9 @@ class Config(_Model):
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     # Seconds l8 waits for the app to answer one OnTopicEvent / OnBulkTopicEvent call.
     delivery_timeout: float = Field(default=60.0, gt=0)
+    # WebAssembly functions run by this sidecar (runtime/function_config.py, docs/wasm-abi.md).
+    functions: list[FunctionConfig] = Field(default_factory=list)
+    wasm: WasmConfig = Field(default_factory=WasmConfig)
 
     @field_validator("namespace")
     @classmethod
@@ -229,6 +233,12 @@ class Config(_Model):
                     f"subscriptions[{i}].pubsub: {sub.pubsub!r} is not a configured pub/sub component; "
                     f"configured: {', '.join(pubsubs) or 'none'}"
                 )
+        names = [f.name for f in self.functions]
+        for i, name in enumerate(names):
+            if name in names[:i] or name == self.app.id:
+                raise ValueError(f"functions[{i}].name: {name!r} is already the name of the app or of a function")
+            if not self.functions[i].module:
+                raise ValueError(f"functions[{i}].module: the path of the .wasm file is empty")
         if self.subscriptions and self.app.callback is None:
             raise ValueError("subscriptions: delivering events needs the app's callback (app.callback / --app-port)")
         return self

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridges.registry import BridgeEnv
 from bus import Bus, EmbeddedNats, WorkerHost, subjects
@@ -26,6 +27,9 @@ from runtime.health import Health, Status
 from runtime.http import HttpServer
 from runtime.invoke import Invoker, InvokeServer, http_route
 from runtime.subscriber import Bridges, SubscriberManager
+
+if TYPE_CHECKING:
+    from runtime.functions import SidecarFunctions
 
 log = logging.getLogger("l8")
 
@@ -47,6 +51,7 @@ class Sidecar:
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.subscriber: SubscriberManager | None = None
+        self.functions: SidecarFunctions | None = None
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -101,6 +106,12 @@ class Sidecar:
             self.workers.add(served.api, served.name, served.handler)
         await self.workers.start()
         await self._start_watchers()
+        if self.serve and cfg.functions:
+            # Imported only when functions are configured: wasmtime is large to load.
+            from runtime.functions import SidecarFunctions
+
+            self.functions = SidecarFunctions(cfg, self.bus)
+            await self.functions.start()
         if self.serve:
             if cfg.app.callback is not None:
                 # Only a sidecar that can reach its app answers the app's invocations; one
@@ -126,7 +137,8 @@ class Sidecar:
             self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber)
             await self.grpc.start()
             host, port = split_address(cfg.server.http)
-            self.http = HttpServer(host, port, Routes(cfg, self.health, http_route(invoker)))
+            rows = self.functions.rows if self.functions is not None else None
+            self.http = HttpServer(host, port, Routes(cfg, self.health, http_route(invoker), functions=rows))
             try:
                 await self.http.start()
             except OSError as exc:
@@ -164,6 +176,8 @@ class Sidecar:
             await self.http.stop()
         if self.invocations is not None:
             await self.invocations.stop()
+        if self.functions is not None:
+            await self.functions.stop()
         if self.workers is not None:
             await self.workers.stop()
         if self.components is not None:

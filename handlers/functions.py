@@ -1,0 +1,200 @@
+"""WebAssembly functions: a module under a name, run in wasmtime with hard limits (ABI ``l8/1``,
+docs/wasm-abi.md; the engine, instances and host calls are in handlers/wasm/).
+
+A ``Function`` owns a thread pool of ``limits.concurrency`` threads; each thread keeps an instance
+of the current version and reuses it. ``load`` compiles (through the disk cache) and checks a new
+version off the event loop, then swaps it in one assignment: calls that began on the old version
+finish on it, later calls take the new one. A function whose module failed to load still exists:
+it answers every call at once with UNAVAILABLE and the reason.
+
+``serve(op, payload, ctx)`` answers an invocation (Dapr's ``InvokeRequest`` bytes, op ``invoke``)
+with ``InvokeResponse`` bytes, so the function can answer the invocation subject of its name as an
+app's sidecar does. ``on_event`` runs ``l8_on_event`` on one event and answers its verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridges.errors import Unimplemented
+from handlers.proto import runtime_pb2 as pb
+from handlers.wasm import abi, engine
+from handlers.wasm.abi import ModuleError
+from handlers.wasm.errors import FunctionAnswered, FunctionUnavailable
+from handlers.wasm.host import Allow, Dispatcher, HostOps
+from handlers.wasm.instance import Limits, Version
+
+log = logging.getLogger("l8.functions")
+
+__all__ = ["Allow", "Function", "FunctionSpec", "Limits", "ModuleError", "Verdict"]
+
+
+class CallInfo(Protocol):
+    """What a call knows of its caller (the bus's RequestContext satisfies it)."""
+
+    @property
+    def app_id(self) -> str: ...
+
+    @property
+    def deadline(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    name: str
+    invoke: bool = True
+    limits: Limits = field(default_factory=Limits)
+    allow: Allow = field(default_factory=Allow)
+
+
+class Verdict(enum.Enum):
+    """How ``l8_on_event`` settled an event."""
+
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    DROP = "DROP"
+
+
+def _content_type(data: bytes) -> str:
+    try:
+        json.loads(data)
+    except ValueError:
+        return "application/octet-stream"
+    return "application/json"
+
+
+class Function:
+    """One named function; ``start``/``stop`` are idempotent, ``load`` swaps versions atomically."""
+
+    def __init__(self, spec: FunctionSpec, dispatcher: Dispatcher, *, cache_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._dispatcher = dispatcher
+        self._cache_dir = cache_dir
+        self._version: Version | None = None
+        self.reason = "not loaded yet"
+        self._pool: ThreadPoolExecutor | None = None
+        self._ops: HostOps | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._state = "new"
+
+    @property
+    def status(self) -> str:
+        """``ok`` when a version serves, else ``failed`` (see ``reason``)."""
+        return "ok" if self._version is not None else "failed"
+
+    @property
+    def digest(self) -> str | None:
+        return self._version.digest if self._version is not None else None
+
+    @property
+    def version(self) -> Version | None:
+        return self._version
+
+    async def start(self) -> None:
+        if self._state != "new":
+            return
+        self._state = "running"
+        self._ops = HostOps(self.name, self.spec.allow, self._dispatcher, asyncio.get_running_loop())
+        self._pool = ThreadPoolExecutor(self.spec.limits.concurrency, thread_name_prefix=f"l8-fn-{self.name}")
+        engine.ticker.acquire()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Take no more calls; let those running finish (each is bounded by the function's deadline)."""
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        self._version = None
+        self.reason = "stopped"
+        engine.ticker.release()
+
+    async def load(self, wasm: bytes) -> Version:
+        """Compile and check ``wasm``, then make it the serving version; ModuleError says why not."""
+        if self._state != "running" or self._pool is None or self._ops is None:
+            raise ModuleError(f"function {self.name} is not running")
+        ops = self._ops
+        spec = self.spec
+
+        def build() -> Version:
+            compiled = engine.compile_module(wasm, self._cache_dir)
+            version = Version(spec.name, compiled, spec.limits, ops)
+            if spec.invoke and not version.shape.on_invoke:
+                raise ModuleError(f"it does not export {abi.ON_INVOKE!r}, which invoke: true needs")
+            version.check_instance()
+            return version
+
+        version = await asyncio.get_running_loop().run_in_executor(self._pool, build)
+        self._version = version
+        self.reason = ""
+        return version
+
+    def fail(self, reason: str) -> None:
+        """Record why the module could not load; calls answer it while no version serves."""
+        self.reason = reason
+
+    async def _run(self, export: str, meta: Mapping[str, Any], data: bytes, deadline: float | None) -> tuple[int, bytes]:
+        version = self._version
+        if version is None or self._pool is None:
+            raise FunctionUnavailable(f"function {self.name} is not available: {self.reason}")
+        limit = time.monotonic() + version.limits.timeout_ms / 1000
+        until = limit if deadline is None else min(deadline, limit)
+        payload = abi.encode_input(meta, data)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, version.run, export, payload, until)
+        self._inflight.add(future)
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._inflight.discard(future)
+
+    async def serve(self, op: str, payload: bytes, ctx: CallInfo) -> bytes:
+        """An invocation of the function's name: ``InvokeRequest`` bytes in, ``InvokeResponse`` out."""
+        if op != "invoke":
+            raise Unimplemented(f"function {self.name} has no operation {op!r}")
+        if not self.spec.invoke:
+            raise Unimplemented(f"function {self.name} is not invocable (invoke: false)")
+        req = pb.CommonInvokeRequest.FromString(payload)
+        verb = pb.HTTPExtension.Verb.Name(req.http_extension.verb) if req.HasField("http_extension") else ""
+        metadata = {"dapr-caller-app-id": ctx.app_id} if ctx.app_id else {}
+        meta = {
+            "method": req.method,
+            "content_type": req.content_type,
+            "verb": "" if verb == "NONE" else verb,
+            "querystring": req.http_extension.querystring,
+            "metadata": metadata,
+        }
+        out = await self.invoke(meta, req.data.value, deadline=ctx.deadline)
+        reply = pb.InvokeResponse(content_type=_content_type(out))
+        reply.data.value = out
+        data: bytes = reply.SerializeToString()
+        return data
+
+    async def invoke(self, meta: Mapping[str, Any], data: bytes, *, deadline: float | None = None) -> bytes:
+        """Run ``l8_on_invoke``: its output, or FunctionAnswered when it answers a negative value."""
+        r, out = await self._run(abi.ON_INVOKE, meta, data, deadline)
+        if r < 0:
+            raise FunctionAnswered(f"function {self.name} answered error {r} to method {meta.get('method', '')!r}")
+        return out
+
+    async def on_event(
+        self, meta: Mapping[str, Any], data: bytes, *, deadline: float | None = None
+    ) -> tuple[Verdict, bytes]:
+        """Run ``l8_on_event`` on one event: SUCCESS, RETRY or DROP (a trap or limit raises FunctionError)."""
+        r, out = await self._run(abi.ON_EVENT, meta, data, deadline)
+        if r >= 0:
+            return Verdict.SUCCESS, out
+        return (Verdict.DROP if r == abi.DROP else Verdict.RETRY), b""
