@@ -13,6 +13,20 @@
   (data (i32.const 128) "}")
   (data (i32.const 136) "0")
 
+  ;; After a JSON key: skips blanks and the colon up to the string's opening quote; answers the
+  ;; byte after it, or 0 when what follows is not a string.
+  (func $value_start (param $at i32) (param $end i32) (result i32)
+    (local $c i32)
+    (block $done
+      (loop $skip
+        (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+        (local.set $c (i32.load8_u (local.get $at)))
+        (local.set $at (i32.add (local.get $at) (i32.const 1)))
+        (if (i32.eq (local.get $c) (i32.const 34)) (then (return (local.get $at))))
+        (br_if $skip (i32.or (i32.or (i32.eq (local.get $c) (i32.const 32)) (i32.eq (local.get $c) (i32.const 58)))
+                             (i32.or (i32.eq (local.get $c) (i32.const 9)) (i32.eq (local.get $c) (i32.const 10)))))))
+    (i32.const 0))
+
   ;; The state key count-<customer>, as (ptr << 32 | len).
   (func $key (param $cust i32) (param $cust_len i32) (result i64)
     (local $k i32)
@@ -36,9 +50,11 @@
     (local $req i32) (local $end i32) (local $ev i32) (local $ev_end i32)
     (local.set $data (i32.add (i32.add (local.get $ptr) (i32.const 4)) (i32.load (local.get $ptr))))
     (local.set $data_len (i32.sub (i32.add (local.get $ptr) (local.get $len)) (local.get $data)))
-    (local.set $pos (call $find (local.get $data) (local.get $data_len) (i32.const 80) (i32.const 12)))
+    (local.set $pos (call $find (local.get $data) (local.get $data_len) (i32.const 80) (i32.const 10)))
     (if (i32.lt_s (local.get $pos) (i32.const 0)) (then (return (i64.const -2))))
-    (local.set $cust (i32.add (i32.add (local.get $data) (local.get $pos)) (i32.const 12)))
+    (local.set $cust (call $value_start (i32.add (i32.add (local.get $data) (local.get $pos)) (i32.const 10))
+                                        (i32.add (local.get $data) (local.get $data_len))))
+    (if (i32.eqz (local.get $cust)) (then (return (i64.const -2))))
     (local.set $cust_len
       (call $find (local.get $cust) (i32.sub (i32.add (local.get $data) (local.get $data_len)) (local.get $cust))
                   (i32.const 80) (i32.const 1)))

@@ -253,10 +253,17 @@ class _Instance:
             return FunctionTimeout(f"function {name} ran past its deadline (limits.timeoutMs {limits.timeout_ms})")
         if code is wasmtime.TrapCode.OUT_OF_FUEL:
             return FunctionLimit(f"function {name} used up its fuel (limits.fuel {limits.fuel})")
-        message = engine._first_line(exc.message)
+        lines = [line.strip() for line in exc.message.splitlines() if line.strip()]
+        # The last line says what happened ("wasm `unreachable` instruction executed"); the
+        # backtrace before it is noise to the caller.
+        message = (lines[-1] if lines else "unknown trap")[:300]
+        if code is not None:
+            message = f"{code.name.lower()}: {message}"
         cap = limits.memory_mb << 20
-        if self.memory.data_len(self.store) + 65536 > cap:
-            message += f" (its memory is at the cap of {limits.memory_mb} MiB, limits.memoryMb)"
+        used = self.memory.data_len(self.store)
+        if used * 2 >= cap:
+            # Most likely a memory.grow the cap refused, which the guest then gave up on.
+            message += f" (its memory is {used / 2**20:.1f} MiB of its cap of {limits.memory_mb} MiB, limits.memoryMb)"
         return FunctionError(f"function {name} trapped: {message}")
 
     def call(self, export: str, data: bytes, deadline: float) -> tuple[int, bytes]:
