@@ -1,4 +1,4 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `asyncapi` and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers, deployed functions), `wasm`, `asyncapi`, `version`."""
 
 from __future__ import annotations
 
@@ -47,7 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--handlers", help=f"apis to serve, comma separated: {', '.join(API_NAMES)} (workers)")
     worker.add_argument("--namespace", help="the namespace on the bus (namespace)")
     worker.add_argument("--concurrency", type=int, help="requests handled at once (concurrency)")
+    worker.add_argument("--wasm", action="store_true", help="serve the functions deployed with `l8 wasm deploy`")
+    worker.add_argument("--data-dir", help="where compiled modules are cached, in wasm-cache/ (data_dir)")
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    from runtime.fleet_cli import add_wasm_parser
+
+    add_wasm_parser(sub)
 
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
     spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
@@ -96,11 +102,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _serve(config: Config, *, serve: bool) -> int:
+async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     from runtime.components import ComponentError
     from runtime.sidecar import Sidecar
 
     sidecar = Sidecar(config, serve=serve)
+    fleet: Any = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,9 +121,18 @@ async def _serve(config: Config, *, serve: bool) -> int:
         log.error("%s", exc)
         return 1
     try:
+        if wasm:
+            from runtime.fleet import FleetWorker
+
+            assert sidecar.bus is not None
+            fleet = FleetWorker(config, sidecar.bus)
+            await fleet.start()
+            log.info("l8 worker serves deployed functions of namespace %s", config.namespace)
         await stop.wait()
         log.info("stopping: finishing calls in flight")
     finally:
+        if fleet is not None:
+            await fleet.stop()
         await sidecar.stop()
     return 0
 
@@ -153,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(render(config, ask_app=args.app_port is not None))
         return 0
+    if args.command == "wasm":
+        from runtime.fleet_cli import run_wasm
+
+        return _run_loop(run_wasm(args, config))
     if args.command == "worker":
         if config.bus.embedded:
             print(
@@ -160,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        if not config.apis():
+        if args.handlers is None and args.wasm:
+            config = config.model_copy(update={"workers": "none"})
+        if not config.apis() and not args.wasm:
             print("l8: config error: workers: a worker needs at least one api in --handlers", file=sys.stderr)
             return 2
-        return _run_loop(_serve(config, serve=False))
+        return _run_loop(_serve(config, serve=False, wasm=args.wasm))
     return _run_loop(_serve(config, serve=True))
 
 

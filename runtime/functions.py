@@ -79,10 +79,16 @@ class FunctionHost:
         return self.function.name
 
     async def start(self) -> None:
+        """Start the function; it answers nothing until ``open``, so load a module first."""
         if self._state != "new":
             return
         self._state = "running"
         await self.function.start()
+
+    async def open(self) -> None:
+        """Join the function's queue group (idempotent)."""
+        if self._state != "running" or self._workers is not None:
+            return
         if self.function.spec.invoke:
             self._workers = WorkerHost(
                 self._bus,
@@ -156,6 +162,8 @@ class SidecarFunctions:
         for watched in self._watched:
             await watched.host.start()
             await self._load(watched, first=True)
+            # Opened even when the load failed: its calls then answer the reason at once.
+            await watched.host.open()
         if self._watched:
             self._task = asyncio.create_task(self._watch(), name="l8-functions-reload")
 
