@@ -147,7 +147,9 @@ class Function:
         """Record why the module could not load; calls answer it while no version serves."""
         self.reason = reason
 
-    async def _run(self, export: str, meta: Mapping[str, Any], data: bytes, deadline: float | None) -> tuple[int, bytes]:
+    async def _run(
+        self, export: str, meta: Mapping[str, Any], data: bytes, deadline: float | None
+    ) -> tuple[int, bytes]:
         version = self._version
         if version is None or self._pool is None:
             raise FunctionUnavailable(f"function {self.name} is not available: {self.reason}")

@@ -239,7 +239,9 @@ class FleetWorker:
             self._served[name] = _Served(host, spec["config"])
             if served is not None:
                 await served.host.stop()
-        log.info("function %s serves sha256 %s (%s)", name, version.digest[:12], "cached" if version.cached else "compiled")
+        log.info(
+            "function %s serves sha256 %s (%s)", name, version.digest[:12], "cached" if version.cached else "compiled"
+        )
 
     def _new_host(self, config: FunctionConfig) -> FunctionHost:
         return FunctionHost(

@@ -111,7 +111,9 @@ async def run_wasm(args: argparse.Namespace, config: Config) -> int:
             except ModuleError as exc:
                 print(f"l8: wasm deploy: module {args.file} is refused: {exc}", file=sys.stderr)
                 return 1
-            print(f"deployed {function.name}: sha256 {spec['sha256']}, {spec['size']} bytes, revision {spec['revision']}")
+            print(
+                f"deployed {function.name}: sha256 {spec['sha256']}, {spec['size']} bytes, revision {spec['revision']}"
+            )
         elif args.verb == "list":
             for spec in await fleet.listing(bus, config.namespace):
                 cfg = spec["config"]

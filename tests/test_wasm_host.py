@@ -53,9 +53,11 @@ async def make_function(sidecar: Sidecar, tmp_path: Path) -> AsyncIterator[MakeF
     assert sidecar.bus is not None
     dispatcher = BusDispatcher(sidecar.bus, sidecar.config.namespace)
 
-    async def make(wasm: bytes, *, allow: Allow = Allow(), limits: Limits = Limits(), name: str = "") -> Function:
+    async def make(
+        wasm: bytes, *, allow: Allow | None = None, limits: Limits | None = None, name: str = ""
+    ) -> Function:
         fn = Function(
-            FunctionSpec(name or unique("fn"), invoke=True, limits=limits, allow=allow),
+            FunctionSpec(name or unique("fn"), invoke=True, limits=limits or Limits(), allow=allow or Allow()),
             dispatcher,
             cache_dir=tmp_path / "cache",
         )
@@ -348,10 +350,10 @@ async def test_compiled_modules_are_cached_on_disk_by_content(
 
 async def test_instances_are_reused_per_thread(make_function: MakeFunction) -> None:
     counter = mods.invoke_module(
-        "(global.set $n (i64.add (global.get $n) (i64.const 1))) (i64.store (i32.const 0) (global.get $n)) (i64.const 8)",
+        "(global.set $n (i64.add (global.get $n) (i64.const 1)))"
+        " (i64.store (i32.const 0) (global.get $n)) (i64.const 8)",
         extra="(global $n (mut i64) (i64.const 0))",
     )
     fn = await make_function(counter, limits=Limits(concurrency=1))
     seen = [struct.unpack("<q", await fn.invoke({}, b""))[0] for _ in range(5)]
     assert seen == [1, 2, 3, 4, 5]
-

@@ -112,7 +112,9 @@ async def test_a_function_also_answers_the_http_route_with_verb_and_querystring_
     path = tmp_path / "meta.wasm"
     path.write_bytes(meta_echo)
     sidecar = await make_sidecar(
-        sidecar_config(nats_server.url, COMPONENTS, functions=[{"name": "meta-fn", "module": str(path), "invoke": True}])
+        sidecar_config(
+            nats_server.url, COMPONENTS, functions=[{"name": "meta-fn", "module": str(path), "invoke": True}]
+        )
     )
     assert sidecar.http is not None
     url = f"http://127.0.0.1:{sidecar.http.port}/v1.0/invoke/meta-fn/method/orders/list?page=2"

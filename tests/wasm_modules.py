@@ -31,7 +31,7 @@ _IMPORTS = """
 """
 
 
-def invoke_module(body: str, *, memory: str = "(memory (export \"memory\") 4)", extra: str = "") -> bytes:
+def invoke_module(body: str, *, memory: str = '(memory (export "memory") 4)', extra: str = "") -> bytes:
     """A module whose l8_on_invoke is ``body`` (params $p $n, result i64), input at 65536."""
     return wat(
         f"""(module {_IMPORTS}
@@ -50,7 +50,8 @@ PROBE = invoke_module(
     (local.set $data (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
     (local.set $len (i32.sub (i32.add (local.get $p) (local.get $n)) (local.get $data)))
     (local.set $r (call $call (i32.load (local.get $data)) (i32.add (local.get $data) (i32.const 8))
-                             (i32.sub (local.get $len) (i32.const 8)) (i32.const 8) (i32.load offset=4 (local.get $data))))
+                             (i32.sub (local.get $len) (i32.const 8)) (i32.const 8)
+                             (i32.load offset=4 (local.get $data))))
     (i64.store (i32.const 0) (local.get $r))
     (if (i64.lt_s (local.get $r) (i64.const 0)) (then (return (i64.const 8))))
     (if (i64.gt_s (local.get $r) (i64.extend_i32_u (i32.load offset=4 (local.get $data))))
@@ -92,7 +93,8 @@ BOGUS_POINTER = invoke_module("(i64.const 0x7fff000000000010)")
 # 2 MiB of output from a 3 MiB memory: inside its memory, over a 1 MiB output cap.
 OVERSIZE = invoke_module("(i64.const 0x200000)", memory='(memory (export "memory") 48)')
 HOST_BAD_POINTER = invoke_module(
-    """(i64.store (i32.const 0) (call $call (i32.const 1) (i32.const 0x7ffffff0) (i32.const 16) (i32.const 8) (i32.const 64)))
+    """(i64.store (i32.const 0)
+      (call $call (i32.const 1) (i32.const 0x7ffffff0) (i32.const 16) (i32.const 8) (i32.const 64)))
     (i64.const 8)"""
 )
 # Calls log until the host refuses: more host calls than limits.maxHostCalls.

@@ -232,7 +232,8 @@ class HostOps:
         raw = await self._send("configuration", store, "get", req.SerializeToString(), deadline)
         for item in pb.GetConfigurationResponse.FromString(raw).items:
             if item.key == key:
-                return item.content.encode()
+                content: str = item.content
+                return content.encode()
         raise _NotFound()
 
 

@@ -135,7 +135,7 @@ class Version:
             resp = _span(resp_ptr, resp_cap, size)
             if req is None or resp is None:
                 log.warning(
-                    "function %s: host call %d has a pointer out of its memory (%d bytes): request %d+%d, response %d+%d",
+                    "function %s: host call %d points out of its memory (%d bytes): request %d+%d, response %d+%d",
                     self.name,
                     op,
                     size,
