@@ -153,6 +153,8 @@ class Function:
         version = self._version
         if version is None or self._pool is None:
             raise FunctionUnavailable(f"function {self.name} is not available: {self.reason}")
+        if not (version.shape.on_event if export == abi.ON_EVENT else version.shape.on_invoke):
+            raise Unimplemented(f"function {self.name} does not export {export}")
         limit = time.monotonic() + version.limits.timeout_ms / 1000
         until = limit if deadline is None else min(deadline, limit)
         payload = abi.encode_input(meta, data)

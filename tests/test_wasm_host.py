@@ -357,3 +357,12 @@ async def test_instances_are_reused_per_thread(make_function: MakeFunction) -> N
     fn = await make_function(counter, limits=Limits(concurrency=1))
     seen = [struct.unpack("<q", await fn.invoke({}, b""))[0] for _ in range(5)]
     assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_an_event_for_a_function_without_l8_on_event_is_unimplemented(make_function: MakeFunction) -> None:
+    from bridges.errors import Unimplemented
+
+    fn = await make_function(mods.ECHO)
+    with pytest.raises(Unimplemented, match="does not export l8_on_event"):
+        await fn.on_event({}, b"")
+    assert await fn.invoke({}, b"still") == b"still"
