@@ -36,7 +36,7 @@ import yaml
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 ON_INVOKE = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
-INVOKE_SERVICE = "/l8.runtime.v1.Runtime/InvokeService"
+INVOKE_SERVICE = "/spec.proto.runtime.v1.Runtime/InvokeService"
 Call = Callable[[], Awaitable[Any]]
 
 

@@ -183,7 +183,7 @@ async def main():
         return reply
     server = grpc.aio.server()
     handlers = {"GetNextId": grpc.unary_unary_rpc_method_handler(answer)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("l8.runtime.v1.Runtime", handlers),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("spec.proto.runtime.v1.Runtime", handlers),))
     server.add_insecure_port("127.0.0.1:" + sys.argv[1])
     await server.start()
     await server.wait_for_termination()

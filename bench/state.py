@@ -40,7 +40,7 @@ KEY = "order-1"
 VALUE = b'{"id":"order-1","qty":3,"sku":"A-1000","note":"benchmark value of about one hundred bytes.."}'
 STORE = "statestore"
 APP_ID = "bench"
-NATIVE_METHOD = "/l8.runtime.v1.Runtime/GetState"
+NATIVE_METHOD = "/spec.proto.runtime.v1.Runtime/GetState"
 DAPR_METHOD = "/dapr.proto.runtime.v1.Dapr/GetState"
 DAPR_CPU_S_PER_1000 = 0.142  # docs.dapr.io perf: 142 mCPU at 1000 QPS for state get
 TARGET_RPS_RATIO = 0.75
@@ -315,7 +315,7 @@ async def cpu_runs(
 
 
 async def save_state(channel: grpc.aio.Channel) -> None:
-    save = channel.unary_unary("/l8.runtime.v1.Runtime/SaveState")
+    save = channel.unary_unary("/spec.proto.runtime.v1.Runtime/SaveState")
     await save(pb.SaveStateRequest(store_name=STORE, states=[pb.StateItem(key=KEY, value=VALUE)]).SerializeToString())
 
 

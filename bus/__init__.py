@@ -4,11 +4,11 @@ The bus knows no building block: it moves bytes and headers between fronts and w
 """
 
 import bus._nats_import  # noqa: F401  - hides aiohttp from nats-py; must come first
-from bus.codec import RequestContext
+from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.embedded import EmbeddedNats
-from bus.errors import BusError, BusTimeout, NoResponders, RemoteError
-from bus.worker import WorkerHost
+from bus.errors import BusError, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
+from bus.worker import Route, WorkerHost
 
 __all__ = [
     "Bus",
@@ -16,7 +16,10 @@ __all__ = [
     "BusTimeout",
     "EmbeddedNats",
     "NoResponders",
+    "PayloadTooLarge",
     "RemoteError",
+    "Reply",
     "RequestContext",
+    "Route",
     "WorkerHost",
 ]

@@ -13,12 +13,16 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.codec import HDR_CODE, HDR_MESSAGE, RequestContext, context_from_headers
-from bus.errors import BusClosed, BusTimeout, NoResponders, RemoteError
+from bus import subjects
+from bus.codec import HDR_CODE, HDR_MESSAGE, Reply
+from bus.errors import BusClosed, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
 
 log = logging.getLogger("l8.bus")
 
-LocalHandler = Callable[[str, bytes, RequestContext], Awaitable[bytes]]
+# (subject, payload, headers, timeout) -> the handler's reply, served in this process.
+LocalHandler = Callable[[str, bytes, "dict[str, str] | None", float], Awaitable[Reply]]
+# Room for the subject and the headers of a message under the server's payload limit.
+ENVELOPE = 1024
 
 
 class State(enum.Enum):
@@ -51,8 +55,8 @@ class Bus:
         self._nc: Client | None = None
         self._state = State.NEW
         self._lock = asyncio.Lock()
-        # Handlers of this process by subject prefix (all but the op token), served without the
-        # server round trip when local dispatch is on.
+        # Routes of this process by stem or by whole subject, served without the server round trip
+        # when local dispatch is on (bus/worker.py).
         self._local: dict[str, LocalHandler] = {}
 
     @property
@@ -119,6 +123,8 @@ class Bus:
             raise NoResponders(subject) from None
         except nats.errors.TimeoutError:
             raise BusTimeout(subject, timeout) from None
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLarge(subject, len(payload), self.nc.max_payload) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
             raise BusClosed(str(exc) or "the bus connection is closed") from None
         hdrs = msg.headers
@@ -128,28 +134,45 @@ class Bus:
                 raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""))
         return msg
 
+    async def exchange(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None,
+    ) -> Reply:
+        """A request answered by a route of this process when local dispatch serves it, else by
+        whoever answers on the bus: the same limits, deadline and errors either way."""
+        if self._local:
+            local = self._local.get(subjects.stem_of(subject)) or self._local.get(subject)
+            if local is not None:
+                if len(payload) > self.max_payload - ENVELOPE:
+                    raise PayloadTooLarge(subject, len(payload), self.max_payload - ENVELOPE)
+                return await local(subject, payload, headers, timeout)
+        msg = await self.request(subject, payload, timeout=timeout, headers=headers)
+        return Reply(msg.data, msg.headers)
+
     async def call(
         self,
         subject: str,
         payload: bytes,
         *,
         timeout: float,
-        headers: dict[str, str],
+        headers: dict[str, str] | None,
     ) -> bytes:
-        """A request whose reply data is all the caller needs; served in process when it can be."""
+        """``exchange`` for callers that need only the reply's data."""
         if self._local:
-            local = self._local.get(subject.rpartition(".")[0])
-            if local is not None:
-                return await local(subject, payload, context_from_headers(headers, timeout))
+            return (await self.exchange(subject, payload, timeout=timeout, headers=headers)).data
         msg = await self.request(subject, payload, timeout=timeout, headers=headers)
         data: bytes = msg.data
         return data
 
-    def serve_locally(self, prefix: str, handler: LocalHandler) -> None:
-        self._local[prefix] = handler
+    def serve_locally(self, key: str, handler: LocalHandler) -> None:
+        self._local[key] = handler
 
-    def stop_serving_locally(self, prefix: str) -> None:
-        self._local.pop(prefix, None)
+    def stop_serving_locally(self, key: str) -> None:
+        self._local.pop(key, None)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         await self.nc.publish(subject, payload, headers=headers)

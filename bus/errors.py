@@ -4,6 +4,7 @@ BusError
 ├── NoResponders   nobody listens on the subject (no worker for that api and component)
 ├── BusTimeout     no reply before the deadline
 ├── BusClosed      the connection is gone or was never made
+├── PayloadTooLarge  the message is larger than the bus carries
 └── RemoteError    the worker answered with an error code and message in its reply headers
 """
 
@@ -29,6 +30,14 @@ class BusTimeout(BusError):
 
 class BusClosed(BusError):
     pass
+
+
+class PayloadTooLarge(BusError):
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(f"the message is {size} bytes; the bus carries at most {limit}")
+        self.subject = subject
+        self.size = size
+        self.limit = limit
 
 
 class RemoteError(BusError):

@@ -1,4 +1,4 @@
-"""Save and read state through l8's native API, l8.runtime.v1.Runtime."""
+"""Save and read state through l8's native API, Layotto's spec.proto.runtime.v1.Runtime."""
 
 import os
 

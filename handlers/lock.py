@@ -59,8 +59,7 @@ class LockHandler:
         resource = self._resource(req.resource_id, req.lock_owner, ctx)
         expire = _expire(req.expire)
         status = await self.store.keep_alive(resource, req.lock_owner, expire)
-        resp = pb.LockKeepAliveResponse(resource_id=req.resource_id, status=int(status))  # type: ignore[arg-type]
-        data: bytes = resp.SerializeToString()
+        data: bytes = pb.LockKeepAliveResponse(status=int(status)).SerializeToString()  # type: ignore[arg-type]
         return data
 
     def _resource(self, resource_id: str, owner: str, ctx: RequestInfo) -> str:

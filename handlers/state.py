@@ -105,14 +105,14 @@ class StateHandler:
         ops: list[StateOp] = []
         for i, operation in enumerate(req.operations):
             where = f"operations[{i}]"
-            kind = operation.operation_type.lower()
+            kind = operation.operationType.lower()
             if kind == "upsert":
                 ops.append(self._set_op(operation.request, ctx, where))
             elif kind == "delete":
                 ops.append(self._delete_op(operation.request, ctx, where))
             else:
                 raise InvalidArgument(
-                    f"{where}: operationType {operation.operation_type!r} is neither 'upsert' nor 'delete'"
+                    f"{where}: operationType {operation.operationType!r} is neither 'upsert' nor 'delete'"
                 )
         await self.store.transact(ops)
         return _EMPTY

@@ -1,88 +1,101 @@
-"""The channel to the app's AppCallback gRPC server (Dapr's ``dapr.proto.runtime.v1.AppCallback``).
+"""The channel from a sidecar to its app: what l8 asks of an app, whatever protocol the app speaks.
 
-The channel connects lazily and reconnects by itself, so l8 starts before its app and keeps
-working across app restarts; calls made while the app is down fail with UNAVAILABLE.
+A sidecar calls its app for invocations (``on_invoke``), to learn the app's topic subscriptions
+(``list_subscriptions``) and to push events (``on_event``, ``on_bulk_event``). Each app protocol is
+one implementation of ``AppChannel``: Dapr's ``AppCallback`` over gRPC (runtime/app_dapr.py) today;
+Layotto's AppCallback and HTTP apps implement the same Protocol. Channels connect lazily and
+reconnect by themselves, so l8 starts before its app and keeps working across app restarts.
+
+Errors: a call the app answered with an error raises ``AppCallError`` with the app's status code; an
+app that cannot be reached raises ``AppUnavailable``, so callers can tell "the app said no" from
+"nobody is there".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-import grpc
+from bridges.errors import Code
+
+if TYPE_CHECKING:
+    from handlers.pubsub import Event
+
+# Metadata as gRPC carries it: text values, and bytes for keys ending in -bin.
+Metadata = list[tuple[str, "str | bytes"]]
+
+SUCCESS, RETRY, DROP = 0, 1, 2  # an app's verdict on an event, as Dapr and Layotto number them
 
 
-class AppChannel:
-    def __init__(self, address: str | None, max_message_bytes: int = 16 << 20) -> None:
-        self.address = address
-        self._max = max_message_bytes
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
-        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+class AppCallError(Exception):
+    """The app answered a call with an error status."""
 
-    @property
-    def configured(self) -> bool:
-        return self.address is not None
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
-    def _open(self) -> grpc.aio.Channel:
-        if self.address is None:
-            raise RuntimeError("no app callback is configured (app.callback / --app-port)")
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.address,
-                options=[
-                    ("grpc.max_receive_message_length", self._max),
-                    ("grpc.max_send_message_length", self._max),
-                    # Reconnect quickly when the app comes back after a restart.
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 1000),
-                    # Channels to one target share connections (and their reconnect backoff) by
-                    # default: the subscriber's channel, refused while the app was starting, would
-                    # then fail the first invocations fast. Each AppChannel connects on its own.
-                    ("grpc.use_local_subchannel_pool", 1),
-                ],
-            )
-        return self._channel
 
-    @property
-    def callback(self) -> Any:
-        """``AppCallbackStub``: OnInvoke, ListTopicSubscriptions, OnTopicEvent, bindings."""
-        stub = self._stubs.get("callback")
-        if stub is None:
-            from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+class AppUnavailable(AppCallError):
+    """The app could not be reached (down, restarting, or not listening where l8 looks)."""
 
-            stub = self._stubs["callback"] = appcallback_pb2_grpc.AppCallbackStub(self._open())
-        return stub
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAVAILABLE, message)
 
-    @property
-    def alpha(self) -> Any:
-        """``AppCallbackAlphaStub``: OnBulkTopicEventAlpha1 and the other alpha callbacks."""
-        stub = self._stubs.get("alpha")
-        if stub is None:
-            from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
-            stub = self._stubs["alpha"] = appcallback_pb2_grpc.AppCallbackAlphaStub(self._open())
-        return stub
+@dataclass(slots=True, frozen=True)
+class AppSubscription:
+    """One topic subscription as the app declared it, before l8 checks it."""
+
+    pubsub: str
+    topic: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    rules: tuple[tuple[str, str], ...] = ()  # (match, path), first match wins
+    default_route: str = ""  # Dapr's routes.default; "" is a path too (the handler without a rule)
+    dead_letter_topic: str | None = None
+    bulk: bool = False
+    bulk_max_messages: int = 0  # 0: l8's default
+    bulk_max_await_ms: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class BulkEntry:
+    entry_id: str
+    event: Event
+
+
+class AppChannel(Protocol):
+    """What a sidecar needs of its app; one implementation per app protocol."""
 
     @property
-    def health(self) -> Any:
-        stub = self._stubs.get("health")
-        if stub is None:
-            from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+    def address(self) -> str: ...
 
-            stub = self._stubs["health"] = appcallback_pb2_grpc.AppCallbackHealthCheckStub(self._open())
-        return stub
+    async def on_invoke(self, request: bytes, *, timeout: float, metadata: Metadata) -> tuple[bytes, Metadata]:
+        """Pass Dapr's ``common.v1.InvokeRequest`` bytes to the app; its ``InvokeResponse`` bytes
+        and response metadata come back."""
+        ...
 
-    def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
-        """A bytes-in, bytes-out call of ``method`` (``/package.Service/Rpc``): for messages that
-        l8 passes through without decoding, such as OnInvoke's."""
-        call = self._unary.get(method)
-        if call is None:
-            call = self._unary[method] = self._open().unary_unary(method)
-        return call
+    async def list_subscriptions(self, *, timeout: float) -> list[AppSubscription] | None:
+        """The app's subscriptions; None when the app declares none (it does not implement the call)."""
+        ...
 
-    async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        self._stubs.clear()
-        self._unary.clear()
-        if channel is not None:
-            await channel.close()
+    async def on_event(self, event: Event, path: str, *, timeout: float, metadata: Metadata) -> int:
+        """Push one event; the app's verdict (SUCCESS, RETRY, DROP or a status l8 does not know).
+        An app that does not implement event delivery raises AppCallError(UNIMPLEMENTED)."""
+        ...
+
+    async def on_bulk_event(
+        self, pubsub: str, topic: str, path: str, entries: Sequence[BulkEntry], *, timeout: float
+    ) -> dict[str, int]:
+        """Push a batch; a verdict per entry id (entries the app left out are missing)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_app(address: str, max_message_bytes: int = 16 << 20) -> AppChannel:
+    """The channel to the app at ``address`` (host:port)."""
+    from runtime.app_dapr import DaprGrpcApp
+
+    return DaprGrpcApp(address, max_message_bytes)

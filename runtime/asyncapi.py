@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import Config
+
+if TYPE_CHECKING:
+    from runtime.app_channel import AppSubscription
 
 
 class CloudEvent(BaseModel):
@@ -45,7 +48,7 @@ def _subject(config: Config, pubsub: str, topic: str) -> str:
     return f"{pubsub}/{topic}"  # a broker outside the bus: named by component and topic
 
 
-def document(config: Config, app_subscriptions: list[Any] | None = None) -> dict[str, Any]:
+def document(config: Config, app_subscriptions: list[AppSubscription] | None = None) -> dict[str, Any]:
     from faststream.nats import NatsBroker
     from faststream.specification import AsyncAPI
 
@@ -95,20 +98,16 @@ def document(config: Config, app_subscriptions: list[Any] | None = None) -> dict
     return result
 
 
-async def app_subscriptions(config: Config, timeout: float = 2.0) -> list[Any]:
-    """The app's ListTopicSubscriptions, when its callback is configured and answers in time."""
+async def app_subscriptions(config: Config, timeout: float = 2.0) -> list[AppSubscription]:
+    """The app's declared subscriptions, when its callback is configured and answers in time."""
     if config.app.callback is None:
         return []
-    import grpc
-    from google.protobuf import empty_pb2  # type: ignore[import-untyped]
+    from runtime.app_channel import AppCallError, open_app
 
-    from runtime.app_channel import AppChannel
-
-    channel = AppChannel(config.app.callback)
+    channel = open_app(config.app.callback)
     try:
-        resp = await channel.callback.ListTopicSubscriptions(empty_pb2.Empty(), timeout=timeout)
-        return list(resp.subscriptions)
-    except grpc.aio.AioRpcError:
+        return await channel.list_subscriptions(timeout=timeout) or []
+    except AppCallError:
         return []
     finally:
         await channel.close()

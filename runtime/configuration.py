@@ -36,12 +36,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from bridges.errors import Code
-from bus import BusError
-from bus.codec import request_headers
 from bus.subjects import changes_subject
 from handlers.configuration import Change, SubscribeReply, decode_changes, split_stored
 from handlers.proto import runtime_pb2 as pb
-from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
 
 if TYPE_CHECKING:
@@ -206,9 +203,8 @@ class ConfigurationHub:
         self._by_component.setdefault(component, set()).add(sub)
         try:
             timeout = self._forwarder.timeout(context)
-            headers = self._forwarder.headers(timeout, context)
             op = "subscribe" if contents else "versions"
-            reply = await self._subscribe(component, request, timeout, headers, op)
+            reply = await self._subscribe(component, request, timeout, self._forwarder.traceparent(context), op)
             if sub.closed:
                 raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
             sub.activate(reply)
@@ -223,18 +219,18 @@ class ConfigurationHub:
         component: str,
         request: pb.SubscribeConfigurationRequest,
         timeout: float,
-        headers: dict[str, str],
+        traceparent: str | None = None,
         op: str = "subscribe",
     ) -> SubscribeReply:
         fwd = self._forwarder
-        try:
-            msg = await fwd.bus.request(
-                fwd.subject(API, component, op), request.SerializeToString(), timeout=timeout, headers=headers
-            )
-        except BusError as exc:
-            code, message = errors.from_bus_error(exc, f"configuration store {component!r}")
-            raise FrontError(code, message) from None
-        return SubscribeReply.decode(msg.data)
+        data = await fwd.call(
+            fwd.subject(API, component, op),
+            request.SerializeToString(),
+            timeout=timeout,
+            traceparent=traceparent,
+            what=f"configuration store {component!r}",
+        )
+        return SubscribeReply.decode(data)
 
     async def _listen(self, component: str) -> None:
         async with self._lock:
@@ -286,9 +282,7 @@ class ConfigurationHub:
                     continue
                 timeout = self._forwarder.default_timeout
                 try:
-                    reply = await self._subscribe(
-                        sub.component, sub.request, timeout, request_headers(self._forwarder.app_id, timeout, None)
-                    )
+                    reply = await self._subscribe(sub.component, sub.request, timeout)
                 except FrontError as exc:
                     log.info("configuration subscription %s: resync failed (%s); retrying", sub.id, exc.message)
                     continue
@@ -369,7 +363,7 @@ def _ender(outbox: Outbox[Any]) -> End:
     return end
 
 
-# ---- native: l8.runtime.v1.Runtime/SubscribeConfiguration ----
+# ---- native: spec.proto.runtime.v1.Runtime/SubscribeConfiguration ----
 
 
 def native_subscribe(hub: ConfigurationHub) -> grpc.RpcMethodHandler:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from bridges.errors import Code
-from bus.errors import BusClosed, BusError, BusTimeout, NoResponders, RemoteError
+from bus.errors import BusClosed, BusError, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
 
 TABLE: dict[Code, tuple[grpc.StatusCode, int]] = {
     Code.OK: (grpc.StatusCode.OK, 200),
@@ -62,6 +62,8 @@ def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
         )
     if isinstance(exc, BusTimeout):
         return Code.DEADLINE_EXCEEDED, f"{what}: no answer within the deadline ({exc.timeout:.3f}s)"
+    if isinstance(exc, PayloadTooLarge):
+        return Code.INVALID_ARGUMENT, f"{what}: {exc}"
     if isinstance(exc, BusClosed):
         return Code.UNAVAILABLE, f"{what}: the bus is not connected"
     return Code.UNAVAILABLE, f"{what}: {exc}"

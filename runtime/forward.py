@@ -9,13 +9,13 @@ import grpc
 
 from bridges.errors import Code
 from bus import Bus, BusError
-from bus.codec import HDR_APP_ID, HDR_TIMEOUT, HDR_TRACEPARENT
+from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT, request_headers
+from bus.connection import ENVELOPE
 from bus.subjects import request_subject
 from runtime import errors
 from runtime.config import Config
 from runtime.routing import Malformed, string_field
 
-_ENVELOPE = 1024  # room for the subject and headers under the bus's payload limit
 _NAMES = {
     "state": "state store",
     "pubsub": "pub/sub component",
@@ -71,15 +71,22 @@ class Forwarder:
         key = (api, component, op)
         subject = self._subjects.get(key)
         if subject is None:
-            subject = self._subjects[key] = request_subject(self._ns, api, component, op)
+            subject = self._subjects[key] = request_subject(self._ns, api, component, op, self.app_id)
         return subject
 
     def timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         remaining = context.time_remaining()
         return self._default_timeout if remaining is None else max(remaining, 0.001)
 
+    @staticmethod
+    def traceparent(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        for key, value in context.invocation_metadata() or ():
+            if key == HDR_TRACEPARENT:
+                return str(value)
+        return None
+
     def headers(self, timeout: float, context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-        headers = {HDR_APP_ID: self.app_id, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
+        headers = {HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
         for key, value in context.invocation_metadata() or ():
             if key == HDR_TRACEPARENT:
                 headers[HDR_TRACEPARENT] = str(value)
@@ -99,7 +106,7 @@ class Forwarder:
         )
 
     async def send(self, subject: str, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], what: str) -> bytes:
-        limit = self._bus.max_payload - _ENVELOPE
+        limit = self._bus.max_payload - ENVELOPE
         if len(payload) > limit:
             await abort(
                 context, Code.INVALID_ARGUMENT, f"the request is {len(payload)} bytes; the bus carries at most {limit}"
@@ -113,6 +120,19 @@ class Forwarder:
             if code is Code.DEADLINE_EXCEEDED:
                 message += f" after {time.monotonic() - started:.3f}s"
             await abort(context, code, message)
+
+    async def call(
+        self, subject: str, payload: bytes, *, timeout: float | None = None, traceparent: str | None = None, what: str
+    ) -> bytes:
+        """A request of the front's own (no gRPC call behind it); failures raise FrontError."""
+        timeout = self._default_timeout if timeout is None else timeout
+        try:
+            return await self._bus.call(
+                subject, payload, timeout=timeout, headers=request_headers(timeout, traceparent)
+            )
+        except BusError as exc:
+            code, message = errors.from_bus_error(exc, what)
+            raise FrontError(code, message) from None
 
 
 class FrontError(Exception):

@@ -43,21 +43,17 @@ class BusDispatcher:
         self._ns = namespace
 
     async def request(self, api: str, component: str, op: str, payload: bytes, *, app_id: str, timeout: float) -> bytes:
-        subject = request_subject(self._ns, api, component, op)
+        subject = request_subject(self._ns, api, component, op, app_id)
         try:
-            return await self._bus.call(
-                subject, payload, timeout=timeout, headers=request_headers(app_id, timeout, None)
-            )
+            return await self._bus.call(subject, payload, timeout=timeout, headers=request_headers(timeout))
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"{api} {component!r}")
             raise DispatchError(code.value, message) from None
 
     async def invoke(self, target: str, payload: bytes, *, app_id: str, timeout: float) -> bytes:
-        subject = invoke_subject(self._ns, target)
+        subject = invoke_subject(self._ns, target, app_id)
         try:
-            msg = await self._bus.request(
-                subject, payload, timeout=timeout, headers=request_headers(app_id, timeout, None)
-            )
+            msg = await self._bus.request(subject, payload, timeout=timeout, headers=request_headers(timeout))
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"app {target!r}")
             raise DispatchError(code.value, message) from None

@@ -2,12 +2,13 @@
 
 Caller side (``Invoker``): the fronts (native and Dapr ``InvokeService``, Dapr's HTTP
 ``/v1.0/invoke/{app}/method/{method}``) send Dapr's ``common.v1.InvokeRequest`` bytes on
-``l8.<ns>.app.<X>.invoke``. The request's metadata travels in ``l8-md-*`` bus headers beside the
+``l8.<ns>.app.<X>.invoke.<caller>``. The request's metadata travels in ``l8-md-*`` bus headers beside the
 caller's app id, its deadline and its traceparent.
 
-Target side (``InvokeServer``): every sidecar of app X that has an app callback answers that subject
-in one queue group, so replicas of X share the load, and hands the bytes as they came to its app's
-``AppCallback/OnInvoke``. The app's ``InvokeResponse`` bytes, or its gRPC status, are the reply.
+Target side (``InvokeHandler``, a route of the sidecar's worker host): every sidecar of app X that
+has an app callback answers that subject in one queue group, so replicas of X share the load, and
+hands the bytes as they came to its app's ``OnInvoke``. The app's ``InvokeResponse`` bytes, or its
+status, are the reply.
 
 The native ``InvokeServiceRequest``/``InvokeResponse`` are wire-compatible with Dapr's, so no
 step of a gRPC invocation decodes the message: the fronts read the app id and the method off the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import re
@@ -28,30 +28,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from nats.aio.msg import Msg
 
 from bridges.errors import Code
-from bus import Bus, BusError
-from bus.codec import HDR_APP_ID, HDR_TIMEOUT, HDR_TRACEPARENT, context_from_headers, error_headers
+from bus import Bus, BusError, Reply, RequestContext, Route
+from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT
+from bus.connection import ENVELOPE
 from bus.errors import BusTimeout, NoResponders, RemoteError
-from bus.subjects import TOKEN, invoke_subject
+from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
 from handlers.proto import runtime_pb2 as pb
 from runtime import errors
-from runtime.app_channel import AppChannel
+from runtime.app_channel import AppCallError, AppChannel
 from runtime.forward import FrontError, abort
 from runtime.http import Request, Response
 from runtime.routing import Malformed, bytes_field, string_field
 
 log = logging.getLogger("l8.invoke")
 
-ON_INVOKE = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
 HTTP_PREFIX = "/v1.0/invoke/"
 HDR_META = "l8-md-"  # bus headers that carry the caller's metadata to the app, and the app's back
 # Dapr's names for the metadata that tells an app who called it.
 CALLER_APP_ID = "dapr-caller-app-id"
 CALLEE_APP_ID = "dapr-callee-app-id"
 
-_ENVELOPE = 1024  # room for the subject and the fixed headers under the bus's payload limit
 _META_KEY = re.compile(r"^[0-9a-z_.-]+$")
 # Connection-level HTTP headers and what gRPC or l8 set themselves never reach the app as metadata.
 _NOT_METADATA = frozenset(
@@ -147,7 +145,7 @@ class Invoker:
             raise FrontError(
                 Code.INVALID_ARGUMENT, f"app id {app_id!r} is not valid: it may use only letters, digits, '_' and '-'"
             )
-        subject = self._subjects[app_id] = invoke_subject(self._ns, app_id)
+        subject = self._subjects[app_id] = invoke_subject(self._ns, app_id, self.app_id)
         return subject
 
     async def invoke(
@@ -165,11 +163,11 @@ class Invoker:
         if not method:
             raise FrontError(Code.INVALID_ARGUMENT, f"the method name is empty: say which method of {app_id!r} to call")
         timeout = self.default_timeout if timeout is None else max(timeout, 0.001)
-        headers = {**metadata, HDR_APP_ID: self.app_id, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
+        headers = {**metadata, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
         if traceparent:
             headers[HDR_TRACEPARENT] = traceparent
         size = len(request) + sum(len(k) + len(v) + 4 for k, v in metadata.items())
-        limit = self._bus.max_payload - _ENVELOPE
+        limit = self._bus.max_payload - ENVELOPE
         if size > limit:
             raise FrontError(
                 Code.INVALID_ARGUMENT,
@@ -177,7 +175,7 @@ class Invoker:
             )
         started = time.monotonic()
         try:
-            msg = await self._bus.request(subject, request, timeout=timeout, headers=headers)
+            reply = await self._bus.exchange(subject, request, timeout=timeout, headers=headers)
         except NoResponders:
             raise FrontError(
                 Code.UNAVAILABLE,
@@ -196,7 +194,7 @@ class Invoker:
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"invoking app {app_id!r}")
             raise FrontError(code, message) from None
-        return Invocation(msg.data, metadata_of(msg.headers))
+        return Invocation(reply.data, metadata_of(reply.headers))
 
 
 # ---- fronts ----
@@ -283,118 +281,51 @@ def http_route(invoker: Invoker) -> Callable[[Request], Awaitable[Response]]:
 # ---- target side ----
 
 
-class InvokeServer:
-    """Answers ``l8.<ns>.app.<app_id>.invoke`` with the app's OnInvoke; ``start``/``stop`` are idempotent.
+class InvokeHandler:
+    """Answers the invocations of one app (a route of the sidecar's worker host) with its app's
+    ``OnInvoke``: the bytes go through as they came, the caller's deadline bounds the app's call."""
 
-    As in the worker host, the subscription callback only admits a message and starts a task for
-    it; a semaphore bounds the invocations in flight, leaving the rest with the server meanwhile.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        namespace: str,
-        app_id: str,
-        channel: AppChannel,
-        *,
-        concurrency: int = 256,
-        default_timeout: float = 5.0,
-    ) -> None:
-        self._bus = bus
-        self.subject = invoke_subject(namespace, app_id)
+    def __init__(self, app_id: str, channel: AppChannel) -> None:
         self.app_id = app_id
         self._channel = channel
-        self._sem = asyncio.Semaphore(concurrency)
-        self._default_timeout = default_timeout
-        self._subscription: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._state = "new"
 
-    async def start(self) -> None:
-        if self._state != "new":
-            return
-        self._state = "running"
-        # The queue group is the subject itself: every sidecar of this app joins the same one.
-        self._subscription = await self._bus.subscribe(self.subject, self.subject, self._admit)
-        log.debug("invocations of app %s answered on %s", self.app_id, self.subject)
+    def route(self, namespace: str, concurrency: int) -> Route:
+        """The route every sidecar of the app joins; its own bound is the app's concurrency."""
+        return Route(
+            invoke_wildcard(namespace, self.app_id),
+            invoke_queue(namespace, self.app_id),
+            self,
+            f"invocations of {self.app_id}",
+            local=invoke_stem(namespace, self.app_id),
+            gate=asyncio.Semaphore(concurrency),
+        )
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking invocations, then let those in flight finish within ``timeout``."""
-        if self._state != "running":
-            self._state = "stopped"
-            return
-        self._state = "stopped"
-        subscription, self._subscription = self._subscription, None
-        began = time.monotonic()
-        if subscription is not None:
-            # Retire rather than unsubscribe: invocations the server already routed to this
-            # process are served, not dropped to wait out their callers' deadlines.
-            try:
-                await self._bus.retire(subscription, timeout=timeout)
-            except Exception as exc:  # a timeout, or the connection is already gone
-                log.debug("draining %s failed: %s", self.subject, exc)
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
-        if self._tasks:
-            left = max(timeout - (time.monotonic() - began), 0.1)
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=left)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _admit(self, msg: Msg) -> None:
-        await self._sem.acquire()
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._sem.release()
-
-    async def _serve(self, msg: Msg) -> None:
-        ctx = context_from_headers(msg.headers, self._default_timeout)
+    async def __call__(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
         remaining = ctx.remaining()
-        if remaining <= 0:
-            return  # the caller has already given up; calling the app would only add load
-        metadata: Metadata = [(CALLEE_APP_ID, self.app_id), *metadata_of(msg.headers)]
+        metadata: list[tuple[str, str | bytes]] = [(CALLEE_APP_ID, self.app_id), *metadata_of(ctx.headers)]
         if ctx.app_id:
             metadata.append((CALLER_APP_ID, ctx.app_id))
         if ctx.traceparent and _printable(ctx.traceparent):
             metadata.append((HDR_TRACEPARENT, ctx.traceparent))
         try:
-            call = self._channel.unary(ON_INVOKE)(msg.data, timeout=remaining, metadata=metadata)
-            reply: bytes = await call
-            answered = await call.initial_metadata()
-        except grpc.aio.AioRpcError as exc:
-            await self._reply_error(msg, *self._app_error(exc, remaining))
-            return
-        except Exception as exc:
-            log.exception("invocation of app %s failed", self.app_id)
-            await self._reply_error(msg, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
-            return
-        if msg.reply:
-            headers, _ = metadata_headers(answered or ())
-            try:
-                await self._bus.publish(msg.reply, reply, headers=headers or None)
-            except Exception as exc:
-                log.warning("could not send the reply of an invocation of app %s: %s", self.app_id, exc)
+            reply, answered = await self._channel.on_invoke(payload, timeout=remaining, metadata=metadata)
+        except AppCallError as exc:
+            raise _AppAnswered(*self._app_error(exc, remaining)) from None
+        headers, _ = metadata_headers(answered)
+        return Reply(reply, headers or None)
 
-    def _app_error(self, exc: grpc.aio.AioRpcError, timeout: float) -> tuple[Code, str]:
-        code = errors.code_of_grpc(exc.code())
-        details = exc.details() or ""
-        if code is Code.DEADLINE_EXCEEDED:
-            return code, f"app {self.app_id!r} did not answer within the deadline ({timeout:.3f}s)"
-        if code is Code.UNAVAILABLE:
+    def _app_error(self, exc: AppCallError, timeout: float) -> tuple[Code, str]:
+        if exc.code is Code.DEADLINE_EXCEEDED:
+            return exc.code, f"app {self.app_id!r} did not answer within the deadline ({timeout:.3f}s)"
+        if exc.code is Code.UNAVAILABLE:
             # Mostly the app is down or restarting; say where l8 looked for it.
-            return code, f"app {self.app_id!r} at {self._channel.address} is unavailable: {details}"
-        return code, details
+            return exc.code, f"app {self.app_id!r} at {self._channel.address} is unavailable: {exc.message}"
+        return exc.code, exc.message
 
-    async def _reply_error(self, msg: Msg, code: Code, message: str) -> None:
-        if not msg.reply:
-            return
-        try:
-            await self._bus.publish(msg.reply, b"", headers=error_headers(code.value, message))
-        except Exception as exc:
-            log.warning("could not send the error reply of app %s: %s", self.app_id, exc)
+
+class _AppAnswered(Exception):
+    """The app's error, carried back to the caller with its code (the worker host sends it)."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,4 +1,4 @@
-"""The native front: ``l8.runtime.v1.Runtime``, forwarding request bytes as they came.
+"""The native front: Layotto's ``spec.proto.runtime.v1.Runtime``, forwarding request bytes as they came.
 
 Every rpc of the service is registered; those of building blocks that l8 does not serve yet
 answer UNIMPLEMENTED with a message saying so.
@@ -15,7 +15,7 @@ from bridges.errors import Code
 from handlers.proto import runtime_pb2
 from runtime.forward import Forwarder, abort, forwarding_handler
 
-SERVICE = "l8.runtime.v1.Runtime"
+SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
 
 # rpc name -> (api, op); the op is the last token of the request subject.
 ROUTES: dict[str, tuple[str, str]] = {
@@ -61,9 +61,8 @@ def native_service(
 ) -> grpc.GenericRpcHandler:
     """``special`` holds the rpcs not forwarded as they came to a component's worker: invocations,
     configuration subscriptions and the sequencer's segment cache."""
-    descriptor = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in descriptor.methods:
+    for method in runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].methods:
         route = ROUTES.get(method.name)
         if special and method.name in special:
             handlers[method.name] = special[method.name]

@@ -21,11 +21,9 @@ from typing import Any
 import grpc
 
 from bridges.errors import Code
-from bus import BusError
-from bus.codec import HDR_TRACEPARENT, request_headers
+from bus.codec import HDR_TRACEPARENT
 from handlers.base import SEPARATOR
 from handlers.proto import runtime_pb2 as pb
-from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
 
 log = logging.getLogger("l8.runtime.sequencer")
@@ -109,13 +107,7 @@ class SegmentCache:
 
     async def _call(self, subject: str, payload: bytes, traceparent: str | None, what: str) -> tuple[int, int]:
         # The reservation is the front's own request: it carries no caller's deadline.
-        timeout = self._forwarder.default_timeout
-        headers = request_headers(self._forwarder.app_id, timeout, traceparent)
-        try:
-            reply = (await self._forwarder.bus.request(subject, payload, timeout=timeout, headers=headers)).data
-        except BusError as exc:
-            code, message = errors.from_bus_error(exc, what)
-            raise FrontError(code, message) from None
+        reply = await self._forwarder.call(subject, payload, traceparent=traceparent, what=what)
         first, _, last = reply.decode().partition(" ")
         return int(first), int(last)
 

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridges.registry import BridgeEnv
-from bus import Bus, EmbeddedNats, WorkerHost, subjects
+from bus import Bus, EmbeddedNats, Route, WorkerHost, subjects
 from runtime.actuator import Routes, split_address
-from runtime.app_channel import AppChannel
+from runtime.app_channel import AppChannel, open_app
 from runtime.components import Components
 from runtime.config import Config
 from runtime.forward import Forwarder
 from runtime.grpc_server import GrpcServer
 from runtime.health import Health, Status
 from runtime.http import HttpServer
-from runtime.invoke import Invoker, InvokeServer, http_route
+from runtime.invoke import InvokeHandler, Invoker, http_route
 from runtime.subscriber import Bridges, SubscriberManager
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Sidecar:
         self.components: Components | None = None
         self.workers: WorkerHost | None = None
         self.app_channel: AppChannel | None = None
-        self.invocations: InvokeServer | None = None
+        self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.subscriber: SubscriberManager | None = None
@@ -116,23 +116,18 @@ class Sidecar:
             if cfg.app.callback is not None:
                 # Only a sidecar that can reach its app answers the app's invocations; one
                 # without joins no queue group, so callers never wait on it.
-                self.app_channel = AppChannel(cfg.app.callback, cfg.server.max_message_bytes)
-                self.invocations = InvokeServer(
-                    self.bus,
-                    cfg.namespace,
-                    cfg.app.id,
-                    self.app_channel,
-                    concurrency=cfg.concurrency,
-                    default_timeout=cfg.bus.request_timeout,
-                )
-                await self.invocations.start()
+                self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes)
+                handler = InvokeHandler(cfg.app.id, self.app_channel)
+                self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
             forwarder = Forwarder(self.bus, cfg)
             invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
             pubsubs = {s.name: s.bridge for s in self.components.served if s.api == "pubsub"}
             # Deliveries get a channel of their own: the subscriber closes it when it has drained,
             # while invocations may still be answering.
             self.subscriber = SubscriberManager(
-                cfg, AppChannel(cfg.app.callback, cfg.server.max_message_bytes), Bridges(cfg, env, pubsubs)
+                cfg,
+                open_app(cfg.app.callback, cfg.server.max_message_bytes) if cfg.app.callback else None,
+                Bridges(cfg, env, pubsubs),
             )
             self.grpc = GrpcServer(cfg, forwarder, invoker, self.subscriber)
             await self.grpc.start()
@@ -174,8 +169,8 @@ class Sidecar:
             await self.grpc.stop()
         if self.http is not None:
             await self.http.stop()
-        if self.invocations is not None:
-            await self.invocations.stop()
+        if self.invocations is not None and self.workers is not None:
+            await self.workers.leave(self.invocations)
         if self.functions is not None:
             await self.functions.stop()
         if self.workers is not None:

@@ -39,7 +39,7 @@ class Messages:
 
 def native_messages() -> Messages:
     from handlers.proto import runtime_pb2 as pb
-    from runtime.subscriber import event_fields
+    from runtime.app_dapr import event_fields
 
     def event(ev: Event) -> Any:
         msg = pb.TopicEventRequest(**event_fields(ev, "/"))
@@ -55,7 +55,7 @@ def native_messages() -> Messages:
 def dapr_messages() -> Messages:
     from dapr.proto.runtime.v1 import pubsub_pb2 as dapr_pb2
 
-    from runtime.subscriber import topic_event_request
+    from runtime.app_dapr import topic_event_request
 
     return Messages(
         dapr_pb2.SubscribeTopicEventsRequestAlpha1,

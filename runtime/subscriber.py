@@ -19,20 +19,15 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import grpc
 
 from bridges import registry
 from bridges.errors import BackendUnavailable, InvalidArgument, L8Error
 from bridges.protocols import PubSub, Received, Subscription
 from bridges.registry import BridgeEnv
 from handlers.pubsub import (
-    CLOUDEVENT_JSON,
-    EVENT_TYPE,
     Backoff,
     Event,
     MalformedEvent,
@@ -41,7 +36,8 @@ from handlers.pubsub import (
     decode,
 )
 from handlers.pubsub_rules import Routes, RuleError
-from runtime.app_channel import AppChannel
+from runtime.app_channel import AppCallError, AppChannel, AppSubscription, AppUnavailable, BulkEntry
+from runtime.app_dapr import bulk_request, event_fields, topic_event_request  # noqa: F401
 from runtime.config import Config, SubscriptionConfig
 
 log = logging.getLogger("l8.runtime.subscriber")
@@ -87,19 +83,18 @@ class Spec:
         )
 
     @classmethod
-    def from_app(cls, sub: Any) -> Spec:
-        """From Dapr's TopicSubscription; ``metadata`` may carry l8's concurrency and max deliveries."""
-        meta = dict(sub.metadata)
-        rules = [(r.match, r.path) for r in sub.routes.rules]
-        bulk = sub.bulk_subscribe
+    def from_app(cls, sub: AppSubscription) -> Spec:
+        """From the app's declaration; ``metadata`` may carry l8's concurrency and max deliveries."""
+        meta = sub.metadata
+        rules = list(sub.rules)
         return cls(
-            pubsub=sub.pubsub_name,
+            pubsub=sub.pubsub,
             topic=sub.topic,
-            routes=Routes.of(rules, sub.routes.default if sub.routes.default or not rules else None),
-            dead_letter_topic=sub.dead_letter_topic or None,
-            bulk=bulk.enabled,
-            bulk_max_messages=bulk.max_messages_count or 100,
-            bulk_max_await=(bulk.max_await_duration_ms or 1000) / 1000,
+            routes=Routes.of(rules, sub.default_route if sub.default_route or not rules else None),
+            dead_letter_topic=sub.dead_letter_topic,
+            bulk=sub.bulk,
+            bulk_max_messages=sub.bulk_max_messages or 100,
+            bulk_max_await=(sub.bulk_max_await_ms or 1000) / 1000,
             concurrency=max(1, int(meta.get("concurrency", "32"))),
             max_deliveries=max(0, int(meta.get("maxDeliveries", "0"))),
             origin="app",
@@ -155,17 +150,16 @@ def _verdict_of_status(status: int) -> Verdict:
 
 
 def _verdict_of_error(exc: BaseException) -> tuple[Verdict, str]:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code = exc.code()
-        why = f"the app answered {code.name}: {exc.details() or ''}".strip()
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+    if isinstance(exc, AppCallError):
+        why = f"the app answered {exc.code.value}: {exc.message}".strip()
+        if exc.code == "UNIMPLEMENTED":
             return Verdict.DROP, why
         return Verdict.RETRY, why
     return Verdict.RETRY, f"{type(exc).__name__}: {exc}"
 
 
 def _app_down(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+    return isinstance(exc, AppUnavailable)
 
 
 class _Loop:
@@ -181,7 +175,6 @@ class _Loop:
         self._settler: Settler | None = None
         self._app_down_until = 0.0
         self._down_backoff = 0.0
-        self._bulk_alpha = False
 
     def start(self) -> None:
         if self._task is None:
@@ -339,19 +332,18 @@ class _Loop:
                 return
             event, path = prepared
             why = ""
+            assert self._m.app is not None
             try:
-                resp = await self._m.app.callback.OnTopicEvent(
-                    topic_event_request(event, path),
-                    timeout=self._m.delivery_timeout,
-                    metadata=_call_metadata(event),
+                status = await self._m.app.on_event(
+                    event, path, timeout=self._m.delivery_timeout, metadata=list(_call_metadata(event))
                 )
-                verdict = _verdict_of_status(resp.status)
+                verdict = _verdict_of_status(status)
                 if verdict is Verdict.RETRY:
                     why = "the app asked to retry"
                 elif verdict is Verdict.DROP:
                     why = "the app dropped it"
                 self._note_app(None)
-            except grpc.aio.AioRpcError as exc:
+            except AppCallError as exc:
                 verdict, why = _verdict_of_error(exc)
                 self._note_app(exc)
             await self._settler.settle(received, verdict, why)
@@ -374,22 +366,19 @@ class _Loop:
     async def _bulk_call(self, path: str, entries: list[tuple[str, Received, Event]]) -> None:
         assert self._settler is not None
         spec = self.spec
-        request = bulk_request(spec.pubsub, spec.topic, path, [(eid, ev) for eid, _r, ev in entries])
         statuses: dict[str, int] = {}
         failure: BaseException | None = None
+        assert self._m.app is not None
         try:
-            if not self._bulk_alpha:
-                try:
-                    resp = await self._m.app.callback.OnBulkTopicEvent(request, timeout=self._m.delivery_timeout)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                        raise
-                    self._bulk_alpha = True  # an app of an older SDK: ask it the alpha way from now on
-            if self._bulk_alpha:
-                resp = await self._m.app.alpha.OnBulkTopicEventAlpha1(request, timeout=self._m.delivery_timeout)
-            statuses = {s.entry_id: s.status for s in resp.statuses}
+            statuses = await self._m.app.on_bulk_event(
+                spec.pubsub,
+                spec.topic,
+                path,
+                [BulkEntry(eid, ev) for eid, _r, ev in entries],
+                timeout=self._m.delivery_timeout,
+            )
             self._note_app(None)
-        except grpc.aio.AioRpcError as exc:
+        except AppCallError as exc:
             failure = exc
             self._note_app(exc)
         for eid, received, _event in entries:
@@ -412,63 +401,6 @@ def _free(sem: asyncio.Semaphore) -> int:
 
 def _call_metadata(event: Event) -> tuple[tuple[str, str], ...]:
     return (("traceparent", event.traceparent),) if event.traceparent else ()
-
-
-def event_fields(event: Event, path: str) -> dict[str, Any]:
-    """The fields Dapr's and the native TopicEventRequest share (they differ in extensions)."""
-    return {
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "spec_version": event.specversion,
-        "data_content_type": event.datacontenttype,
-        "data": event.data,
-        "topic": event.topic,
-        "pubsub_name": event.pubsubname,
-        "path": path,
-    }
-
-
-def topic_event_request(event: Event, path: str) -> Any:
-    from dapr.proto.runtime.v1 import appcallback_pb2
-
-    req = appcallback_pb2.TopicEventRequest(**event_fields(event, path))
-    if event.extensions:
-        _extensions(req.extensions, event.extensions)
-    return req
-
-
-def bulk_request(pubsub: str, topic: str, path: str, entries: list[tuple[str, Event]]) -> Any:
-    from dapr.proto.runtime.v1 import appcallback_pb2
-
-    req = appcallback_pb2.TopicEventBulkRequest(
-        id=uuid.uuid4().hex, topic=topic, pubsub_name=pubsub, type=EVENT_TYPE, path=path
-    )
-    for eid, event in entries:
-        entry = req.entries.add(entry_id=eid, content_type=CLOUDEVENT_JSON)
-        ce = entry.cloud_event
-        ce.id = event.id
-        ce.source = event.source
-        ce.type = event.type
-        ce.spec_version = event.specversion
-        ce.data_content_type = event.datacontenttype
-        ce.data = event.data
-        if event.extensions:
-            _extensions(ce.extensions, event.extensions)
-    return req
-
-
-def _extensions(struct: Any, values: dict[str, Any]) -> None:
-    # Setting string fields directly is faster than Struct.update; extensions are mostly strings.
-    fields = struct.fields
-    rest: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, str):
-            fields[key].string_value = value
-        else:
-            rest[key] = value
-    if rest:
-        struct.update(rest)
 
 
 class StreamSession:
@@ -540,7 +472,7 @@ class StreamSession:
 class SubscriberManager:
     """Owns the delivery loops of this sidecar and opens streaming subscriptions for its fronts."""
 
-    def __init__(self, config: Config, app: AppChannel, bridges: Bridges) -> None:
+    def __init__(self, config: Config, app: AppChannel | None, bridges: Bridges) -> None:
         self.config = config
         self.app = app
         self.bridges = bridges
@@ -561,7 +493,7 @@ class SubscriberManager:
         self._started = True
         for sub in self.config.subscriptions:
             self._add(Spec.from_config(sub))
-        if self.app.configured:
+        if self.app is not None:
             self._discovery = asyncio.create_task(self._discover(), name="l8-list-topic-subscriptions")
 
     def _add(self, spec: Spec) -> None:
@@ -573,35 +505,34 @@ class SubscriberManager:
         loop.start()
 
     async def _discover(self) -> None:
-        from google.protobuf import empty_pb2  # type: ignore[import-untyped]
-
+        assert self.app is not None
         delay = _DISCOVERY_BACKOFF[0]
         while not self._stopped.is_set():
             try:
-                resp = await self.app.callback.ListTopicSubscriptions(empty_pb2.Empty(), timeout=5)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    log.info("the app lists no topic subscriptions")
-                    return
-                log.debug("ListTopicSubscriptions: %s; asking again in %.1fs", exc.code().name, delay)
+                found = await self.app.list_subscriptions(timeout=5)
+            except AppCallError as exc:
+                log.debug("ListTopicSubscriptions: %s; asking again in %.1fs", exc.code.value, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), delay)
                 delay = min(delay * 2, _DISCOVERY_BACKOFF[1])
                 continue
+            if found is None:
+                log.info("the app lists no topic subscriptions")
+                return
             configured = self.bridges.configured()
-            for sub in resp.subscriptions:
-                if sub.pubsub_name not in configured:
+            for sub in found:
+                if sub.pubsub not in configured:
                     log.error(
                         "the app subscribes to %r on pub/sub %r, which is not configured; configured: %s",
                         sub.topic,
-                        sub.pubsub_name,
+                        sub.pubsub,
                         ", ".join(configured) or "none",
                     )
                     continue
                 try:
                     self._add(Spec.from_app(sub))
                 except (RuleError, ValueError) as exc:
-                    log.error("the app's subscription to %s/%s is not usable: %s", sub.pubsub_name, sub.topic, exc)
+                    log.error("the app's subscription to %s/%s is not usable: %s", sub.pubsub, sub.topic, exc)
             return
 
     async def open_stream(
@@ -633,4 +564,5 @@ class SubscriberManager:
         for session in list(self._sessions):
             await self.close_stream(session)
         await self.bridges.stop()
-        await self.app.close()
+        if self.app is not None:
+            await self.app.close()

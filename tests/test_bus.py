@@ -28,7 +28,9 @@ async def bus(nats_server: Server) -> AsyncIterator[Bus]:
     await bus.stop()
 
 
-async def test_a_request_carries_app_id_deadline_and_traceparent_to_the_handler(bus: Bus) -> None:
+async def test_a_request_carries_the_app_id_of_its_subject_its_deadline_and_traceparent_to_the_handler(
+    bus: Bus,
+) -> None:
     ns = unique("ns")
     seen: list[tuple[str, RequestContext]] = []
 
@@ -42,7 +44,7 @@ async def test_a_request_carries_app_id_deadline_and_traceparent_to_the_handler(
     try:
         trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         msg = await bus.request(
-            request_subject(ns, "state", "store", "get"), b"abc", timeout=2, headers=request_headers("app1", 2.0, trace)
+            request_subject(ns, "state", "store", "get", "app1"), b"abc", timeout=2, headers=request_headers(2.0, trace)
         )
         assert msg.data == b"ABC"
         op, ctx = seen[0]
@@ -63,7 +65,7 @@ async def test_an_error_travels_back_in_headers_with_its_code(bus: Bus) -> None:
     await host.start()
     try:
         with pytest.raises(RemoteError) as info:
-            await bus.request(request_subject(ns, "state", "s", "save"), b"", timeout=2)
+            await bus.request(request_subject(ns, "state", "s", "save", "app"), b"", timeout=2)
         assert info.value.code == "ABORTED"
         assert info.value.message == "etag mismatch for key 'k' second line"
     finally:
@@ -81,7 +83,7 @@ async def test_a_handler_bug_comes_back_as_internal(bus: Bus) -> None:
     await host.start()
     try:
         with pytest.raises(RemoteError) as info:
-            await bus.request(request_subject(ns, "state", "s", "get"), b"", timeout=2)
+            await bus.request(request_subject(ns, "state", "s", "get", "app"), b"", timeout=2)
         assert info.value.code == "INTERNAL" and "KeyError" in info.value.message
     finally:
         await host.stop()
@@ -90,7 +92,7 @@ async def test_a_handler_bug_comes_back_as_internal(bus: Bus) -> None:
 async def test_nobody_listening_is_no_responders_at_once(bus: Bus) -> None:
     began = time.monotonic()
     with pytest.raises(NoResponders):
-        await bus.request(request_subject(unique("ns"), "state", "s", "get"), b"", timeout=5)
+        await bus.request(request_subject(unique("ns"), "state", "s", "get", "app"), b"", timeout=5)
     assert time.monotonic() - began < 2
 
 
@@ -110,7 +112,7 @@ async def test_a_slow_handler_is_cut_at_the_callers_deadline(bus: Bus) -> None:
         began = time.monotonic()
         with pytest.raises((BusTimeout, RemoteError)):
             await bus.request(
-                request_subject(ns, "state", "s", "get"), b"", timeout=0.3, headers=request_headers("a", 0.3, None)
+                request_subject(ns, "state", "s", "get", "app"), b"", timeout=0.3, headers=request_headers(0.3)
             )
         assert time.monotonic() - began < 2
     finally:
@@ -135,7 +137,7 @@ async def test_the_worker_host_bounds_its_concurrency(bus: Bus) -> None:
     host.add("state", "s", handler)
     await host.start()
     try:
-        subject = request_subject(ns, "state", "s", "get")
+        subject = request_subject(ns, "state", "s", "get", "app")
         replies = await asyncio.gather(*(bus.request(subject, b"", timeout=10) for _ in range(20)))
         assert all(r.data == b"ok" for r in replies)
         assert peak == 3
@@ -153,7 +155,9 @@ async def test_stopping_the_worker_host_finishes_requests_in_flight(bus: Bus) ->
     host = WorkerHost(bus, ns)
     host.add("state", "s", handler)
     await host.start()
-    pending = asyncio.gather(*(bus.request(request_subject(ns, "state", "s", "get"), b"", timeout=5) for _ in range(5)))
+    pending = asyncio.gather(
+        *(bus.request(request_subject(ns, "state", "s", "get", "app"), b"", timeout=5) for _ in range(5))
+    )
     await asyncio.sleep(0.1)
     await host.stop()
     await host.stop()
@@ -191,7 +195,7 @@ async def test_the_bus_reconnects_after_the_server_restarts(tmp_path: Path) -> N
     host = WorkerHost(bus, ns)
     host.add("state", "s", handler)
     await host.start()
-    subject = request_subject(ns, "state", "s", "get")
+    subject = request_subject(ns, "state", "s", "get", "app")
     try:
         assert (await bus.request(subject, b"", timeout=2)).data == b"pong"
         first.stop()
@@ -232,11 +236,11 @@ async def test_local_dispatch_serves_handlers_of_this_process_without_the_server
     host = WorkerHost(bus, ns, local_dispatch=local)
     host.add("state", "s", handler)
     await host.start()
-    subject = request_subject(ns, "state", "s", "get")
+    subject = request_subject(ns, "state", "s", "get", "me")
     try:
-        assert await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None)) == b"me"
+        assert await bus.call(subject, b"", timeout=2, headers=request_headers(2)) == b"me"
         with pytest.raises(RemoteError) as info:
-            await bus.call(subject, b"bad", timeout=2, headers=request_headers("me", 2, None))
+            await bus.call(subject, b"bad", timeout=2, headers=request_headers(2))
         assert info.value.code == "ABORTED"
         await bus.nc.flush()
         assert crossed == ([] if local else [subject, subject])
@@ -244,7 +248,7 @@ async def test_local_dispatch_serves_handlers_of_this_process_without_the_server
         await host.stop()
         await spy_sub.unsubscribe()
     with pytest.raises(NoResponders):
-        await bus.call(subject, b"", timeout=2, headers=request_headers("me", 2, None))
+        await bus.call(subject, b"", timeout=2, headers=request_headers(2))
 
 
 async def test_a_worker_leaving_its_queue_group_loses_no_request(nats_server: Server) -> None:
@@ -259,7 +263,7 @@ async def test_a_worker_leaving_its_queue_group_loses_no_request(nats_server: Se
     stays = WorkerHost(staying, ns)
     stays.add("state", "s", handler)
     await stays.start()
-    subject = request_subject(ns, "state", "s", "get")
+    subject = request_subject(ns, "state", "s", "get", "app")
     lost: list[str] = []
     try:
         for round_ in range(15):
@@ -301,7 +305,7 @@ async def test_a_reply_too_large_for_the_bus_comes_back_as_an_error_not_a_timeou
     try:
         began = time.monotonic()
         with pytest.raises(RemoteError) as info:
-            await bus.request(request_subject(ns, "state", "s", "bulkget"), b"", timeout=5)
+            await bus.request(request_subject(ns, "state", "s", "bulkget", "app"), b"", timeout=5)
         assert info.value.code == "RESOURCE_EXHAUSTED" and "the bus carries at most" in info.value.message
         assert time.monotonic() - began < 4
     finally:

@@ -109,9 +109,9 @@ def test_the_native_api_drives_state_end_to_end_and_health_and_reflection_answer
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         answers = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for a in answers for s in a.list_services_response.service}
-        assert {"l8.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr", "grpc.health.v1.Health"} <= names
+        assert {"spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr", "grpc.health.v1.Health"} <= names
         # Reflection and the Dapr messages load on first use: each service must still be described.
-        for symbol in ("l8.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr"):
+        for symbol in ("spec.proto.runtime.v1.Runtime", "dapr.proto.runtime.v1.Dapr"):
             answers = reflect.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)])
             )

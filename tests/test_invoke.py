@@ -337,7 +337,7 @@ async def test_bad_invocations_are_invalid_argument_saying_what_is_wrong(apps: A
         assert "method name is empty" in message
         message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.InvokeService, invoke_request("a.*", "echo"))
         assert "'a.*'" in message
-        raw = channel.unary_unary("/l8.runtime.v1.Runtime/InvokeService")
+        raw = channel.unary_unary("/spec.proto.runtime.v1.Runtime/InvokeService")
         message = await expect_code(grpc.StatusCode.INVALID_ARGUMENT, raw, b"\x0a\x05ab", timeout=30)
         assert "not a valid InvokeServiceRequest" in message
     for path, what in [

@@ -154,8 +154,8 @@ async def test_stopping_the_target_sidecar_finishes_the_invocations_in_flight_an
     app, port = recording_app
     app.gate = asyncio.Event()
     caller, target, target_id = await pair(make_sidecar, nats_server, port)
-    assert target.invocations is not None
-    await target.invocations.start()  # idempotent
+    assert target.invocations is not None and target.workers is not None
+    await target.workers.serve(target.invocations)  # idempotent
     channel, stub = native_stub(caller)
     async with channel:
         in_flight = asyncio.ensure_future(stub.InvokeService(request(target_id, "held"), timeout=60))
@@ -178,7 +178,7 @@ async def test_stopping_the_target_sidecar_finishes_the_invocations_in_flight_an
         resp = await in_flight
         assert resp.data.value == b"a,b"
         await stopping
-    await target.invocations.stop()  # idempotent
+    await target.workers.leave(target.invocations)  # idempotent
 
 
 ROUNDS = 30

@@ -144,7 +144,7 @@ async def test_keep_alive_really_moves_the_expiry(env: Env) -> None:
     holder = owner()
     assert await a.lock("renewed", holder, expire=1)
     resp = await b.renew("renewed", holder, expire=60)
-    assert resp.status == pb.LockKeepAliveResponse.SUCCESS and resp.resource_id == "renewed"
+    assert resp.status == pb.LockKeepAliveResponse.SUCCESS
     # A 1 s lock taken after the renewal: once it has expired, the first one's 1 s has passed too.
     assert await a.lock("reference", owner(), expire=1)
     await wait_free(a, "reference")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import lock_pb2, state_pb2
 
+from handlers.proto import appcallback_pb2, lifecycle_pb2
 from handlers.proto import runtime_pb2 as pb
 from runtime.routing import string_field
 
@@ -28,7 +29,7 @@ def test_dapr_state_requests_read_as_native_ones() -> None:
         storeName="s", operations=[state_pb2.TransactionalStateOperation(operationType="upsert", request=item)]
     )
     native_tx = pb.ExecuteStateTransactionRequest.FromString(tx.SerializeToString())
-    assert native_tx.store_name == "s" and native_tx.operations[0].operation_type == "upsert"
+    assert native_tx.storeName == "s" and native_tx.operations[0].operationType == "upsert"
 
     bulk = state_pb2.GetBulkStateRequest(store_name="s", keys=["a", "b"], parallelism=3)
     assert list(pb.GetBulkStateRequest.FromString(bulk.SerializeToString()).keys) == ["a", "b"]
@@ -75,3 +76,64 @@ def test_routing_reads_the_store_name_without_decoding() -> None:
     assert string_field(pb.GetStateRequest(key="k").SerializeToString(), 1) == ""
     reordered = pb.GetStateRequest(key="k").SerializeToString() + pb.GetStateRequest(store_name="x").SerializeToString()
     assert string_field(reordered, 1) == "x"
+
+
+# The rpcs of Layotto's spec.proto.runtime.v1.Runtime (mosn/layotto f9681450) with their streaming:
+# (client streams, server streams). A Layotto client calls exactly these paths.
+LAYOTTO_RUNTIME_RPCS = {
+    **dict.fromkeys(
+        [
+            "SayHello",
+            "InvokeService",
+            "GetConfiguration",
+            "SaveConfiguration",
+            "DeleteConfiguration",
+            "TryLock",
+            "Unlock",
+            "LockKeepAlive",
+            "GetNextId",
+            "GetState",
+            "GetBulkState",
+            "SaveState",
+            "DeleteState",
+            "DeleteBulkState",
+            "ExecuteStateTransaction",
+            "PublishEvent",
+            "ListFile",
+            "DelFile",
+            "GetFileMeta",
+            "InvokeBinding",
+            "GetSecret",
+            "GetBulkSecret",
+        ],
+        (False, False),
+    ),
+    "SubscribeConfiguration": (True, True),
+    "SubscribeTopicEvents": (True, True),
+    "GetFile": (False, True),
+    "PutFile": (True, False),
+}
+
+
+def test_the_native_service_is_layottos_runtime_with_its_rpcs_and_l8s_extension_only() -> None:
+    service = pb.DESCRIPTOR.services_by_name["Runtime"]
+    assert service.full_name == "spec.proto.runtime.v1.Runtime"
+    rpcs = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
+    assert {name: rpcs.get(name) for name in LAYOTTO_RUNTIME_RPCS} == LAYOTTO_RUNTIME_RPCS
+    assert set(rpcs) - set(LAYOTTO_RUNTIME_RPCS) == {"PublishBulkEvent"}
+    assert appcallback_pb2.DESCRIPTOR.services_by_name["AppCallback"].full_name == "spec.proto.runtime.v1.AppCallback"
+    lifecycle = lifecycle_pb2.DESCRIPTOR.services_by_name["Lifecycle"]
+    assert [m.full_name for m in lifecycle.methods] == ["spec.proto.runtime.v1.Lifecycle.ApplyConfiguration"]
+
+
+def test_layotto_field_numbers_hold_where_l8_once_differed() -> None:
+    fields = {f.name: f.number for f in pb.LockKeepAliveResponse.DESCRIPTOR.fields}
+    assert fields == {"status": 1}
+    assert pb.LockKeepAliveResponse(status=pb.LockKeepAliveResponse.LOCK_UNEXIST).SerializeToString() == b"\x08\x01"
+    tx = pb.ExecuteStateTransactionRequest(
+        storeName="s", operations=[pb.TransactionalStateOperation(operationType="delete")]
+    )
+    assert tx.SerializeToString() == b"\x0a\x01s\x12\x08\x0a\x06delete"
+    # The events of SubscribeTopicEvents are AppCallback's TopicEventRequest, metadata at 10.
+    event = pb.SubscribeTopicEventsResponse(event_message=appcallback_pb2.TopicEventRequest(metadata={"k": "v"}))
+    assert event.SerializeToString() == b"\x12\x08\x52\x06\x0a\x01k\x12\x01v"

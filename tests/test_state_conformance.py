@@ -85,8 +85,8 @@ class Store:
     async def transact(self, *ops: tuple[str, pb.StateItem]) -> None:
         await self.stub.ExecuteStateTransaction(
             pb.ExecuteStateTransactionRequest(
-                store_name=self.name,
-                operations=[pb.TransactionalStateOperation(operation_type=kind, request=item) for kind, item in ops],
+                storeName=self.name,
+                operations=[pb.TransactionalStateOperation(operationType=kind, request=item) for kind, item in ops],
             )
         )
 

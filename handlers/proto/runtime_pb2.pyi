@@ -1,13 +1,266 @@
-from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import any_pb2 as _any_pb2
+from handlers.proto import appcallback_pb2 as _appcallback_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from handlers.proto.appcallback_pb2 import TopicEventRequest as TopicEventRequest
+from handlers.proto.appcallback_pb2 import TopicEventResponse as TopicEventResponse
+from handlers.proto.appcallback_pb2 import ListTopicSubscriptionsResponse as ListTopicSubscriptionsResponse
+from handlers.proto.appcallback_pb2 import TopicSubscription as TopicSubscription
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetFileMetaRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: FileRequest
+    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ...) -> None: ...
+
+class GetFileMetaResponse(_message.Message):
+    __slots__ = ("size", "last_modified", "response")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    last_modified: str
+    response: FileMeta
+    def __init__(self, size: _Optional[int] = ..., last_modified: _Optional[str] = ..., response: _Optional[_Union[FileMeta, _Mapping]] = ...) -> None: ...
+
+class FileMetaValue(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, value: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FileMeta(_message.Message):
+    __slots__ = ("metadata",)
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FileMetaValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FileMetaValue, _Mapping]] = ...) -> None: ...
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: _containers.MessageMap[str, FileMetaValue]
+    def __init__(self, metadata: _Optional[_Mapping[str, FileMetaValue]] = ...) -> None: ...
+
+class GetFileRequest(_message.Message):
+    __slots__ = ("store_name", "name", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetFileResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class PutFileRequest(_message.Message):
+    __slots__ = ("store_name", "name", "data", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    data: bytes
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FileRequest(_message.Message):
+    __slots__ = ("store_name", "name", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListFileRequest(_message.Message):
+    __slots__ = ("request", "page_size", "marker")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    request: FileRequest
+    page_size: int
+    marker: str
+    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ..., page_size: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class FileInfo(_message.Message):
+    __slots__ = ("file_name", "size", "last_modified", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    file_name: str
+    size: int
+    last_modified: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, file_name: _Optional[str] = ..., size: _Optional[int] = ..., last_modified: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListFileResp(_message.Message):
+    __slots__ = ("files", "marker", "is_truncated")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    IS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[FileInfo]
+    marker: str
+    is_truncated: bool
+    def __init__(self, files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., marker: _Optional[str] = ..., is_truncated: _Optional[bool] = ...) -> None: ...
+
+class DelFileRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: FileRequest
+    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ...) -> None: ...
+
+class GetNextIdRequest(_message.Message):
+    __slots__ = ("store_name", "key", "options", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    key: str
+    options: SequencerOptions
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, store_name: _Optional[str] = ..., key: _Optional[str] = ..., options: _Optional[_Union[SequencerOptions, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SequencerOptions(_message.Message):
+    __slots__ = ("increment",)
+    class AutoIncrement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        WEAK: _ClassVar[SequencerOptions.AutoIncrement]
+        STRONG: _ClassVar[SequencerOptions.AutoIncrement]
+    WEAK: SequencerOptions.AutoIncrement
+    STRONG: SequencerOptions.AutoIncrement
+    INCREMENT_FIELD_NUMBER: _ClassVar[int]
+    increment: SequencerOptions.AutoIncrement
+    def __init__(self, increment: _Optional[_Union[SequencerOptions.AutoIncrement, str]] = ...) -> None: ...
+
+class GetNextIdResponse(_message.Message):
+    __slots__ = ("next_id",)
+    NEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    next_id: int
+    def __init__(self, next_id: _Optional[int] = ...) -> None: ...
+
+class TryLockRequest(_message.Message):
+    __slots__ = ("store_name", "resource_id", "lock_owner", "expire")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    resource_id: str
+    lock_owner: str
+    expire: int
+    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ..., expire: _Optional[int] = ...) -> None: ...
+
+class TryLockResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class UnlockRequest(_message.Message):
+    __slots__ = ("store_name", "resource_id", "lock_owner")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    resource_id: str
+    lock_owner: str
+    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ...) -> None: ...
+
+class UnlockResponse(_message.Message):
+    __slots__ = ("status",)
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SUCCESS: _ClassVar[UnlockResponse.Status]
+        LOCK_UNEXIST: _ClassVar[UnlockResponse.Status]
+        LOCK_BELONG_TO_OTHERS: _ClassVar[UnlockResponse.Status]
+        INTERNAL_ERROR: _ClassVar[UnlockResponse.Status]
+    SUCCESS: UnlockResponse.Status
+    LOCK_UNEXIST: UnlockResponse.Status
+    LOCK_BELONG_TO_OTHERS: UnlockResponse.Status
+    INTERNAL_ERROR: UnlockResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: UnlockResponse.Status
+    def __init__(self, status: _Optional[_Union[UnlockResponse.Status, str]] = ...) -> None: ...
+
+class LockKeepAliveRequest(_message.Message):
+    __slots__ = ("store_name", "resource_id", "lock_owner", "expire")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    resource_id: str
+    lock_owner: str
+    expire: int
+    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ..., expire: _Optional[int] = ...) -> None: ...
+
+class LockKeepAliveResponse(_message.Message):
+    __slots__ = ("status",)
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SUCCESS: _ClassVar[LockKeepAliveResponse.Status]
+        LOCK_UNEXIST: _ClassVar[LockKeepAliveResponse.Status]
+        LOCK_BELONG_TO_OTHERS: _ClassVar[LockKeepAliveResponse.Status]
+        INTERNAL_ERROR: _ClassVar[LockKeepAliveResponse.Status]
+    SUCCESS: LockKeepAliveResponse.Status
+    LOCK_UNEXIST: LockKeepAliveResponse.Status
+    LOCK_BELONG_TO_OTHERS: LockKeepAliveResponse.Status
+    INTERNAL_ERROR: LockKeepAliveResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: LockKeepAliveResponse.Status
+    def __init__(self, status: _Optional[_Union[LockKeepAliveResponse.Status, str]] = ...) -> None: ...
 
 class SayHelloRequest(_message.Message):
     __slots__ = ("service_name", "name", "data")
@@ -223,117 +476,6 @@ class DeleteConfigurationRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, store_name: _Optional[str] = ..., app_id: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
-class TryLockRequest(_message.Message):
-    __slots__ = ("store_name", "resource_id", "lock_owner", "expire")
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
-    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
-    EXPIRE_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    resource_id: str
-    lock_owner: str
-    expire: int
-    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ..., expire: _Optional[int] = ...) -> None: ...
-
-class TryLockResponse(_message.Message):
-    __slots__ = ("success",)
-    SUCCESS_FIELD_NUMBER: _ClassVar[int]
-    success: bool
-    def __init__(self, success: _Optional[bool] = ...) -> None: ...
-
-class UnlockRequest(_message.Message):
-    __slots__ = ("store_name", "resource_id", "lock_owner")
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
-    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    resource_id: str
-    lock_owner: str
-    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ...) -> None: ...
-
-class UnlockResponse(_message.Message):
-    __slots__ = ("status",)
-    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        SUCCESS: _ClassVar[UnlockResponse.Status]
-        LOCK_UNEXIST: _ClassVar[UnlockResponse.Status]
-        LOCK_BELONG_TO_OTHERS: _ClassVar[UnlockResponse.Status]
-        INTERNAL_ERROR: _ClassVar[UnlockResponse.Status]
-    SUCCESS: UnlockResponse.Status
-    LOCK_UNEXIST: UnlockResponse.Status
-    LOCK_BELONG_TO_OTHERS: UnlockResponse.Status
-    INTERNAL_ERROR: UnlockResponse.Status
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    status: UnlockResponse.Status
-    def __init__(self, status: _Optional[_Union[UnlockResponse.Status, str]] = ...) -> None: ...
-
-class LockKeepAliveRequest(_message.Message):
-    __slots__ = ("store_name", "resource_id", "lock_owner", "expire")
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
-    LOCK_OWNER_FIELD_NUMBER: _ClassVar[int]
-    EXPIRE_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    resource_id: str
-    lock_owner: str
-    expire: int
-    def __init__(self, store_name: _Optional[str] = ..., resource_id: _Optional[str] = ..., lock_owner: _Optional[str] = ..., expire: _Optional[int] = ...) -> None: ...
-
-class LockKeepAliveResponse(_message.Message):
-    __slots__ = ("resource_id", "status")
-    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        SUCCESS: _ClassVar[LockKeepAliveResponse.Status]
-        LOCK_UNEXIST: _ClassVar[LockKeepAliveResponse.Status]
-        LOCK_BELONG_TO_OTHERS: _ClassVar[LockKeepAliveResponse.Status]
-        INTERNAL_ERROR: _ClassVar[LockKeepAliveResponse.Status]
-    SUCCESS: LockKeepAliveResponse.Status
-    LOCK_UNEXIST: LockKeepAliveResponse.Status
-    LOCK_BELONG_TO_OTHERS: LockKeepAliveResponse.Status
-    INTERNAL_ERROR: LockKeepAliveResponse.Status
-    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    resource_id: str
-    status: LockKeepAliveResponse.Status
-    def __init__(self, resource_id: _Optional[str] = ..., status: _Optional[_Union[LockKeepAliveResponse.Status, str]] = ...) -> None: ...
-
-class GetNextIdRequest(_message.Message):
-    __slots__ = ("store_name", "key", "options", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    OPTIONS_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    key: str
-    options: SequencerOptions
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, store_name: _Optional[str] = ..., key: _Optional[str] = ..., options: _Optional[_Union[SequencerOptions, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class SequencerOptions(_message.Message):
-    __slots__ = ("increment",)
-    class AutoIncrement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        WEAK: _ClassVar[SequencerOptions.AutoIncrement]
-        STRONG: _ClassVar[SequencerOptions.AutoIncrement]
-    WEAK: SequencerOptions.AutoIncrement
-    STRONG: SequencerOptions.AutoIncrement
-    INCREMENT_FIELD_NUMBER: _ClassVar[int]
-    increment: SequencerOptions.AutoIncrement
-    def __init__(self, increment: _Optional[_Union[SequencerOptions.AutoIncrement, str]] = ...) -> None: ...
-
-class GetNextIdResponse(_message.Message):
-    __slots__ = ("next_id",)
-    NEXT_ID_FIELD_NUMBER: _ClassVar[int]
-    next_id: int
-    def __init__(self, next_id: _Optional[int] = ...) -> None: ...
-
 class GetStateRequest(_message.Message):
     __slots__ = ("store_name", "key", "consistency", "metadata")
     class MetadataEntry(_message.Message):
@@ -352,23 +494,6 @@ class GetStateRequest(_message.Message):
     consistency: StateOptions.StateConsistency
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, store_name: _Optional[str] = ..., key: _Optional[str] = ..., consistency: _Optional[_Union[StateOptions.StateConsistency, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class GetStateResponse(_message.Message):
-    __slots__ = ("data", "etag", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    ETAG_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    data: bytes
-    etag: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, data: _Optional[bytes] = ..., etag: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetBulkStateRequest(_message.Message):
     __slots__ = ("store_name", "keys", "parallelism", "metadata")
@@ -416,13 +541,22 @@ class BulkStateItem(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., etag: _Optional[str] = ..., error: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
-class SaveStateRequest(_message.Message):
-    __slots__ = ("store_name", "states")
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    STATES_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    states: _containers.RepeatedCompositeFieldContainer[StateItem]
-    def __init__(self, store_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateItem, _Mapping]]] = ...) -> None: ...
+class GetStateResponse(_message.Message):
+    __slots__ = ("data", "etag", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    etag: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, data: _Optional[bytes] = ..., etag: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DeleteStateRequest(_message.Message):
     __slots__ = ("store_name", "key", "etag", "options", "metadata")
@@ -453,30 +587,13 @@ class DeleteBulkStateRequest(_message.Message):
     states: _containers.RepeatedCompositeFieldContainer[StateItem]
     def __init__(self, store_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateItem, _Mapping]]] = ...) -> None: ...
 
-class ExecuteStateTransactionRequest(_message.Message):
-    __slots__ = ("store_name", "operations", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+class SaveStateRequest(_message.Message):
+    __slots__ = ("store_name", "states")
     STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
     store_name: str
-    operations: _containers.RepeatedCompositeFieldContainer[TransactionalStateOperation]
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, store_name: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[TransactionalStateOperation, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class TransactionalStateOperation(_message.Message):
-    __slots__ = ("operation_type", "request")
-    OPERATION_TYPE_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    operation_type: str
-    request: StateItem
-    def __init__(self, operation_type: _Optional[str] = ..., request: _Optional[_Union[StateItem, _Mapping]] = ...) -> None: ...
+    states: _containers.RepeatedCompositeFieldContainer[StateItem]
+    def __init__(self, store_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateItem, _Mapping]]] = ...) -> None: ...
 
 class StateItem(_message.Message):
     __slots__ = ("key", "value", "etag", "metadata", "options")
@@ -529,6 +646,31 @@ class StateOptions(_message.Message):
     consistency: StateOptions.StateConsistency
     def __init__(self, concurrency: _Optional[_Union[StateOptions.StateConcurrency, str]] = ..., consistency: _Optional[_Union[StateOptions.StateConsistency, str]] = ...) -> None: ...
 
+class TransactionalStateOperation(_message.Message):
+    __slots__ = ("operationType", "request")
+    OPERATIONTYPE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    operationType: str
+    request: StateItem
+    def __init__(self, operationType: _Optional[str] = ..., request: _Optional[_Union[StateItem, _Mapping]] = ...) -> None: ...
+
+class ExecuteStateTransactionRequest(_message.Message):
+    __slots__ = ("storeName", "operations", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STORENAME_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    storeName: str
+    operations: _containers.RepeatedCompositeFieldContainer[TransactionalStateOperation]
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, storeName: _Optional[str] = ..., operations: _Optional[_Iterable[_Union[TransactionalStateOperation, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class PublishEventRequest(_message.Message):
     __slots__ = ("pubsub_name", "topic", "data", "data_content_type", "metadata")
     class MetadataEntry(_message.Message):
@@ -549,58 +691,6 @@ class PublishEventRequest(_message.Message):
     data_content_type: str
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, pubsub_name: _Optional[str] = ..., topic: _Optional[str] = ..., data: _Optional[bytes] = ..., data_content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class BulkPublishRequest(_message.Message):
-    __slots__ = ("pubsub_name", "topic", "entries", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    PUBSUB_NAME_FIELD_NUMBER: _ClassVar[int]
-    TOPIC_FIELD_NUMBER: _ClassVar[int]
-    ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    pubsub_name: str
-    topic: str
-    entries: _containers.RepeatedCompositeFieldContainer[BulkPublishRequestEntry]
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, pubsub_name: _Optional[str] = ..., topic: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[BulkPublishRequestEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class BulkPublishRequestEntry(_message.Message):
-    __slots__ = ("entry_id", "event", "content_type", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
-    EVENT_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    entry_id: str
-    event: bytes
-    content_type: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, entry_id: _Optional[str] = ..., event: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class BulkPublishResponse(_message.Message):
-    __slots__ = ("failed_entries",)
-    FAILED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    failed_entries: _containers.RepeatedCompositeFieldContainer[BulkPublishResponseFailedEntry]
-    def __init__(self, failed_entries: _Optional[_Iterable[_Union[BulkPublishResponseFailedEntry, _Mapping]]] = ...) -> None: ...
-
-class BulkPublishResponseFailedEntry(_message.Message):
-    __slots__ = ("entry_id", "error")
-    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    entry_id: str
-    error: str
-    def __init__(self, entry_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SubscribeTopicEventsRequest(_message.Message):
     __slots__ = ("initial_request", "event_processed")
@@ -634,204 +724,20 @@ class SubscribeTopicEventsRequestProcessed(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     id: str
-    status: TopicEventResponse
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[TopicEventResponse, _Mapping]] = ...) -> None: ...
+    status: _appcallback_pb2.TopicEventResponse
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[_appcallback_pb2.TopicEventResponse, _Mapping]] = ...) -> None: ...
 
 class SubscribeTopicEventsResponse(_message.Message):
     __slots__ = ("initial_response", "event_message")
     INITIAL_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     EVENT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     initial_response: SubscribeTopicEventsResponseInitial
-    event_message: TopicEventRequest
-    def __init__(self, initial_response: _Optional[_Union[SubscribeTopicEventsResponseInitial, _Mapping]] = ..., event_message: _Optional[_Union[TopicEventRequest, _Mapping]] = ...) -> None: ...
+    event_message: _appcallback_pb2.TopicEventRequest
+    def __init__(self, initial_response: _Optional[_Union[SubscribeTopicEventsResponseInitial, _Mapping]] = ..., event_message: _Optional[_Union[_appcallback_pb2.TopicEventRequest, _Mapping]] = ...) -> None: ...
 
 class SubscribeTopicEventsResponseInitial(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
-
-class TopicEventRequest(_message.Message):
-    __slots__ = ("id", "source", "type", "spec_version", "data_content_type", "data", "topic", "pubsub_name", "path", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    ID_FIELD_NUMBER: _ClassVar[int]
-    SOURCE_FIELD_NUMBER: _ClassVar[int]
-    TYPE_FIELD_NUMBER: _ClassVar[int]
-    SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
-    DATA_CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    TOPIC_FIELD_NUMBER: _ClassVar[int]
-    PUBSUB_NAME_FIELD_NUMBER: _ClassVar[int]
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    id: str
-    source: str
-    type: str
-    spec_version: str
-    data_content_type: str
-    data: bytes
-    topic: str
-    pubsub_name: str
-    path: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., type: _Optional[str] = ..., spec_version: _Optional[str] = ..., data_content_type: _Optional[str] = ..., data: _Optional[bytes] = ..., topic: _Optional[str] = ..., pubsub_name: _Optional[str] = ..., path: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class TopicEventResponse(_message.Message):
-    __slots__ = ("status",)
-    class TopicEventResponseStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        SUCCESS: _ClassVar[TopicEventResponse.TopicEventResponseStatus]
-        RETRY: _ClassVar[TopicEventResponse.TopicEventResponseStatus]
-        DROP: _ClassVar[TopicEventResponse.TopicEventResponseStatus]
-    SUCCESS: TopicEventResponse.TopicEventResponseStatus
-    RETRY: TopicEventResponse.TopicEventResponseStatus
-    DROP: TopicEventResponse.TopicEventResponseStatus
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    status: TopicEventResponse.TopicEventResponseStatus
-    def __init__(self, status: _Optional[_Union[TopicEventResponse.TopicEventResponseStatus, str]] = ...) -> None: ...
-
-class GetFileRequest(_message.Message):
-    __slots__ = ("store_name", "name", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    name: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class GetFileResponse(_message.Message):
-    __slots__ = ("data",)
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
-
-class PutFileRequest(_message.Message):
-    __slots__ = ("store_name", "name", "data", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    name: str
-    data: bytes
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class FileRequest(_message.Message):
-    __slots__ = ("store_name", "name", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    store_name: str
-    name: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class ListFileRequest(_message.Message):
-    __slots__ = ("request", "page_size", "marker")
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    MARKER_FIELD_NUMBER: _ClassVar[int]
-    request: FileRequest
-    page_size: int
-    marker: str
-    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ..., page_size: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
-
-class FileInfo(_message.Message):
-    __slots__ = ("file_name", "size", "last_modified", "metadata")
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
-    SIZE_FIELD_NUMBER: _ClassVar[int]
-    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    file_name: str
-    size: int
-    last_modified: str
-    metadata: _containers.ScalarMap[str, str]
-    def __init__(self, file_name: _Optional[str] = ..., size: _Optional[int] = ..., last_modified: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
-
-class ListFileResp(_message.Message):
-    __slots__ = ("files", "marker", "is_truncated")
-    FILES_FIELD_NUMBER: _ClassVar[int]
-    MARKER_FIELD_NUMBER: _ClassVar[int]
-    IS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
-    files: _containers.RepeatedCompositeFieldContainer[FileInfo]
-    marker: str
-    is_truncated: bool
-    def __init__(self, files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., marker: _Optional[str] = ..., is_truncated: _Optional[bool] = ...) -> None: ...
-
-class DelFileRequest(_message.Message):
-    __slots__ = ("request",)
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    request: FileRequest
-    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ...) -> None: ...
-
-class GetFileMetaRequest(_message.Message):
-    __slots__ = ("request",)
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    request: FileRequest
-    def __init__(self, request: _Optional[_Union[FileRequest, _Mapping]] = ...) -> None: ...
-
-class GetFileMetaResponse(_message.Message):
-    __slots__ = ("size", "last_modified", "response")
-    SIZE_FIELD_NUMBER: _ClassVar[int]
-    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_FIELD_NUMBER: _ClassVar[int]
-    size: int
-    last_modified: str
-    response: FileMeta
-    def __init__(self, size: _Optional[int] = ..., last_modified: _Optional[str] = ..., response: _Optional[_Union[FileMeta, _Mapping]] = ...) -> None: ...
-
-class FileMeta(_message.Message):
-    __slots__ = ("metadata",)
-    class MetadataEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: FileMetaValue
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FileMetaValue, _Mapping]] = ...) -> None: ...
-    METADATA_FIELD_NUMBER: _ClassVar[int]
-    metadata: _containers.MessageMap[str, FileMetaValue]
-    def __init__(self, metadata: _Optional[_Mapping[str, FileMetaValue]] = ...) -> None: ...
-
-class FileMetaValue(_message.Message):
-    __slots__ = ("value",)
-    VALUE_FIELD_NUMBER: _ClassVar[int]
-    value: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, value: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InvokeBindingRequest(_message.Message):
     __slots__ = ("name", "data", "metadata", "operation")
@@ -912,6 +818,19 @@ class GetBulkSecretRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, store_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class GetBulkSecretResponse(_message.Message):
+    __slots__ = ("data",)
+    class DataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SecretResponse
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SecretResponse, _Mapping]] = ...) -> None: ...
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: _containers.MessageMap[str, SecretResponse]
+    def __init__(self, data: _Optional[_Mapping[str, SecretResponse]] = ...) -> None: ...
+
 class SecretResponse(_message.Message):
     __slots__ = ("secrets",)
     class SecretsEntry(_message.Message):
@@ -925,15 +844,54 @@ class SecretResponse(_message.Message):
     secrets: _containers.ScalarMap[str, str]
     def __init__(self, secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
-class GetBulkSecretResponse(_message.Message):
-    __slots__ = ("data",)
-    class DataEntry(_message.Message):
+class BulkPublishRequest(_message.Message):
+    __slots__ = ("pubsub_name", "topic", "entries", "metadata")
+    class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: SecretResponse
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SecretResponse, _Mapping]] = ...) -> None: ...
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    data: _containers.MessageMap[str, SecretResponse]
-    def __init__(self, data: _Optional[_Mapping[str, SecretResponse]] = ...) -> None: ...
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PUBSUB_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    pubsub_name: str
+    topic: str
+    entries: _containers.RepeatedCompositeFieldContainer[BulkPublishRequestEntry]
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, pubsub_name: _Optional[str] = ..., topic: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[BulkPublishRequestEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BulkPublishRequestEntry(_message.Message):
+    __slots__ = ("entry_id", "event", "content_type", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    event: bytes
+    content_type: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, entry_id: _Optional[str] = ..., event: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BulkPublishResponse(_message.Message):
+    __slots__ = ("failed_entries",)
+    FAILED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    failed_entries: _containers.RepeatedCompositeFieldContainer[BulkPublishResponseFailedEntry]
+    def __init__(self, failed_entries: _Optional[_Iterable[_Union[BulkPublishResponseFailedEntry, _Mapping]]] = ...) -> None: ...
+
+class BulkPublishResponseFailedEntry(_message.Message):
+    __slots__ = ("entry_id", "error")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    error: str
+    def __init__(self, entry_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

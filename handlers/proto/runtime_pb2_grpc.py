@@ -27,7 +27,10 @@ if _version_not_supported:
 
 
 class RuntimeStub:
-    """Missing associated documentation comment in .proto file."""
+    """@exclude skip quickstart_generator 
+
+    Runtime encapsulates variours Runtime APIs(such as Configuration API, Pub/Sub API, etc)
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -36,312 +39,341 @@ class RuntimeStub:
             channel: A grpc.Channel.
         """
         self.SayHello = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/SayHello',
+                '/spec.proto.runtime.v1.Runtime/SayHello',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.SayHelloRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.SayHelloResponse.FromString,
                 _registered_method=True)
         self.InvokeService = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/InvokeService',
+                '/spec.proto.runtime.v1.Runtime/InvokeService',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.InvokeServiceRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.InvokeResponse.FromString,
                 _registered_method=True)
         self.GetConfiguration = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetConfiguration',
+                '/spec.proto.runtime.v1.Runtime/GetConfiguration',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetConfigurationRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetConfigurationResponse.FromString,
                 _registered_method=True)
         self.SaveConfiguration = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/SaveConfiguration',
+                '/spec.proto.runtime.v1.Runtime/SaveConfiguration',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.SaveConfigurationRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteConfiguration = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/DeleteConfiguration',
+                '/spec.proto.runtime.v1.Runtime/DeleteConfiguration',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.DeleteConfigurationRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.SubscribeConfiguration = channel.stream_stream(
-                '/l8.runtime.v1.Runtime/SubscribeConfiguration',
+                '/spec.proto.runtime.v1.Runtime/SubscribeConfiguration',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.SubscribeConfigurationRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.SubscribeConfigurationResponse.FromString,
                 _registered_method=True)
         self.TryLock = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/TryLock',
+                '/spec.proto.runtime.v1.Runtime/TryLock',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.TryLockRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.TryLockResponse.FromString,
                 _registered_method=True)
         self.Unlock = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/Unlock',
+                '/spec.proto.runtime.v1.Runtime/Unlock',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.UnlockRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.UnlockResponse.FromString,
                 _registered_method=True)
         self.LockKeepAlive = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/LockKeepAlive',
+                '/spec.proto.runtime.v1.Runtime/LockKeepAlive',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.LockKeepAliveRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.LockKeepAliveResponse.FromString,
                 _registered_method=True)
         self.GetNextId = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetNextId',
+                '/spec.proto.runtime.v1.Runtime/GetNextId',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetNextIdRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetNextIdResponse.FromString,
                 _registered_method=True)
         self.GetState = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetState',
+                '/spec.proto.runtime.v1.Runtime/GetState',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetStateResponse.FromString,
                 _registered_method=True)
         self.GetBulkState = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetBulkState',
+                '/spec.proto.runtime.v1.Runtime/GetBulkState',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetBulkStateRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetBulkStateResponse.FromString,
                 _registered_method=True)
         self.SaveState = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/SaveState',
+                '/spec.proto.runtime.v1.Runtime/SaveState',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.SaveStateRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteState = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/DeleteState',
+                '/spec.proto.runtime.v1.Runtime/DeleteState',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.DeleteStateRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteBulkState = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/DeleteBulkState',
+                '/spec.proto.runtime.v1.Runtime/DeleteBulkState',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.DeleteBulkStateRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ExecuteStateTransaction = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/ExecuteStateTransaction',
+                '/spec.proto.runtime.v1.Runtime/ExecuteStateTransaction',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.ExecuteStateTransactionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.PublishEvent = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/PublishEvent',
+                '/spec.proto.runtime.v1.Runtime/PublishEvent',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.PublishEventRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.PublishBulkEvent = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/PublishBulkEvent',
+                '/spec.proto.runtime.v1.Runtime/PublishBulkEvent',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.BulkPublishRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.BulkPublishResponse.FromString,
                 _registered_method=True)
         self.SubscribeTopicEvents = channel.stream_stream(
-                '/l8.runtime.v1.Runtime/SubscribeTopicEvents',
+                '/spec.proto.runtime.v1.Runtime/SubscribeTopicEvents',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.SubscribeTopicEventsRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.SubscribeTopicEventsResponse.FromString,
                 _registered_method=True)
         self.GetFile = channel.unary_stream(
-                '/l8.runtime.v1.Runtime/GetFile',
+                '/spec.proto.runtime.v1.Runtime/GetFile',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetFileRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetFileResponse.FromString,
                 _registered_method=True)
         self.PutFile = channel.stream_unary(
-                '/l8.runtime.v1.Runtime/PutFile',
+                '/spec.proto.runtime.v1.Runtime/PutFile',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.PutFileRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListFile = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/ListFile',
+                '/spec.proto.runtime.v1.Runtime/ListFile',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.ListFileRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.ListFileResp.FromString,
                 _registered_method=True)
         self.DelFile = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/DelFile',
+                '/spec.proto.runtime.v1.Runtime/DelFile',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.DelFileRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.GetFileMeta = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetFileMeta',
+                '/spec.proto.runtime.v1.Runtime/GetFileMeta',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetFileMetaRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetFileMetaResponse.FromString,
                 _registered_method=True)
         self.InvokeBinding = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/InvokeBinding',
+                '/spec.proto.runtime.v1.Runtime/InvokeBinding',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.InvokeBindingRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.InvokeBindingResponse.FromString,
                 _registered_method=True)
         self.GetSecret = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetSecret',
+                '/spec.proto.runtime.v1.Runtime/GetSecret',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetSecretRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetSecretResponse.FromString,
                 _registered_method=True)
         self.GetBulkSecret = channel.unary_unary(
-                '/l8.runtime.v1.Runtime/GetBulkSecret',
+                '/spec.proto.runtime.v1.Runtime/GetBulkSecret',
                 request_serializer=handlers_dot_proto_dot_runtime__pb2.GetBulkSecretRequest.SerializeToString,
                 response_deserializer=handlers_dot_proto_dot_runtime__pb2.GetBulkSecretResponse.FromString,
                 _registered_method=True)
 
 
 class RuntimeServicer:
-    """Missing associated documentation comment in .proto file."""
+    """@exclude skip quickstart_generator 
+
+    Runtime encapsulates variours Runtime APIs(such as Configuration API, Pub/Sub API, etc)
+    """
 
     def SayHello(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """SayHello used for test
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InvokeService(self, request, context):
-        """Service invocation.
+        """InvokeService do rpc calls
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConfiguration(self, request, context):
-        """Configuration.
+        """GetConfiguration gets configuration from configuration store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SaveConfiguration(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """SaveConfiguration saves configuration into configuration store.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConfiguration(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """DeleteConfiguration deletes configuration from configuration store.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeConfiguration(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """SubscribeConfiguration gets configuration from configuration store and subscribe the updates.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TryLock(self, request, context):
-        """Distributed lock.
+        """Distributed Lock API
+        A non-blocking method trying to get a lock with ttl.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Unlock(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A method trying to unlock.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LockKeepAlive(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A method used to support lease renewal for distributed lock.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetNextId(self, request, context):
-        """Sequencer.
+        """Sequencer API
+        Get next unique id with some auto-increment guarantee
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetState(self, request, context):
-        """State.
+        """Below are the APIs compatible with Dapr.
+        We try to keep them same as Dapr's because we want to work with Dapr to build an API spec for cloud native runtime
+        ,like CloudEvent for event data.
+
+        Gets the state for a specific key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBulkState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a bulk of state items for a list of keys
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SaveState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Saves an array of state objects
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the state for a specific key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteBulkState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a bulk of state items for a list of keys
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteStateTransaction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Executes transactions for a specified store
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PublishEvent(self, request, context):
-        """Pub/sub.
+        """Publishes events to the specific topic
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PublishBulkEvent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """l8: publishes several events in one call; the messages are wire-compatible with Dapr's
+        BulkPublishRequest and BulkPublishResponse.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeTopicEvents(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """SubscribeTopicEvents subscribes to a PubSub topic and receives topic
+        events from it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFile(self, request, context):
-        """Files.
+        """Get file with stream
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutFile(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Put file with stream
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List all files
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DelFile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete specific file
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFileMeta(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get file meta data, if file not exist,return code.NotFound error
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InvokeBinding(self, request, context):
-        """Bindings.
+        """Invokes binding data to specific output bindings
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSecret(self, request, context):
-        """Secrets.
+        """Gets secrets from secret stores.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBulkSecret(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a bulk of secrets
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -486,14 +518,17 @@ def add_RuntimeServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'l8.runtime.v1.Runtime', rpc_method_handlers)
+            'spec.proto.runtime.v1.Runtime', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('l8.runtime.v1.Runtime', rpc_method_handlers)
+    server.add_registered_method_handlers('spec.proto.runtime.v1.Runtime', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class Runtime:
-    """Missing associated documentation comment in .proto file."""
+    """@exclude skip quickstart_generator 
+
+    Runtime encapsulates variours Runtime APIs(such as Configuration API, Pub/Sub API, etc)
+    """
 
     @staticmethod
     def SayHello(request,
@@ -509,7 +544,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/SayHello',
+            '/spec.proto.runtime.v1.Runtime/SayHello',
             handlers_dot_proto_dot_runtime__pb2.SayHelloRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.SayHelloResponse.FromString,
             options,
@@ -536,7 +571,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/InvokeService',
+            '/spec.proto.runtime.v1.Runtime/InvokeService',
             handlers_dot_proto_dot_runtime__pb2.InvokeServiceRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.InvokeResponse.FromString,
             options,
@@ -563,7 +598,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetConfiguration',
+            '/spec.proto.runtime.v1.Runtime/GetConfiguration',
             handlers_dot_proto_dot_runtime__pb2.GetConfigurationRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetConfigurationResponse.FromString,
             options,
@@ -590,7 +625,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/SaveConfiguration',
+            '/spec.proto.runtime.v1.Runtime/SaveConfiguration',
             handlers_dot_proto_dot_runtime__pb2.SaveConfigurationRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -617,7 +652,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/DeleteConfiguration',
+            '/spec.proto.runtime.v1.Runtime/DeleteConfiguration',
             handlers_dot_proto_dot_runtime__pb2.DeleteConfigurationRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -644,7 +679,7 @@ class Runtime:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/l8.runtime.v1.Runtime/SubscribeConfiguration',
+            '/spec.proto.runtime.v1.Runtime/SubscribeConfiguration',
             handlers_dot_proto_dot_runtime__pb2.SubscribeConfigurationRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.SubscribeConfigurationResponse.FromString,
             options,
@@ -671,7 +706,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/TryLock',
+            '/spec.proto.runtime.v1.Runtime/TryLock',
             handlers_dot_proto_dot_runtime__pb2.TryLockRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.TryLockResponse.FromString,
             options,
@@ -698,7 +733,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/Unlock',
+            '/spec.proto.runtime.v1.Runtime/Unlock',
             handlers_dot_proto_dot_runtime__pb2.UnlockRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.UnlockResponse.FromString,
             options,
@@ -725,7 +760,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/LockKeepAlive',
+            '/spec.proto.runtime.v1.Runtime/LockKeepAlive',
             handlers_dot_proto_dot_runtime__pb2.LockKeepAliveRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.LockKeepAliveResponse.FromString,
             options,
@@ -752,7 +787,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetNextId',
+            '/spec.proto.runtime.v1.Runtime/GetNextId',
             handlers_dot_proto_dot_runtime__pb2.GetNextIdRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetNextIdResponse.FromString,
             options,
@@ -779,7 +814,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetState',
+            '/spec.proto.runtime.v1.Runtime/GetState',
             handlers_dot_proto_dot_runtime__pb2.GetStateRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetStateResponse.FromString,
             options,
@@ -806,7 +841,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetBulkState',
+            '/spec.proto.runtime.v1.Runtime/GetBulkState',
             handlers_dot_proto_dot_runtime__pb2.GetBulkStateRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetBulkStateResponse.FromString,
             options,
@@ -833,7 +868,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/SaveState',
+            '/spec.proto.runtime.v1.Runtime/SaveState',
             handlers_dot_proto_dot_runtime__pb2.SaveStateRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -860,7 +895,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/DeleteState',
+            '/spec.proto.runtime.v1.Runtime/DeleteState',
             handlers_dot_proto_dot_runtime__pb2.DeleteStateRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -887,7 +922,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/DeleteBulkState',
+            '/spec.proto.runtime.v1.Runtime/DeleteBulkState',
             handlers_dot_proto_dot_runtime__pb2.DeleteBulkStateRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -914,7 +949,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/ExecuteStateTransaction',
+            '/spec.proto.runtime.v1.Runtime/ExecuteStateTransaction',
             handlers_dot_proto_dot_runtime__pb2.ExecuteStateTransactionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -941,7 +976,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/PublishEvent',
+            '/spec.proto.runtime.v1.Runtime/PublishEvent',
             handlers_dot_proto_dot_runtime__pb2.PublishEventRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -968,7 +1003,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/PublishBulkEvent',
+            '/spec.proto.runtime.v1.Runtime/PublishBulkEvent',
             handlers_dot_proto_dot_runtime__pb2.BulkPublishRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.BulkPublishResponse.FromString,
             options,
@@ -995,7 +1030,7 @@ class Runtime:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/l8.runtime.v1.Runtime/SubscribeTopicEvents',
+            '/spec.proto.runtime.v1.Runtime/SubscribeTopicEvents',
             handlers_dot_proto_dot_runtime__pb2.SubscribeTopicEventsRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.SubscribeTopicEventsResponse.FromString,
             options,
@@ -1022,7 +1057,7 @@ class Runtime:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetFile',
+            '/spec.proto.runtime.v1.Runtime/GetFile',
             handlers_dot_proto_dot_runtime__pb2.GetFileRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetFileResponse.FromString,
             options,
@@ -1049,7 +1084,7 @@ class Runtime:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/l8.runtime.v1.Runtime/PutFile',
+            '/spec.proto.runtime.v1.Runtime/PutFile',
             handlers_dot_proto_dot_runtime__pb2.PutFileRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -1076,7 +1111,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/ListFile',
+            '/spec.proto.runtime.v1.Runtime/ListFile',
             handlers_dot_proto_dot_runtime__pb2.ListFileRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.ListFileResp.FromString,
             options,
@@ -1103,7 +1138,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/DelFile',
+            '/spec.proto.runtime.v1.Runtime/DelFile',
             handlers_dot_proto_dot_runtime__pb2.DelFileRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
@@ -1130,7 +1165,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetFileMeta',
+            '/spec.proto.runtime.v1.Runtime/GetFileMeta',
             handlers_dot_proto_dot_runtime__pb2.GetFileMetaRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetFileMetaResponse.FromString,
             options,
@@ -1157,7 +1192,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/InvokeBinding',
+            '/spec.proto.runtime.v1.Runtime/InvokeBinding',
             handlers_dot_proto_dot_runtime__pb2.InvokeBindingRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.InvokeBindingResponse.FromString,
             options,
@@ -1184,7 +1219,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetSecret',
+            '/spec.proto.runtime.v1.Runtime/GetSecret',
             handlers_dot_proto_dot_runtime__pb2.GetSecretRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetSecretResponse.FromString,
             options,
@@ -1211,7 +1246,7 @@ class Runtime:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/l8.runtime.v1.Runtime/GetBulkSecret',
+            '/spec.proto.runtime.v1.Runtime/GetBulkSecret',
             handlers_dot_proto_dot_runtime__pb2.GetBulkSecretRequest.SerializeToString,
             handlers_dot_proto_dot_runtime__pb2.GetBulkSecretResponse.FromString,
             options,
