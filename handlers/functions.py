@@ -7,9 +7,9 @@ version off the event loop, then swaps it in one assignment: calls that began on
 finish on it, later calls take the new one. A function whose module failed to load still exists:
 it answers every call at once with UNAVAILABLE and the reason.
 
-``serve(op, payload, ctx)`` answers an invocation (Dapr's ``InvokeRequest`` bytes, op ``invoke``)
-with ``InvokeResponse`` bytes, so the function can answer the invocation subject of its name as an
-app's sidecar does. ``on_event`` runs ``l8_on_event`` on one event and answers its verdict.
+``answer(payload, metadata, deadline)`` answers an invocation (Dapr's ``InvokeRequest`` bytes) with
+``InvokeResponse`` bytes, so the runtime can serve the invocation subject of the function's name as
+an app's sidecar does. ``on_event`` runs ``l8_on_event`` on one event and answers its verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bridges.errors import Unimplemented
 from handlers.proto import runtime_pb2 as pb
@@ -36,16 +36,6 @@ from handlers.wasm.instance import Limits, Version
 log = logging.getLogger("l8.functions")
 
 __all__ = ["Allow", "Function", "FunctionSpec", "Limits", "ModuleError", "Verdict"]
-
-
-class CallInfo(Protocol):
-    """What a call knows of its caller (the bus's RequestContext satisfies it)."""
-
-    @property
-    def app_id(self) -> str: ...
-
-    @property
-    def deadline(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,23 +155,21 @@ class Function:
         finally:
             self._inflight.discard(future)
 
-    async def serve(self, op: str, payload: bytes, ctx: CallInfo) -> bytes:
-        """An invocation of the function's name: ``InvokeRequest`` bytes in, ``InvokeResponse`` out."""
-        if op != "invoke":
-            raise Unimplemented(f"function {self.name} has no operation {op!r}")
+    async def answer(self, payload: bytes, metadata: Mapping[str, str], deadline: float) -> bytes:
+        """An invocation of the function's name: ``InvokeRequest`` bytes in, ``InvokeResponse`` out;
+        ``metadata`` is the caller's, as the function sees it in its meta."""
         if not self.spec.invoke:
             raise Unimplemented(f"function {self.name} is not invocable (invoke: false)")
         req = pb.CommonInvokeRequest.FromString(payload)
         verb = pb.HTTPExtension.Verb.Name(req.http_extension.verb) if req.HasField("http_extension") else ""
-        metadata = {"dapr-caller-app-id": ctx.app_id} if ctx.app_id else {}
         meta = {
             "method": req.method,
             "content_type": req.content_type,
             "verb": "" if verb == "NONE" else verb,
             "querystring": req.http_extension.querystring,
-            "metadata": metadata,
+            "metadata": dict(metadata),
         }
-        out = await self.invoke(meta, req.data.value, deadline=ctx.deadline)
+        out = await self.invoke(meta, req.data.value, deadline=deadline)
         reply = pb.InvokeResponse(content_type=_content_type(out))
         reply.data.value = out
         data: bytes = reply.SerializeToString()

@@ -124,8 +124,8 @@ async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
         if wasm:
             from runtime.fleet import FleetWorker
 
-            assert sidecar.bus is not None
-            fleet = FleetWorker(config, sidecar.bus)
+            assert sidecar.workers is not None
+            fleet = FleetWorker(config, sidecar.workers)
             await fleet.start()
             log.info("l8 worker serves deployed functions of namespace %s", config.namespace)
         await stop.wait()

@@ -25,7 +25,7 @@ from typing import Any
 
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
-from bus import Bus
+from bus import Bus, WorkerHost
 from runtime.config import Config
 from runtime.function_config import FunctionConfig
 from runtime.functions import FunctionHost
@@ -153,9 +153,10 @@ class _Served:
 class FleetWorker:
     """Serves every deployed function of a namespace; ``start``/``stop`` are idempotent."""
 
-    def __init__(self, config: Config, bus: Bus) -> None:
+    def __init__(self, config: Config, workers: WorkerHost) -> None:
         self._config = config
-        self._bus = bus
+        self._workers = workers
+        self._bus = workers.bus
         self._ns = config.namespace
         self._cache = cache_dir(config)
         self._served: dict[str, _Served] = {}
@@ -244,6 +245,4 @@ class FleetWorker:
         )
 
     def _new_host(self, config: FunctionConfig) -> FunctionHost:
-        return FunctionHost(
-            self._bus, self._ns, config.spec(), cache_dir=self._cache, default_timeout=self._config.bus.request_timeout
-        )
+        return FunctionHost(self._workers, self._ns, config.spec(), cache_dir=self._cache)

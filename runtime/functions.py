@@ -1,10 +1,12 @@
-"""WebAssembly functions in a process: their host calls over the bus, their invocation subject, and
-the functions of a sidecar's config with hot reload of their files.
+"""WebAssembly functions in a process: their host calls over the bus, their invocations, and the
+functions of a sidecar's config with hot reload of their files.
 
 - ``BusDispatcher`` carries a function's host calls as requests on the bus, under the function's
-  name as app id, exactly as an app's requests travel (local dispatch included).
-- ``FunctionHost`` runs one function and answers ``l8.<ns>.app.<name>.invoke`` for it through a
-  worker host of its own, in a queue group every process serving the function joins.
+  name as the caller token of their subjects, exactly as an app's requests travel (local dispatch
+  included).
+- ``FunctionHost`` runs one function and answers its invocations as an app's sidecars do: a route
+  of the process's one worker host on ``l8.<ns>.app.<name>.invoke.*`` in the queue group every
+  process serving the function joins, found by local dispatch under the same stem as an app's.
 - ``SidecarFunctions`` builds the functions of ``functions: [...]``. A module that fails to load
   does not stop l8: the function is logged at ERROR with the reason, reports ``failed`` in
   metadata, and its calls answer UNAVAILABLE at once. Each file is checked every
@@ -15,6 +17,7 @@ the functions of a sidecar's config with hot reload of their files.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -22,17 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, BusError, WorkerHost
-from bus.codec import request_headers
-from bus.subjects import invoke_subject, request_subject
+from bridges.errors import Unimplemented
+from bus import Bus, BusError, RequestContext, Route, WorkerHost
+from bus.codec import HDR_TRACEPARENT, request_headers
+from bus.subjects import invoke_queue, invoke_stem, invoke_subject, invoke_wildcard, request_subject
 from handlers.functions import Function, FunctionSpec, ModuleError
 from handlers.wasm.host import DispatchError
 from runtime import errors
 from runtime.config import Config
+from runtime.invoke import CALLEE_APP_ID, CALLER_APP_ID, metadata_of
 
 log = logging.getLogger("l8.functions")
-
-INVOKE_API = "app"  # invocations are l8.<ns>.app.<name>.invoke: the worker host's <api>.<component>.<op>
 
 
 class BusDispatcher:
@@ -43,35 +46,43 @@ class BusDispatcher:
         self._ns = namespace
 
     async def request(self, api: str, component: str, op: str, payload: bytes, *, app_id: str, timeout: float) -> bytes:
-        subject = request_subject(self._ns, api, component, op, app_id)
+        return await self._call(request_subject(self._ns, api, component, op, app_id), payload, timeout, api, component)
+
+    async def invoke(self, target: str, payload: bytes, *, app_id: str, timeout: float) -> bytes:
+        return await self._call(invoke_subject(self._ns, target, app_id), payload, timeout, "app", target)
+
+    async def _call(self, subject: str, payload: bytes, timeout: float, api: str, component: str) -> bytes:
         try:
             return await self._bus.call(subject, payload, timeout=timeout, headers=request_headers(timeout))
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"{api} {component!r}")
             raise DispatchError(code.value, message) from None
 
-    async def invoke(self, target: str, payload: bytes, *, app_id: str, timeout: float) -> bytes:
-        subject = invoke_subject(self._ns, target, app_id)
-        try:
-            msg = await self._bus.request(subject, payload, timeout=timeout, headers=request_headers(timeout))
-        except BusError as exc:
-            code, message = errors.from_bus_error(exc, f"app {target!r}")
-            raise DispatchError(code.value, message) from None
-        data: bytes = msg.data
-        return data
+
+def invocation_metadata(name: str, ctx: RequestContext) -> dict[str, str]:
+    """What a function sees as ``metadata`` of an invocation: what an app's ``OnInvoke`` would get
+    (the caller's metadata, the callee's and the caller's app ids, the traceparent), as strings;
+    binary (``-bin``) values stay base64, as gRPC writes them in text."""
+    found: dict[str, str] = {}
+    for key, value in metadata_of(ctx.headers):
+        found[key] = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+    # Last, so that no header a caller sent can stand in for them.
+    found[CALLEE_APP_ID] = name
+    if ctx.app_id:
+        found[CALLER_APP_ID] = ctx.app_id
+    if ctx.traceparent:
+        found[HDR_TRACEPARENT] = ctx.traceparent
+    return found
 
 
 class FunctionHost:
-    """A function and the subscription that answers its invocations; ``start``/``stop`` are idempotent."""
+    """A function and its route on the process's worker host; ``start``/``stop`` are idempotent."""
 
-    def __init__(
-        self, bus: Bus, namespace: str, spec: FunctionSpec, *, cache_dir: Path | None, default_timeout: float
-    ) -> None:
-        self.function = Function(spec, BusDispatcher(bus, namespace), cache_dir=cache_dir)
-        self._bus = bus
+    def __init__(self, workers: WorkerHost, namespace: str, spec: FunctionSpec, *, cache_dir: Path | None) -> None:
+        self.function = Function(spec, BusDispatcher(workers.bus, namespace), cache_dir=cache_dir)
+        self._workers = workers
         self._ns = namespace
-        self._default_timeout = default_timeout
-        self._workers: WorkerHost | None = None
+        self._route: Route | None = None
         self._state = "new"
 
     @property
@@ -85,27 +96,39 @@ class FunctionHost:
         self._state = "running"
         await self.function.start()
 
+    def route(self) -> Route:
+        """The route of the function's invocations, in the queue group an app's sidecars would join;
+        its own bound is the function's concurrency."""
+        return Route(
+            invoke_wildcard(self._ns, self.name),
+            invoke_queue(self._ns, self.name),
+            self.serve,
+            f"invocations of function {self.name}",
+            local=invoke_stem(self._ns, self.name),
+            gate=asyncio.Semaphore(self.function.spec.limits.concurrency),
+        )
+
     async def open(self) -> None:
         """Join the function's queue group (idempotent)."""
-        if self._state != "running" or self._workers is not None:
+        if self._state != "running" or self._route is not None or not self.function.spec.invoke:
             return
-        if self.function.spec.invoke:
-            self._workers = WorkerHost(
-                self._bus,
-                self._ns,
-                concurrency=self.function.spec.limits.concurrency,
-                default_timeout=self._default_timeout,
-            )
-            self._workers.add(INVOKE_API, self.name, self.function.serve)
-            await self._workers.start()
+        self._route = await self._workers.serve(self.route())
+
+    async def serve(self, op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        """An invocation of the function's name, as the worker host hands it to any handler."""
+        if op != "invoke":
+            raise Unimplemented(f"function {self.name} has no operation {op!r}")
+        return await self.function.answer(payload, invocation_metadata(self.name, ctx), ctx.deadline)
 
     async def stop(self) -> None:
+        """Leave the queue group (answering what was routed here), then stop the function."""
         if self._state != "running":
             self._state = "stopped"
             return
         self._state = "stopped"
-        if self._workers is not None:
-            await self._workers.stop()
+        route, self._route = self._route, None
+        if route is not None:
+            await self._workers.leave(route)
         await self.function.stop()
 
     def row(self) -> dict[str, Any]:
@@ -127,20 +150,13 @@ class _Watched:
 class SidecarFunctions:
     """The ``functions`` of a sidecar's config; ``start``/``stop`` are idempotent."""
 
-    def __init__(self, config: Config, bus: Bus) -> None:
+    def __init__(self, config: Config, workers: WorkerHost) -> None:
         self._config = config
-        self._bus = bus
         cache = config.wasm.cache_dir or str(Path(config.data_dir) / "wasm-cache")
         self.cache_dir = Path(cache)
         self._watched = [
             _Watched(
-                FunctionHost(
-                    bus,
-                    config.namespace,
-                    fc.spec(),
-                    cache_dir=self.cache_dir,
-                    default_timeout=config.bus.request_timeout,
-                ),
+                FunctionHost(workers, config.namespace, fc.spec(), cache_dir=self.cache_dir),
                 Path(fc.module),
             )
             for fc in config.functions

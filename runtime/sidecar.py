@@ -110,7 +110,7 @@ class Sidecar:
             # Imported only when functions are configured: wasmtime is large to load.
             from runtime.functions import SidecarFunctions
 
-            self.functions = SidecarFunctions(cfg, self.bus)
+            self.functions = SidecarFunctions(cfg, self.workers)
             await self.functions.start()
         if self.serve:
             if cfg.app.callback is not None:

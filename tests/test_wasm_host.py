@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from bus import WorkerHost
 from handlers.functions import Allow, Function, FunctionSpec, Limits, ModuleError, Verdict
 from handlers.proto import runtime_pb2 as pb
 from handlers.wasm.abi import Op, Status
 from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionLimit, FunctionTimeout, FunctionUnavailable
-from runtime.functions import BusDispatcher
+from runtime.functions import BusDispatcher, FunctionHost
 from runtime.sidecar import Sidecar
 from tests import wasm_modules as mods
 from tests.conftest import native_stub, sidecar_config, unique
@@ -157,14 +156,17 @@ async def test_a_response_larger_than_the_buffer_is_held_for_take_and_the_op_run
 
 
 async def test_publish_invoke_and_configuration_get_reach_their_building_blocks(
-    make_function: MakeFunction, sidecar: Sidecar
+    make_function: MakeFunction, sidecar: Sidecar, tmp_path: Path
 ) -> None:
-    target = await make_function(mods.ECHO, name=unique("echo"))
-    assert sidecar.bus is not None
-    # The echo function answers invocations of its name on the bus, as an app's sidecar does.
-    workers = WorkerHost(sidecar.bus, sidecar.config.namespace, concurrency=4)
-    workers.add("app", target.name, target.serve)
-    await workers.start()
+    assert sidecar.workers is not None and sidecar.bus is not None
+    # The echo function answers invocations of its name on the sidecar's worker host, as an app's
+    # sidecar does (here through local dispatch, the sidecar's default).
+    target = FunctionHost(
+        sidecar.workers, sidecar.config.namespace, FunctionSpec(unique("echo")), cache_dir=tmp_path / "cache"
+    )
+    await target.start()
+    await target.function.load(mods.ECHO)
+    await target.open()
     try:
         fn = await make_function(
             mods.PROBE,
@@ -187,7 +189,7 @@ async def test_publish_invoke_and_configuration_get_reach_their_building_blocks(
         assert await probe(fn, Op.CONFIGURATION_GET, b"config", b"greeting") == (5, b"hello")
         assert await probe(fn, Op.CONFIGURATION_GET, b"config", b"absent") == (Status.NOT_FOUND, b"")
     finally:
-        await workers.stop()
+        await target.stop()
 
 
 async def test_the_allow_list_denies_by_default_and_names_what_was_denied(

@@ -101,7 +101,7 @@ async def test_the_dapr_sdk_invokes_a_function_over_grpc_and_http_and_a_broken_o
     assert rows["broken-fn"]["status"] == "failed" and "does not export 'l8_alloc'" in rows["broken-fn"]["reason"]
 
 
-async def test_a_function_also_answers_the_http_route_with_verb_and_querystring_in_its_meta(
+async def test_a_function_answers_the_http_route_with_verb_querystring_and_the_callers_metadata_in_its_meta(
     nats_server: Server, make_sidecar: SidecarFactory, tmp_path: Path
 ) -> None:
     # This function answers the meta JSON of its input: what the host gave it.
@@ -118,7 +118,9 @@ async def test_a_function_also_answers_the_http_route_with_verb_and_querystring_
     )
     assert sidecar.http is not None
     url = f"http://127.0.0.1:{sidecar.http.port}/v1.0/invoke/meta-fn/method/orders/list?page=2"
-    request = urllib.request.Request(url, data=b"{}", method="PUT", headers={"content-type": "application/json"})
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {"content-type": "application/json", "x-tenant": "acme", "traceparent": traceparent}
+    request = urllib.request.Request(url, data=b"{}", method="PUT", headers=headers)
 
     def call() -> Any:
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -127,7 +129,20 @@ async def test_a_function_also_answers_the_http_route_with_verb_and_querystring_
     meta = await asyncio.to_thread(call)
     assert meta["method"] == "orders/list"
     assert (meta["verb"], meta["querystring"], meta["content_type"]) == ("PUT", "page=2", "application/json")
-    assert meta["metadata"]["dapr-caller-app-id"] == sidecar.config.app.id
+    # The caller's metadata, as an app's OnInvoke would get it.
+    assert meta["metadata"] == {
+        "x-tenant": "acme",
+        "dapr-callee-app-id": "meta-fn",
+        "dapr-caller-app-id": sidecar.config.app.id,
+        "traceparent": traceparent,
+    }
+    # gRPC metadata from the Dapr SDK reaches it the same way.
+    (answer,) = await asyncio.to_thread(
+        dapr_calls, sidecar, [{"app": "meta-fn", "method": "m", "metadata": [["x-tenant", "globex"]]}], "grpc"
+    )
+    assert answer["ok"], answer
+    metadata = json.loads(answer["text"])["metadata"]
+    assert metadata["x-tenant"] == "globex" and metadata["dapr-caller-app-id"] == sidecar.config.app.id
 
 
 async def test_a_changed_module_file_is_swapped_in_and_a_bad_one_is_refused_while_the_old_serves(
