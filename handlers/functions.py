@@ -1,8 +1,11 @@
 """WebAssembly functions: a module under a name, run in wasmtime with hard limits (ABI ``l8/1``,
 docs/wasm-abi.md; the engine, instances and host calls are in handlers/wasm/).
 
-A ``Function`` owns a thread pool of ``limits.concurrency`` threads; each thread keeps an instance
-of the current version and reuses it. ``load`` compiles (through the disk cache) and checks a new
+A ``Function`` owns ``limits.concurrency`` lanes (threads, handlers/wasm/lanes.py); each keeps an
+instance of the current version and reuses it. A version whose module can make no host call but
+``l8.log`` runs its calls inline, on the event loop's thread, under a fuel budget of
+``inline_fuel`` (handlers/wasm/instance.py says why that is safe and bounded); ``inline_fuel=0``
+sends every call to a lane. ``load`` compiles (through the disk cache) and checks a new
 version off the event loop, then swaps it in one assignment: calls that began on the old version
 finish on it, later calls take the new one. A function whose module failed to load still exists:
 it answers every call at once with UNAVAILABLE and the reason.
@@ -20,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,16 @@ from bridges.errors import Unimplemented
 from handlers.proto import runtime_pb2 as pb
 from handlers.wasm import abi, engine
 from handlers.wasm.abi import ModuleError
-from handlers.wasm.errors import FunctionAnswered, FunctionUnavailable
+from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionUnavailable
 from handlers.wasm.host import Allow, Dispatcher, HostOps
-from handlers.wasm.instance import Limits, Version
+from handlers.wasm.instance import INLINE_MAX_INPUT, InlineOverrun, Limits, Version
+from handlers.wasm.lanes import Lanes
 
 log = logging.getLogger("l8.functions")
+
+# Fuel an inline call may use (wasmtime charges about one unit per wasm instruction): the bound on
+# how long a call may hold the event loop, measured by bench/wasm.py.
+INLINE_FUEL = 100_000
 
 __all__ = ["Allow", "Function", "FunctionSpec", "Limits", "ModuleError", "Verdict"]
 
@@ -65,14 +72,22 @@ def _content_type(data: bytes) -> str:
 class Function:
     """One named function; ``start``/``stop`` are idempotent, ``load`` swaps versions atomically."""
 
-    def __init__(self, spec: FunctionSpec, dispatcher: Dispatcher, *, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        dispatcher: Dispatcher,
+        *,
+        cache_dir: Path | None = None,
+        inline_fuel: int = INLINE_FUEL,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self._dispatcher = dispatcher
         self._cache_dir = cache_dir
+        self._inline_fuel = inline_fuel
         self._version: Version | None = None
         self.reason = "not loaded yet"
-        self._pool: ThreadPoolExecutor | None = None
+        self._lanes: Lanes | None = None
         self._ops: HostOps | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._state = "new"
@@ -95,7 +110,7 @@ class Function:
             return
         self._state = "running"
         self._ops = HostOps(self.name, self.spec.allow, self._dispatcher, asyncio.get_running_loop())
-        self._pool = ThreadPoolExecutor(self.spec.limits.concurrency, thread_name_prefix=f"l8-fn-{self.name}")
+        self._lanes = Lanes(self.name, self.spec.limits.concurrency, asyncio.get_running_loop())
         engine.ticker.acquire()
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -106,29 +121,29 @@ class Function:
         self._state = "stopped"
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        lanes, self._lanes = self._lanes, None
+        if lanes is not None:
+            await lanes.close()
         self._version = None
         self.reason = "stopped"
         engine.ticker.release()
 
     async def load(self, wasm: bytes) -> Version:
         """Compile and check ``wasm``, then make it the serving version; ModuleError says why not."""
-        if self._state != "running" or self._pool is None or self._ops is None:
+        if self._state != "running" or self._lanes is None or self._ops is None:
             raise ModuleError(f"function {self.name} is not running")
         ops = self._ops
         spec = self.spec
 
         def build() -> Version:
             compiled = engine.compile_module(wasm, self._cache_dir)
-            version = Version(spec.name, compiled, spec.limits, ops)
+            version = Version(spec.name, compiled, spec.limits, ops, inline_fuel=self._inline_fuel)
             if spec.invoke and not version.shape.on_invoke:
                 raise ModuleError(f"it does not export {abi.ON_INVOKE!r}, which invoke: true needs")
             version.check_instance()
             return version
 
-        version = await asyncio.get_running_loop().run_in_executor(self._pool, build)
+        version: Version = await self._lanes.submit(build)
         self._version = version
         self.reason = ""
         return version
@@ -140,20 +155,35 @@ class Function:
     async def _run(
         self, export: str, meta: Mapping[str, Any], data: bytes, deadline: float | None
     ) -> tuple[int, bytes]:
-        version = self._version
-        if version is None or self._pool is None:
+        version, lanes = self._version, self._lanes
+        if version is None or lanes is None:
             raise FunctionUnavailable(f"function {self.name} is not available: {self.reason}")
         if not (version.shape.on_event if export == abi.ON_EVENT else version.shape.on_invoke):
             raise Unimplemented(f"function {self.name} does not export {export}")
         limit = time.monotonic() + version.limits.timeout_ms / 1000
         until = limit if deadline is None else min(deadline, limit)
         payload = abi.encode_input(meta, data)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, version.run, export, payload, until)
+        if version.inline_ready and len(payload) <= INLINE_MAX_INPUT:
+            try:
+                return version.run_inline(export, payload, until)
+            except InlineOverrun:
+                log.info(
+                    "function %s: a call needed more than the inline budget of %d fuel; "
+                    "it and the calls after it run on the function's threads",
+                    self.name,
+                    self._inline_fuel,
+                )
+            except FunctionError:
+                self._track(lanes.submit(version.prepare_inline))  # a fresh inline instance, off the loop
+                raise
+        future = lanes.submit(version.run, export, payload, until)
+        self._track(future)
+        return await asyncio.shield(future)
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        """Keep ``future`` until it settles, so ``stop`` waits for it."""
         self._inflight.add(future)
-        try:
-            return await asyncio.shield(future)
-        finally:
-            self._inflight.discard(future)
+        future.add_done_callback(self._inflight.discard)
 
     async def answer(self, payload: bytes, metadata: Mapping[str, str], deadline: float) -> bytes:
         """An invocation of the function's name: ``InvokeRequest`` bytes in, ``InvokeResponse`` out;

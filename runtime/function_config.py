@@ -123,3 +123,5 @@ class FunctionConfig(_Model):
 class WasmConfig(_Model):
     cache_dir: str = ""  # compiled modules; default <data_dir>/wasm-cache
     reload_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between module file checks")
+    # Fuel an inline call may use (handlers/functions.py's INLINE_FUEL); 0 runs every call on a lane.
+    inline_fuel: int = Field(default=100_000, ge=0, le=10_000_000, description="inline calls' fuel budget")

@@ -78,8 +78,12 @@ def invocation_metadata(name: str, ctx: RequestContext) -> dict[str, str]:
 class FunctionHost:
     """A function and its route on the process's worker host; ``start``/``stop`` are idempotent."""
 
-    def __init__(self, workers: WorkerHost, namespace: str, spec: FunctionSpec, *, cache_dir: Path | None) -> None:
-        self.function = Function(spec, BusDispatcher(workers.bus, namespace), cache_dir=cache_dir)
+    def __init__(
+        self, workers: WorkerHost, namespace: str, spec: FunctionSpec, *, cache_dir: Path | None, inline_fuel: int
+    ) -> None:
+        self.function = Function(
+            spec, BusDispatcher(workers.bus, namespace), cache_dir=cache_dir, inline_fuel=inline_fuel
+        )
         self._workers = workers
         self._ns = namespace
         self._route: Route | None = None
@@ -156,7 +160,9 @@ class SidecarFunctions:
         self.cache_dir = Path(cache)
         self._watched = [
             _Watched(
-                FunctionHost(workers, config.namespace, fc.spec(), cache_dir=self.cache_dir),
+                FunctionHost(
+                    workers, config.namespace, fc.spec(), cache_dir=self.cache_dir, inline_fuel=config.wasm.inline_fuel
+                ),
                 Path(fc.module),
             )
             for fc in config.functions

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from handlers.functions import Allow, Function, FunctionSpec, Limits, ModuleError, Verdict
+from handlers.functions import INLINE_FUEL, Allow, Function, FunctionSpec, Limits, ModuleError, Verdict
 from handlers.proto import runtime_pb2 as pb
 from handlers.wasm.abi import Op, Status
 from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionLimit, FunctionTimeout, FunctionUnavailable
@@ -162,7 +162,11 @@ async def test_publish_invoke_and_configuration_get_reach_their_building_blocks(
     # The echo function answers invocations of its name on the sidecar's worker host, as an app's
     # sidecar does (here through local dispatch, the sidecar's default).
     target = FunctionHost(
-        sidecar.workers, sidecar.config.namespace, FunctionSpec(unique("echo")), cache_dir=tmp_path / "cache"
+        sidecar.workers,
+        sidecar.config.namespace,
+        FunctionSpec(unique("echo")),
+        cache_dir=tmp_path / "cache",
+        inline_fuel=sidecar.config.wasm.inline_fuel,
     )
     await target.start()
     await target.function.load(mods.ECHO)
@@ -234,24 +238,26 @@ async def test_a_bad_module_is_refused_at_load_with_the_reason(case: str, make_f
         await make_function(mods.BAD[case])
 
 
+@pytest.mark.parametrize("where", mods.WHERE)
 async def test_a_trap_answers_an_error_naming_the_function_and_a_fresh_instance_serves_next(
-    make_function: MakeFunction,
+    where: str, make_function: MakeFunction
 ) -> None:
-    fn = await make_function(mods.TRAP)
-    with pytest.raises(FunctionError, match=f"function {fn.name} trapped: .*unreachable"):
-        await fn.invoke({}, b"")
-    assert fn.version is not None
-    with pytest.raises(FunctionError, match="trapped"):
-        await fn.invoke({}, b"")
+    fn = await make_function(mods.limit_module("trap", where))
+    for _ in range(3):
+        with pytest.raises(FunctionError, match=f"function {fn.name} trapped: .*unreachable"):
+            await fn.invoke({}, b"")
+        assert fn.version is not None
 
 
+@pytest.mark.parametrize("where", mods.WHERE)
 async def test_an_infinite_loop_is_stopped_at_its_deadline_while_other_functions_serve(
-    make_function: MakeFunction,
+    where: str, make_function: MakeFunction
 ) -> None:
-    looping = await make_function(mods.LOOP, limits=Limits(timeout_ms=300))
-    echo = await make_function(mods.ECHO)
+    looping = await make_function(mods.limit_module("loop", where), limits=Limits(timeout_ms=300))
+    echo = await make_function(mods.limit_module("echo", where))
     stuck = asyncio.create_task(looping.invoke({}, b""))
-    # The echo function keeps answering while the loop runs on its own thread.
+    # The echo function keeps answering while the loop runs on its own thread (an inline call
+    # that runs out of its budget goes there).
     while not stuck.done():
         assert await echo.invoke({}, b"hi") == b"hi"
         await asyncio.sleep(0.01)
@@ -259,25 +265,30 @@ async def test_an_infinite_loop_is_stopped_at_its_deadline_while_other_functions
         await stuck
 
 
-async def test_fuel_stops_a_loop_when_set(make_function: MakeFunction) -> None:
-    fn = await make_function(mods.LOOP, limits=Limits(timeout_ms=60_000, fuel=1_000_000))
-    with pytest.raises(FunctionLimit, match="used up its fuel"):
-        await fn.invoke({}, b"")
+@pytest.mark.parametrize("fuel", [1_000_000, INLINE_FUEL // 2])
+@pytest.mark.parametrize("where", mods.WHERE)
+async def test_fuel_stops_a_loop_when_set(where: str, fuel: int, make_function: MakeFunction) -> None:
+    fn = await make_function(mods.limit_module("loop", where), limits=Limits(timeout_ms=60_000, fuel=fuel))
+    for _ in range(2):
+        with pytest.raises(FunctionLimit, match=f"used up its fuel \\(limits.fuel {fuel}\\)"):
+            await fn.invoke({}, b"")
 
 
-async def test_a_memory_bomb_stops_at_the_cap(make_function: MakeFunction) -> None:
-    fn = await make_function(mods.MEMORY_BOMB, limits=Limits(memory_mb=8))
+@pytest.mark.parametrize("where", mods.WHERE)
+async def test_a_memory_bomb_stops_at_the_cap(where: str, make_function: MakeFunction) -> None:
+    fn = await make_function(mods.limit_module("memory bomb", where), limits=Limits(memory_mb=8))
     with pytest.raises(FunctionError, match="of its cap of 8 MiB"):
         await fn.invoke({}, b"")
 
 
+@pytest.mark.parametrize("where", mods.WHERE)
 async def test_a_bogus_output_pointer_or_an_oversize_output_is_an_error_not_a_crash(
-    make_function: MakeFunction,
+    where: str, make_function: MakeFunction
 ) -> None:
-    bogus = await make_function(mods.BOGUS_POINTER)
+    bogus = await make_function(mods.limit_module("bogus pointer", where))
     with pytest.raises(FunctionError, match="out of its memory"):
         await bogus.invoke({}, b"")
-    big = await make_function(mods.OVERSIZE)
+    big = await make_function(mods.limit_module("oversize", where))
     with pytest.raises(FunctionLimit, match="over its output cap of 1024 KiB"):
         await big.invoke({}, b"")
 
@@ -288,8 +299,9 @@ async def test_a_host_call_with_an_out_of_range_pointer_answers_bad_request(make
     assert struct.unpack("<q", out)[0] == Status.BAD_REQUEST
 
 
-async def test_the_host_call_cap_stops_a_chatty_call(make_function: MakeFunction) -> None:
-    fn = await make_function(mods.CHATTY, limits=Limits(max_host_calls=10))
+@pytest.mark.parametrize("where", mods.WHERE)
+async def test_the_host_call_cap_stops_a_chatty_call(where: str, make_function: MakeFunction) -> None:
+    fn = await make_function(mods.limit_module("chatty", where), limits=Limits(max_host_calls=10))
     with pytest.raises(FunctionLimit, match="more than 10 host calls"):
         await fn.invoke({}, b"")
 
@@ -350,11 +362,13 @@ async def test_compiled_modules_are_cached_on_disk_by_content(
     assert len(list((tmp_path / "cache").glob(f"{first.digest}-*.cwasm"))) == 1
 
 
-async def test_instances_are_reused_per_thread(make_function: MakeFunction) -> None:
+@pytest.mark.parametrize("where", mods.WHERE)
+async def test_instances_are_reused_per_thread(where: str, make_function: MakeFunction) -> None:
     counter = mods.invoke_module(
         "(global.set $n (i64.add (global.get $n) (i64.const 1)))"
         " (i64.store (i32.const 0) (global.get $n)) (i64.const 8)",
         extra="(global $n (mut i64) (i64.const 0))",
+        inline=where == "inline",
     )
     fn = await make_function(counter, limits=Limits(concurrency=1))
     seen = [struct.unpack("<q", await fn.invoke({}, b""))[0] for _ in range(5)]

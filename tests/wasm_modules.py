@@ -31,10 +31,19 @@ _IMPORTS = """
 """
 
 
-def invoke_module(body: str, *, memory: str = '(memory (export "memory") 4)', extra: str = "") -> bytes:
-    """A module whose l8_on_invoke is ``body`` (params $p $n, result i64), input at 65536."""
+# A module that imports only l8.log cannot wait on anything: l8 runs its calls inline.
+_LOG_ONLY = """
+  (import "l8" "log" (func $log (param i32 i32 i32)))
+"""
+
+
+def invoke_module(
+    body: str, *, memory: str = '(memory (export "memory") 4)', extra: str = "", inline: bool = False
+) -> bytes:
+    """A module whose l8_on_invoke is ``body`` (params $p $n, result i64), input at 65536; with
+    ``inline`` it imports only l8.log, so its calls run on the event loop's thread."""
     return wat(
-        f"""(module {_IMPORTS}
+        f"""(module {_LOG_ONLY if inline else _IMPORTS}
   {memory}
   (func (export "l8_alloc") (param i32) (result i32) (i32.const 65536))
   (func (export "l8_on_invoke") (param $p i32) (param $n i32) (result i64) {body})
@@ -84,30 +93,48 @@ BAD = {
     "initial memory over the cap": invoke_module("(i64.const 0)", memory='(memory (export "memory") 2000)'),
 }
 
-TRAP = invoke_module("unreachable")
-LOOP = invoke_module("(loop $forever (br $forever)) (i64.const 0)")
-MEMORY_BOMB = invoke_module(
-    "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable"
-)
-BOGUS_POINTER = invoke_module("(i64.const 0x7fff000000000010)")
-# 2 MiB of output from a 3 MiB memory: inside its memory, over a 1 MiB output cap.
-OVERSIZE = invoke_module("(i64.const 0x200000)", memory='(memory (export "memory") 48)')
+# Modules that break a limit, by name: (body, memory). Each is built for a lane (it imports
+# l8.call) or inline (l8.log only) by ``limit_module``.
+_LIMITS = {
+    "trap": ("unreachable", None),
+    "loop": ("(loop $forever (br $forever)) (i64.const 0)", None),
+    "memory bomb": (
+        "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable",
+        None,
+    ),
+    "bogus pointer": ("(i64.const 0x7fff000000000010)", None),
+    # 2 MiB of output from a 3 MiB memory: inside its memory, over a 1 MiB output cap.
+    "oversize": ("(i64.const 0x200000)", '(memory (export "memory") 48)'),
+    # Calls log until the host refuses: more host calls than limits.maxHostCalls.
+    "chatty": (
+        "(local $i i32) (loop $again (call $log (i32.const 0) (i32.const 0) (i32.const 1))"
+        " (local.set $i (i32.add (local.get $i) (i32.const 1)))"
+        " (br_if $again (i32.lt_u (local.get $i) (i32.const 1000)))) (i64.const 0)",
+        None,
+    ),
+    "echo": (
+        """(local $data i32)
+    (local.set $data (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $data)) (i64.const 32))
+            (i64.extend_i32_u (i32.sub (i32.add (local.get $p) (local.get $n)) (local.get $data))))""",
+        None,
+    ),
+}
+WHERE = ("lane", "inline")
+
+
+def limit_module(name: str, where: str = "lane") -> bytes:
+    body, memory = _LIMITS[name]
+    if memory is None:
+        return invoke_module(body, inline=where == "inline")
+    return invoke_module(body, memory=memory, inline=where == "inline")
+
+
+TRAP, LOOP, ECHO = limit_module("trap"), limit_module("loop"), limit_module("echo")
 HOST_BAD_POINTER = invoke_module(
     """(i64.store (i32.const 0)
       (call $call (i32.const 1) (i32.const 0x7ffffff0) (i32.const 16) (i32.const 8) (i32.const 64)))
     (i64.const 8)"""
-)
-# Calls log until the host refuses: more host calls than limits.maxHostCalls.
-CHATTY = invoke_module(
-    "(local $i i32) (loop $again (call $log (i32.const 0) (i32.const 0) (i32.const 1))"
-    " (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $again (i32.lt_u (local.get $i) (i32.const 1000))))"
-    " (i64.const 0)"
-)
-ECHO = invoke_module(
-    """(local $data i32)
-    (local.set $data (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
-    (i64.or (i64.shl (i64.extend_i32_u (local.get $data)) (i64.const 32))
-            (i64.extend_i32_u (i32.sub (i32.add (local.get $p) (local.get $n)) (local.get $data))))"""
 )
 
 

@@ -81,6 +81,7 @@ class Shape:
     initialize: bool
     wasi: bool
     initial_memory_bytes: int
+    host_calls: bool = True  # it imports l8.call (or l8.take), so its calls may wait on other blocks
 
 
 def _func_sig(ty: wasmtime.FuncType) -> str:
@@ -118,6 +119,7 @@ def check(module: wasmtime.Module) -> Shape:
     if ON_EVENT not in exports and ON_INVOKE not in exports:
         raise ModuleError(f"it exports neither {ON_EVENT!r} nor {ON_INVOKE!r}")
     wasi = False
+    host_calls = False
     for imp in module.imports:
         if imp.module == WASI_MODULE and isinstance(imp.type, wasmtime.FuncType):
             wasi = True
@@ -131,12 +133,14 @@ def check(module: wasmtime.Module) -> Shape:
         if not isinstance(imp.type, wasmtime.FuncType) or imp.type.params != sig[0] or imp.type.results != sig[1]:
             have = _func_sig(imp.type) if isinstance(imp.type, wasmtime.FuncType) else type(imp.type).__name__
             raise ModuleError(f"it imports {imp.module}.{imp.name} as {have}; {ABI} defines {_func_sig_of(sig)}")
+        host_calls = host_calls or imp.name != "log"
     return Shape(
         on_event=ON_EVENT in exports,
         on_invoke=ON_INVOKE in exports,
         initialize=INITIALIZE in exports,
         wasi=wasi,
         initial_memory_bytes=memory.limits.min * 65536,
+        host_calls=host_calls,
     )
 
 

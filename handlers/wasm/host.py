@@ -6,7 +6,7 @@ sequencer's and configuration's for next_id and configuration.get. The runtime s
 transport as a ``Dispatcher``; this module knows neither gRPC nor NATS. A function acts under its
 own name as app id, so its keys are prefixed with it and its events carry it as source.
 
-``HostOps.run`` is called on the thread running the wasm code; it schedules the request on the
+``HostOps.run`` is called on the lane running the wasm code; it schedules the request on the
 event loop and waits for it within the call's deadline. It never raises: every outcome is a code.
 """
 
@@ -16,7 +16,9 @@ import asyncio
 import fnmatch
 import json
 import logging
+import queue
 import struct
+import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -99,6 +101,7 @@ class HostOps:
         self.allow = allow
         self._dispatcher = dispatcher
         self._loop = loop
+        self._loop_thread = threading.get_ident()  # built on the loop's thread
 
     def run(self, op: int, request: bytes, deadline: float) -> tuple[int, bytes]:
         spec = OPS.get(op)
@@ -117,16 +120,24 @@ class HostOps:
         if denied is not None:
             return self._refuse(Status.DENIED, f"{op_name}: {denied} is not in the function's allow-list")
         assert coro is not None
+        if threading.get_ident() == self._loop_thread:
+            # Inline calls are only for modules that cannot call; waiting here would hang the loop.
+            coro.close()
+            return self._refuse(Status.FAILED, f"{op_name}: a host call cannot run on the event loop's thread")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             coro.close()
             return self._refuse(Status.TIMED_OUT, f"{op_name}: the call's deadline passed before it was sent")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return 0, future.result(timeout=remaining)
+            done = self._await(coro, remaining)
         except TimeoutError:
-            future.cancel()
             return self._refuse(Status.TIMED_OUT, f"{op_name}: no answer within the call's deadline")
+        except RuntimeError as exc:  # the loop has closed
+            return self._refuse(Status.FAILED, f"{op_name}: {exc}")
+        try:
+            return 0, done.result()
+        except asyncio.CancelledError:
+            return self._refuse(Status.FAILED, f"{op_name}: the request was cancelled (l8 is stopping)")
         except DispatchError as exc:
             if exc.code == "NOT_FOUND":
                 return Status.NOT_FOUND, b""
@@ -140,6 +151,34 @@ class HostOps:
             return Status.NOT_FOUND, b""
         except Exception as exc:
             return self._refuse(Status.FAILED, f"{op_name}: {type(exc).__name__}: {exc}")
+
+    def _await(self, coro: Coroutine[Any, Any, bytes], timeout: float) -> asyncio.Future[bytes]:
+        """Run ``coro`` on the loop and wait for it on this thread: the done task (TimeoutError
+        when it is not done in time, and then it is cancelled).
+
+        One ``call_soon_threadsafe`` there and a ``SimpleQueue`` back cost a third of
+        ``run_coroutine_threadsafe``, whose concurrent future is chained to the task with locks.
+        """
+        answer: queue.SimpleQueue[asyncio.Future[bytes]] = queue.SimpleQueue()
+        started: list[asyncio.Task[bytes]] = []
+
+        def start() -> None:
+            task = self._loop.create_task(coro)
+            started.append(task)
+            task.add_done_callback(answer.put)
+
+        def cancel() -> None:
+            if started:
+                started[0].cancel()
+            else:
+                coro.close()
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            return answer.get(timeout=timeout)
+        except queue.Empty:
+            self._loop.call_soon_threadsafe(cancel)
+            raise TimeoutError() from None
 
     def _refuse(self, status: Status, why: str) -> tuple[int, bytes]:
         log.warning("function %s: host call failed (%d): %s", self.name, status, why[:500])

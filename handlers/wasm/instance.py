@@ -5,6 +5,14 @@ own (a ``threading.local`` per version) and reuses it call after call. One that 
 a limit is thrown away, so the next call starts from a fresh instance. A new version (a reload, a
 redeploy) gets new instances; calls that began on the old one finish there.
 
+A module that can make no host call but ``l8.log`` (no ``l8.call``, no WASI) cannot wait on
+anything, so its calls may run on the event loop's thread itself ("inline"), which saves the two
+thread wakeups of a hop to a lane. An inline call runs on an instance of its own, built off the
+loop, under a fuel budget (``inline_fuel``) besides the function's limits, so it holds the loop
+for a bounded number of instructions; its log lines wait until it ends. A call that uses up the
+budget has done nothing outside its instance (its log lines are dropped with it), so it is run
+again from the start on a lane (``InlineOverrun``), and the version runs on lanes from then on.
+
 The imports ``l8.call``, ``l8.take`` and ``l8.log`` never raise into wasm (wasmtime-py passes an
 exception through a process-wide slot that threads race on): every failure is a return code, and
 every guest pointer is checked against the memory's current length before it is touched.
@@ -41,6 +49,13 @@ class Limits:
     max_host_calls: int = 100
 
 
+INLINE_MAX_INPUT = 64 << 10  # bytes of input above which a call goes to a lane (copying it is loop time)
+
+
+class InlineOverrun(Exception):
+    """An inline call used up the inline fuel budget; it has had no effect, so run it on a lane."""
+
+
 @dataclass(slots=True)
 class _Call:
     """What the imports need while one export runs on this thread."""
@@ -50,6 +65,7 @@ class _Call:
     host_calls: int = 0
     held: bytes | None = None
     breach: str | None = None
+    logs: list[tuple[int, str]] | None = None  # inline: kept until the call ends
 
 
 def _span(ptr: int, length: int, size: int) -> tuple[int, int] | None:
@@ -63,7 +79,9 @@ def _span(ptr: int, length: int, size: int) -> tuple[int, int] | None:
 class Version:
     """One compiled module of a function: its linker, its pre-instantiation and its instances."""
 
-    def __init__(self, name: str, compiled: engine.Compiled, limits: Limits, ops: HostOps) -> None:
+    def __init__(
+        self, name: str, compiled: engine.Compiled, limits: Limits, ops: HostOps, *, inline_fuel: int = 0
+    ) -> None:
         self.name = name
         self.digest = compiled.digest
         self.cached = compiled.cached
@@ -77,6 +95,10 @@ class Version:
             )
         self._ops = ops
         self._local = threading.local()
+        # Inline only when no call can wait on anything, and within a budget under the function's own fuel.
+        budget = min(inline_fuel, limits.fuel) if limits.fuel is not None else inline_fuel
+        self.inline_fuel = budget if not (self.shape.host_calls or self.shape.wasi) else 0
+        self._inline: _Instance | None = None
         linker = wasmtime.Linker(engine.engine())
         if self.shape.wasi:
             linker.define_wasi()
@@ -90,8 +112,25 @@ class Version:
             raise ModuleError(f"cannot be linked: {engine._first_line(str(exc))}") from None
 
     def check_instance(self) -> None:
-        """Instantiate once (and run ``_initialize``) to refuse a module that cannot start."""
-        _Instance(self)
+        """Instantiate once (and run ``_initialize``) to refuse a module that cannot start; the
+        instance becomes the inline one when the version runs inline."""
+        inst = _Instance(self)
+        if self.inline_fuel:
+            self._inline = inst
+
+    @property
+    def inline_ready(self) -> bool:
+        """Whether the next call may run inline (on the calling thread, the event loop's)."""
+        return self._inline is not None
+
+    def prepare_inline(self) -> None:
+        """Build the inline instance, off the loop (a Store may move between threads)."""
+        if not self.inline_fuel or self._inline is not None:
+            return
+        try:
+            self._inline = _Instance(self)
+        except ModuleError as exc:
+            log.warning("function %s: a new inline instance failed: %s", self.name, exc)
 
     def run(self, export: str, data: bytes, deadline: float) -> tuple[int, bytes]:
         """Call ``export`` with ``data`` on this thread's instance: ``(r, output)``; FunctionError on failure."""
@@ -107,6 +146,30 @@ class Version:
         except FunctionError:
             self._local.instance = None  # trapped or over a limit: the next call starts afresh
             raise
+
+    def run_inline(self, export: str, data: bytes, deadline: float) -> tuple[int, bytes]:
+        """``run`` on the inline instance under the inline budget (``inline_ready`` first). After a
+        trap or a limit the instance is gone until ``prepare_inline``; InlineOverrun when the call
+        needs more than the budget, after which the version runs on lanes only."""
+        inst = self._inline
+        assert inst is not None, "run_inline without an inline instance"
+        logs: list[tuple[int, str]] = []
+        try:
+            result = inst.call(export, data, deadline, budget=self.inline_fuel, logs=logs)
+        except InlineOverrun:
+            self._inline = None
+            self.inline_fuel = 0
+            raise
+        except FunctionError:
+            self._inline = None
+            self._emit(logs)
+            raise
+        self._emit(logs)
+        return result
+
+    def _emit(self, logs: list[tuple[int, str]]) -> None:
+        for level, text in logs:
+            log.log(level, "function %s: %s", self.name, text)
 
     # ---- imports; each returns a code and never raises ----
 
@@ -190,7 +253,10 @@ class Version:
                 return
             end = min(span[1], span[0] + MAX_LOG * 4)
             text = bytes(call.memory.read(caller, span[0], end)).decode(errors="replace")[:MAX_LOG]
-            log.log(_LEVELS[min(max(level, 0), 3)], "function %s: %s", self.name, text)
+            if call.logs is not None:
+                call.logs.append((_LEVELS[min(max(level, 0), 3)], text))
+            else:
+                log.log(_LEVELS[min(max(level, 0), 3)], "function %s: %s", self.name, text)
         except BaseException as exc:
             log.error("function %s: log failed in the host: %s: %s", self.name, type(exc).__name__, exc)
 
@@ -220,23 +286,26 @@ class _Instance:
             if isinstance(func, wasmtime.Func):
                 self._funcs[name] = func
         if abi.INITIALIZE in self._funcs:
+            deadline = time.monotonic() + limits.timeout_ms / 1000
+            self._arm(deadline)
             try:
-                self._enter(abi.INITIALIZE, (), time.monotonic() + limits.timeout_ms / 1000)
+                self._enter(abi.INITIALIZE, (), _Call(self.memory, deadline))
             except FunctionError as exc:
                 raise ModuleError(f"its _initialize failed: {exc}") from None
 
-    def _arm(self, deadline: float) -> None:
+    def _arm(self, deadline: float, budget: int | None = None) -> None:
         self.store.set_epoch_deadline(engine.ticks_for(max(deadline - time.monotonic(), 0.0)))
-        self.store.set_fuel(self.version.limits.fuel or UNLIMITED_FUEL)
+        self.store.set_fuel(budget or self.version.limits.fuel or UNLIMITED_FUEL)
 
-    def _enter(self, name: str, args: tuple[int, ...], deadline: float) -> int:
-        """Run one export with the imports armed; wasm traps become FunctionError."""
+    def _enter(self, name: str, args: tuple[int, ...], call: _Call, budget: int | None = None) -> int:
+        """Run one export of an armed store with the imports armed; wasm traps become FunctionError."""
         version = self.version
-        self._arm(deadline)
-        version._local.call = call = _Call(self.memory, deadline)
+        version._local.call = call
         try:
             result = self._funcs[name](self.store, *args)
         except wasmtime.Trap as exc:
+            if budget is not None and exc.trap_code is wasmtime.TrapCode.OUT_OF_FUEL and budget != version.limits.fuel:
+                raise InlineOverrun() from None
             raise self._trap_error(exc) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionError(f"function {version.name}: {engine._first_line(str(exc))}") from None
@@ -266,17 +335,29 @@ class _Instance:
             message += f" (its memory is {used / 2**20:.1f} MiB of its cap of {limits.memory_mb} MiB, limits.memoryMb)"
         return FunctionError(f"function {name} trapped: {message}")
 
-    def call(self, export: str, data: bytes, deadline: float) -> tuple[int, bytes]:
+    def call(
+        self,
+        export: str,
+        data: bytes,
+        deadline: float,
+        *,
+        budget: int | None = None,
+        logs: list[tuple[int, str]] | None = None,
+    ) -> tuple[int, bytes]:
+        """Run ``export`` on ``data``: l8_alloc, the input written, the export, the output read;
+        the deadline, fuel (or the inline ``budget``) and host-call cap cover them together."""
         name = self.version.name
         if export not in self._funcs:
             raise FunctionError(f"function {name} does not export {export}")
-        ptr = self._enter(abi.ALLOC, (len(data),), deadline)
+        self._arm(deadline, budget)
+        call = _Call(self.memory, deadline, logs=logs)
+        ptr = self._enter(abi.ALLOC, (len(data),), call, budget)
         span = _span(ptr, len(data), self.memory.data_len(self.store))
         if span is None or (ptr < 0 and data):
             raise FunctionError(f"function {name}: l8_alloc({len(data)}) answered {ptr}, out of its memory")
         if data:
             self.memory.write(self.store, data, span[0])
-        r = self._enter(export, (ptr, len(data)), deadline)
+        r = self._enter(export, (ptr, len(data)), call, budget)
         if r <= 0:
             return r, b""
         out_ptr, out_len = abi.split_result(r)
