@@ -8,10 +8,10 @@
    and on a lane, beside the previous design (``run_in_executor`` on a pool); the hop alone; the
    cost of each host call and of its handoff beside ``run_coroutine_threadsafe``; 8 calls in
    flight; and how long an inline call that overruns its fuel budget holds the loop;
-3. invoke round trip through the bus (native InvokeService) of a function beside an app's OnInvoke
-   (a Dapr SDK ``App``, tests/apps/echo_app.py) behind its sidecar.
+3. and 4. (bench/wasm_fleet.py): invoke round trip of a function beside an app's OnInvoke, and the
+   time from ``l8 wasm deploy`` to every worker serving it.
 
-Run: ``.venv/bin/python -m bench.wasm [--n 2000]``.
+Run: ``.venv/bin/python -m bench.wasm [--n 2000] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -19,29 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import wasmtime
 
-from bench.procs import free_port, spawn, stop, venv_bin, wait_port
+from bench.wasm_fleet import Nats, deploy_to_serving, invoke_round_trip
 from handlers.functions import INLINE_FUEL, Function, FunctionSpec
 from handlers.proto import runtime_pb2 as pb
-from handlers.proto import runtime_pb2_grpc
 from handlers.wasm import engine
 from handlers.wasm.abi import Op, encode_fields, encode_input
 from handlers.wasm.host import Allow, HostOps
 from handlers.wasm.instance import InlineOverrun, Limits, Version
 from handlers.wasm.lanes import Lanes
-from runtime.config import Config
-from runtime.sidecar import Sidecar
 
 REPO = Path(__file__).parent.parent
 GUESTS = ("wat", "rust", "go", "as")
@@ -293,77 +289,22 @@ async def _inline_hold(reps: int = 20) -> list[float]:
     return held
 
 
-async def invoke_round_trip(n: int) -> None:
-    print(f"3. invoke round trip through the bus, 1 KiB, sequential p50 of {n}")
-    nats_port, mon = free_port(), free_port()
-    work = Path(tempfile.mkdtemp(prefix="l8-bench-wasm-"))
-    nats = spawn(
-        [venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(mon), "-js", "-sd", str(work)]
-    )
-    app_port = free_port()
-    env = {**os.environ, "APP_PORT": str(app_port), "APP_ID": "echo-app", "PYTHONPATH": str(REPO)}
-    app = subprocess.Popen([sys.executable, str(REPO / "tests" / "apps" / "echo_app.py")], env=env)
-    sidecars: list[Sidecar] = []
-    try:
-        wait_port(nats_port, nats)
-        wait_port(app_port, app, timeout=30)
-        echo = work / "echo.wasm"
-        echo.write_bytes(wasmtime.wat2wasm(ECHO_WAT))
-        url = f"nats://127.0.0.1:{nats_port}"
-
-        def config(app_id: str, **extra: object) -> Config:
-            return Config.model_validate(
-                {
-                    "app": {"id": app_id, **extra.pop("app", {})},  # type: ignore[dict-item]
-                    "bus": {"url": url},
-                    "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-                    "namespace": "bench",
-                    "data_dir": str(work / app_id),
-                    **extra,
-                }
-            )
-
-        caller = Sidecar(config("caller", functions=[{"name": "echo-fn", "module": str(echo), "invoke": True}]))
-        target = Sidecar(config("echo-app", app={"callback": f"127.0.0.1:{app_port}"}))
-        for sc in (caller, target):
-            await sc.start()
-            sidecars.append(sc)
-        assert caller.grpc is not None
-        data = b"a" * 1024  # text: the echo app decodes it
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{caller.grpc.port}") as channel:
-            stub = runtime_pb2_grpc.RuntimeStub(channel)
-
-            async def p50(app_id: str, method: str) -> float:
-                req = pb.InvokeServiceRequest(id=app_id, message=pb.CommonInvokeRequest(method=method))
-                req.message.data.value = data
-                for _ in range(50):
-                    await stub.InvokeService(req)
-                times = []
-                for _ in range(n):
-                    began = time.perf_counter()
-                    await stub.InvokeService(req)
-                    times.append(time.perf_counter() - began)
-                return statistics.median(times)
-
-            fn_p50 = await p50("echo-fn", "echo")
-            app_p50 = await p50("echo-app", "echo")
-        print(f"   function echo-fn (l8_on_invoke)             {_us(fn_p50)}")
-        print(f"   app echo-app (Dapr SDK App OnInvoke)        {_us(app_p50)}")
-    finally:
-        for sc in reversed(sidecars):
-            await sc.stop()
-        stop(app)
-        stop(nats)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=2000, help="calls per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="deploys per guest and kind")
     args = parser.parse_args()
     print(f"wasmtime {engine.WASMTIME_VERSION}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     cold_loads()
     await host_overhead(args.n)
-    await invoke_round_trip(max(args.n // 4, 100))
+    work = Path(tempfile.mkdtemp(prefix="l8-bench-wasm-"))
+    nats = Nats(work)
+    try:
+        await invoke_round_trip(nats, work, ECHO_WAT, max(args.n // 4, 100))
+        await deploy_to_serving(nats, work, GUESTS, rounds=args.rounds)
+    finally:
+        nats.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
