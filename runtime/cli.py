@@ -1,5 +1,5 @@
-"""The `l8` command: `run` (the sidecar), `worker` (handlers only), `subscriptions`, `asyncapi`,
-`config from-layotto` and `version`."""
+"""The `l8` command: `run` (the sidecar), `worker` (handlers only, deployed functions), `wasm`,
+`subscriptions`, `asyncapi`, `config from-layotto` and `version`."""
 
 from __future__ import annotations
 
@@ -62,7 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--http-port", type=_port("--http-port"), help="serve the health probes on this port (server.worker_http)"
     )
+    worker.add_argument("--wasm", action="store_true", help="serve the functions deployed with `l8 wasm deploy`")
+    worker.add_argument("--data-dir", help="where compiled modules are cached, in wasm-cache/ (data_dir)")
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    from runtime.fleet_cli import add_wasm_parser
+
+    add_wasm_parser(sub)
 
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
     spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
@@ -129,12 +135,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _serve(config: Config, *, serve: bool) -> int:
+async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     from bus import BusError
     from runtime.components import ComponentError
     from runtime.sidecar import Sidecar
 
     sidecar = Sidecar(config, serve=serve)
+    fleet: Any = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,6 +163,13 @@ async def _serve(config: Config, *, serve: bool) -> int:
             return 1
         raise stopping_error
     try:
+        if wasm:
+            from runtime.fleet import FleetWorker
+
+            assert sidecar.workers is not None
+            fleet = FleetWorker(config, sidecar.workers)
+            await fleet.start()
+            log.info("l8 worker serves deployed functions of namespace %s", config.namespace)
         # A signal, or Dapr's Shutdown call (gRPC or POST /v1.0/shutdown).
         shutdown = asyncio.create_task(sidecar.shutdown_requested.wait())
         await asyncio.wait({stopping, shutdown}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +177,8 @@ async def _serve(config: Config, *, serve: bool) -> int:
             waiter.cancel()
         log.info("stopping: finishing calls in flight")
     finally:
+        if fleet is not None:
+            await fleet.stop()
         await sidecar.stop()
     return 0
 
@@ -228,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(render(config, ask_app=args.app_port is not None))
         return 0
+    if args.command == "wasm":
+        from runtime.fleet_cli import run_wasm
+
+        return _run_loop(run_wasm(args, config))
     if args.command == "worker":
         if config.bus.embedded:
             print(
@@ -235,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        if not config.apis():
+        if args.handlers is None and args.wasm:
+            config = config.model_copy(update={"workers": "none"})
+        if not config.apis() and not args.wasm:
             print("l8: config error: workers: a worker needs at least one api in --handlers", file=sys.stderr)
             return 2
-        return _run_loop(_serve(config, serve=False))
+        return _run_loop(_serve(config, serve=False, wasm=args.wasm))
     return _run_loop(_serve(config, serve=True))
 
 

@@ -18,6 +18,7 @@ from bridges import registry
 from bus.auth import BusAuth, redact
 from bus.subjects import TOKEN
 from handlers import limits
+from runtime.function_config import FunctionConfig, WasmConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -345,6 +346,9 @@ class Config(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     # Seconds the whole ordered shutdown may take (calls in flight, deliveries, drains).
     shutdown_timeout: float = Field(default=20.0, gt=0, le=3600)
+    # WebAssembly functions run by this sidecar (runtime/function_config.py, docs/wasm-abi.md).
+    functions: list[FunctionConfig] = Field(default_factory=list)
+    wasm: WasmConfig = Field(default_factory=WasmConfig)
 
     @field_validator("namespace")
     @classmethod
@@ -378,6 +382,12 @@ class Config(_Model):
                     f"subscriptions[{i}].pubsub: {sub.pubsub!r} is not a configured pub/sub component; "
                     f"configured: {', '.join(pubsubs) or 'none'}"
                 )
+        names = [f.name for f in self.functions]
+        for i, name in enumerate(names):
+            if name in names[:i] or name == self.app.id:
+                raise ValueError(f"functions[{i}].name: {name!r} is already the name of the app or of a function")
+            if not self.functions[i].module:
+                raise ValueError(f"functions[{i}].module: the path of the .wasm file is empty")
         if self.subscriptions and self.app.callback is None:
             raise ValueError("subscriptions: delivering events needs the app's callback (app.callback / --app-port)")
         return self

@@ -30,6 +30,8 @@ class Metadata:
     report: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     running: Callable[[], dict[str, frozenset[str]]] = dict  # component name -> features of its live bridge
     attributes: dict[str, str] = field(default_factory=dict)
+    # The WebAssembly functions this sidecar runs, with their state (runtime/functions.py's rows).
+    functions: Callable[[], list[dict[str, Any]]] | None = None
 
     def set(self, key: str, value: str) -> None:
         """SetMetadata: INVALID_ARGUMENT for an empty, long or reserved key or a long value."""
@@ -88,6 +90,7 @@ class Metadata:
             "subscriptions": await self.subscriptions(),
             "httpEndpoints": [],
             "appConnectionProperties": connection,
+            **({"functions": self.functions()} if self.functions is not None else {}),
         }
 
 

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bridges.registry import BridgeEnv
@@ -52,6 +53,9 @@ from runtime.metadata import Metadata
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
+
+if TYPE_CHECKING:
+    from runtime.functions import SidecarFunctions
 
 log = logging.getLogger("l8")
 
@@ -83,6 +87,7 @@ class Sidecar:
         self.metadata: Metadata | None = None
         # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
         self.shutdown_requested = asyncio.Event()
+        self.functions: SidecarFunctions | None = None
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -175,6 +180,12 @@ class Sidecar:
             if cfg.server.worker_http is not None:
                 await self._start_http("server.worker_http", cfg.server.worker_http, probes_router(cfg, self.health))
             return
+        if cfg.functions:
+            # Imported only when functions are configured: wasmtime is large to load.
+            from runtime.functions import SidecarFunctions
+
+            self.functions = SidecarFunctions(cfg, self.workers)
+            await self.functions.start()
         app_token = cfg.app.api_token()
         if cfg.app.callback is not None:
             # Only a sidecar that can reach its app answers the app's invocations and events; one
@@ -193,7 +204,12 @@ class Sidecar:
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
-        self.metadata = Metadata(cfg, self.announcer.report, lambda: {s.name: s.bridge.features() for s in live})
+        self.metadata = Metadata(
+            cfg,
+            self.announcer.report,
+            lambda: {s.name: s.bridge.features() for s in live},
+            functions=self.functions.rows if self.functions is not None else None,
+        )
         self.grpc = GrpcServer(
             cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
         )
@@ -292,6 +308,8 @@ class Sidecar:
             steps.append(("the HTTP server", lambda left: http.stop()))
         if (host := self.workers) is not None and (invocations := self.invocations) is not None:
             steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
+        if (functions := self.functions) is not None:
+            steps.append(("functions", lambda left: functions.stop()))
         if (workers := self.workers) is not None:
             steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
         steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))

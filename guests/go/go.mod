@@ -1,0 +1,3 @@
+module l8guest
+
+go 1.24

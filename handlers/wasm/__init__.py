@@ -1,0 +1,1 @@
+"""WebAssembly functions: the ``l8/1`` ABI, the engine, instances with their limits, host calls."""
