@@ -287,8 +287,11 @@ class Bus:
     def serve_locally(self, key: str, handler: LocalHandler) -> None:
         self._local[key] = handler
 
-    def stop_serving_locally(self, key: str) -> None:
-        self._local.pop(key, None)
+    def stop_serving_locally(self, key: str, handler: LocalHandler | None = None) -> None:
+        """Forget ``key``; with ``handler``, only while it is that handler's (a route that replaced
+        another under the same key keeps it)."""
+        if handler is None or self._local.get(key) is handler:
+            self._local.pop(key, None)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         self._check(subject)

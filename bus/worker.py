@@ -49,6 +49,7 @@ class Route:
     caller_in_subject: bool = True
     gate: asyncio.Semaphore | None = None
     subscription: Any = None
+    served_locally: Any = None  # the local dispatch handler this route put on the bus
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -139,11 +140,12 @@ class WorkerHost:
     async def _subscribe(self, route: Route) -> None:
         route.subscription = await self._bus.subscribe(route.subject, route.queue, self._admitter(route))
         if self._local_dispatch and route.local is not None:
-            self._bus.serve_locally(route.local, functools.partial(self._local, route))
+            route.served_locally = functools.partial(self._local, route)
+            self._bus.serve_locally(route.local, route.served_locally)
 
     async def _retire(self, route: Route, timeout: float) -> None:
         if route.local is not None:
-            self._bus.stop_serving_locally(route.local)
+            self._bus.stop_serving_locally(route.local, route.served_locally)
         subscription, route.subscription = route.subscription, None
         if subscription is None:
             return

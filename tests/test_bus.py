@@ -394,3 +394,37 @@ async def test_an_unreachable_bus_fails_start_within_its_timeout_naming_the_url_
     assert f"nats://***@127.0.0.1:{port}" in str(info.value)
     assert "s3cret" not in str(info.value)
     await bus.stop()
+
+
+async def test_a_route_that_replaced_another_under_one_local_key_keeps_it_when_the_old_one_leaves(bus: Bus) -> None:
+    from bus import Route
+
+    ns = unique("ns")
+    crossed: list[str] = []
+
+    async def spy(msg: object) -> None:
+        crossed.append(getattr(msg, "subject", ""))
+
+    spy_sub = await bus.nc.subscribe(f"l8.{ns}.>", cb=spy)
+
+    def answer(text: bytes) -> Any:
+        async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+            return text
+
+        return handler
+
+    host = WorkerHost(bus, ns, local_dispatch=True)
+    await host.start()
+    stem = f"l8.{ns}.app.fn"
+    old = await host.serve(Route(f"{stem}.invoke.*", f"{stem}.invoke", answer(b"old"), "old", local=stem))
+    new = await host.serve(Route(f"{stem}.invoke.*", f"{stem}.invoke", answer(b"new"), "new", local=stem))
+    try:
+        await host.leave(old)
+        subject = f"{stem}.invoke.me"
+        assert await bus.call(subject, b"", timeout=2, headers=request_headers(2)) == b"new"
+        await bus.nc.flush()
+        assert subject not in crossed, "the call went over the server instead of staying in process"
+    finally:
+        await host.leave(new)
+        await host.stop()
+        await spy_sub.unsubscribe()
