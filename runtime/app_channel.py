@@ -65,6 +65,18 @@ class BulkEntry:
     event: Event
 
 
+@dataclass(slots=True, frozen=True)
+class BindingAnswer:
+    """An app's answer to an input binding event (Dapr's BindingEventResponse): optionally states to
+    save in ``store_name`` (``states``: key -> value bytes) and ``data`` for the output bindings ``to``."""
+
+    store_name: str = ""
+    states: tuple[tuple[str, bytes], ...] = ()
+    to: tuple[str, ...] = ()
+    data: bytes = b""
+    parallel: bool = False
+
+
 class AppChannel(Protocol):
     """What a sidecar needs of its app; one implementation per app protocol."""
 
@@ -89,6 +101,16 @@ class AppChannel(Protocol):
         self, pubsub: str, topic: str, path: str, entries: Sequence[BulkEntry], *, timeout: float
     ) -> dict[str, int]:
         """Push a batch; a verdict per entry id (entries the app left out are missing)."""
+        ...
+
+    async def list_input_bindings(self, *, timeout: float) -> list[str] | None:
+        """The input bindings the app takes events from; None when it does not implement the call."""
+        ...
+
+    async def on_binding_event(
+        self, name: str, data: bytes, metadata: dict[str, str], *, timeout: float
+    ) -> BindingAnswer:
+        """Push one input binding event; an error (AppCallError) means "deliver it again"."""
         ...
 
     async def close(self) -> None: ...

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 
 from runtime import errors
-from runtime.app_channel import AppCallError, AppSubscription, AppUnavailable, BulkEntry, Metadata
+from runtime.app_channel import AppCallError, AppSubscription, AppUnavailable, BindingAnswer, BulkEntry, Metadata
 from runtime.auth import app_token_interceptors
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ class DaprGrpcApp:
         return reply, list(answered or ())
 
     async def list_subscriptions(self, *, timeout: float) -> list[AppSubscription] | None:
-        from google.protobuf import empty_pb2  # type: ignore[import-untyped]
-
         try:
             resp = await self._stub("AppCallback").ListTopicSubscriptions(empty_pb2.Empty(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -142,6 +141,33 @@ class DaprGrpcApp:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self._address) from None
         return {s.entry_id: s.status for s in resp.statuses}
+
+    async def list_input_bindings(self, *, timeout: float) -> list[str] | None:
+        try:
+            resp = await self._stub("AppCallback").ListInputBindings(empty_pb2.Empty(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise _translate(exc, self._address) from None
+        return list(resp.bindings)
+
+    async def on_binding_event(
+        self, name: str, data: bytes, metadata: dict[str, str], *, timeout: float
+    ) -> BindingAnswer:
+        from dapr.proto.runtime.v1 import appcallback_pb2
+
+        request = appcallback_pb2.BindingEventRequest(name=name, data=data, metadata=metadata)
+        try:
+            resp = await self._stub("AppCallback").OnBindingEvent(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self._address) from None
+        return BindingAnswer(
+            store_name=resp.store_name,
+            states=tuple((item.key, item.value) for item in resp.states),
+            to=tuple(resp.to),
+            data=resp.data,
+            parallel=resp.concurrency == appcallback_pb2.BindingEventResponse.PARALLEL,
+        )
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
