@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ log = logging.getLogger("l8.bus.board")
 HDR_OPERATION = "KV-Operation"
 HDR_MARKER = "Nats-Marker-Reason"
 _REMOVALS = ("DEL", "PURGE")
+_NOT_READY = 10008  # "JetStream system temporarily unavailable"
+OPEN_PATIENCE = 60.0
 
 Sink = Callable[[str, "bytes | None"], None]
 
@@ -48,29 +51,48 @@ class Board:
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        """Create the bucket unless it exists; idempotent."""
+        """Create the bucket unless it exists; idempotent. A fresh cluster has no JetStream meta
+        leader for its first seconds, so this waits up to ``OPEN_PATIENCE`` for one."""
         async with self._lock:
             if self._opened:
                 return
-            js = self._bus.nc.jetstream(timeout=self._timeout)
-            try:
-                await js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                config = KeyValueConfig(
-                    bucket=self.bucket,
-                    history=1,
-                    storage=StorageType.FILE,
-                    replicas=self._replicas,
-                    # Expired leases leave a marker that watchers see; it goes itself after a while.
-                    limit_marker_ttl=max(60.0, self.lease * 4),
-                )
+            deadline = time.monotonic() + OPEN_PATIENCE
+            delay = 0.1
+            while True:
                 try:
-                    await js.create_key_value(config)
-                except nats.js.errors.BadRequestError:
-                    await js.key_value(self.bucket)  # another process created it first
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise BusError(f"the notice board {self.bucket}: {type(exc).__name__}: {exc}") from None
+                    await self._open()
+                    break
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code != _NOT_READY and exc.code != 503:
+                        raise BusError(f"the notice board {self.bucket}: {exc}") from None
+                    problem: Exception = exc
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
+                    problem = exc
+                except nats.errors.Error as exc:
+                    raise BusError(f"the notice board {self.bucket}: {type(exc).__name__}: {exc}") from None
+                if time.monotonic() + delay > deadline:
+                    raise BusError(f"the notice board {self.bucket}: JetStream did not answer: {problem}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             self._opened = True
+
+    async def _open(self) -> None:
+        js = self._bus.nc.jetstream(timeout=self._timeout)
+        try:
+            await js.key_value(self.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=self.bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self._replicas,
+                # Expired leases leave a marker that watchers see; it goes itself after a while.
+                limit_marker_ttl=max(60.0, self.lease * 4),
+            )
+            try:
+                await js.create_key_value(config)
+            except nats.js.errors.BadRequestError:
+                await js.key_value(self.bucket)  # another process created it first
 
     async def post(self, key: str, value: bytes) -> None:
         """Post or renew ``key``; it lives ``lease`` seconds after the last post."""

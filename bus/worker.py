@@ -238,11 +238,14 @@ class WorkerHost:
         the handler, which the host still drains on stop."""
         ctx = self._context(route, subject, headers, timeout)
         gate = route.gate or self._sem
-        try:
-            async with asyncio.timeout(max(0.0, ctx.remaining())):
-                await gate.acquire()
-        except TimeoutError:
-            raise BusTimeout(subject, timeout) from None
+        if gate.locked():
+            try:
+                async with asyncio.timeout(max(0.0, ctx.remaining())):
+                    await gate.acquire()
+            except TimeoutError:
+                raise BusTimeout(subject, timeout) from None
+        else:
+            await gate.acquire()  # a free slot: taken at once, no timer needed
         task = asyncio.create_task(self._run_local(route, ctx, data))
         route.tasks.add(task)
         task.add_done_callback(functools.partial(_release, route, gate))

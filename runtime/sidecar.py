@@ -150,7 +150,13 @@ class Sidecar:
         self.health.set("bus", Status.UP)
         self.bus.add_status_listener(self._bus_status)
         self.health.listeners.append(self._readiness_changed)
-        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id, on_reopen=self.bus.add_reopen_listener)
+        env = BridgeEnv(
+            self.bus.nc,
+            cfg.namespace,
+            cfg.app.id,
+            on_reopen=self.bus.add_reopen_listener,
+            request=self.bus.replies.request,
+        )
         self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(

@@ -297,7 +297,7 @@ class KafkaReceived:
         return f"partition {self._part.tp.partition} offset {self.offset}"
 
     async def touch(self) -> None:
-        await self._sub.keep_alive()
+        """Nothing per message: the member holds its partitions while it polls (``keep_alive``)."""
 
 
 class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]

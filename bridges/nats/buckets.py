@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -29,6 +30,7 @@ HDR_OPERATION = "KV-Operation"
 HDR_SEQUENCE = "Nats-Sequence"
 HDR_STATUS = "Status"
 DELETE_OPS = ("DEL", "PURGE")
+T = TypeVar("T")
 JETSTREAM_NOT_READY = 10008  # "JetStream system temporarily unavailable"
 
 
@@ -41,22 +43,26 @@ OPEN_PATIENCE = 60.0
 async def open_bucket(
     nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool = False
 ) -> None:
+    await patiently(
+        lambda: _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic), f"{what}: opening bucket {bucket}"
+    )
+
+
+async def patiently(op: Callable[[], Awaitable[T]], what: str) -> T:
+    """``op()``, tried again while JetStream cannot answer yet, for up to ``OPEN_PATIENCE`` seconds."""
     deadline = time.monotonic() + OPEN_PATIENCE
     delay = 0.1
     while True:
-        with map_nats_errors(f"{what}: opening bucket {bucket}"):
+        with map_nats_errors(what):
             try:
-                await _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic)
-                return
+                return await op()
             except nats.js.errors.APIError as exc:
                 if exc.err_code != JETSTREAM_NOT_READY and exc.code != 503:
                     raise
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 pass
         if time.monotonic() + delay > deadline:
-            raise BackendUnavailable(
-                f"{what}: bucket {bucket}: JetStream did not become available in {OPEN_PATIENCE:g}s"
-            )
+            raise BackendUnavailable(f"{what}: JetStream did not become available in {OPEN_PATIENCE:g}s")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from bridges.errors import BackendUnavailable, InvalidArgument, L8Error
+from bridges.nats import buckets
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import PubSubLimits, Received
 from bridges.registry import BridgeEnv
@@ -200,6 +201,16 @@ class JetStreamSubscription:
             waited = 0 if len(self._buf) > before else waited + 1
         return self._take(n)
 
+    async def keep_alive(self) -> None:
+        """A pull may deliver after the fetch that sent it returned: what waits in the buffer for the
+        next fetch is held too, so its lease is renewed like that of a message handed out."""
+        for msg in list(self._buf):
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # the next fetch or the broker's redelivery sorts it out
+                log.debug("renewing a buffered message of %r failed: %s", self._topic, exc)
+                return
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -234,6 +245,7 @@ class JetStreamPubSub:
         if env.nats is None:
             raise ValueError("the nats.jetstream pub/sub needs the bus connection")
         self._nc: Client = env.nats
+        self._request = env.request or env.nats.request
         self.name = name
         self._ns = env.namespace
         self.stream = metadata.get("stream") or f"L8_EVT_{env.namespace}_{name}"
@@ -270,7 +282,8 @@ class JetStreamPubSub:
             max_bytes=self._max_bytes,
             allow_msg_ttl=True,
         )
-        with map_nats_errors(f"pub/sub {self.name!r}: opening stream {self.stream}"):
+
+        async def open_stream() -> None:
             try:
                 await js.stream_info(self.stream)
             except nats.js.errors.NotFoundError:
@@ -278,6 +291,9 @@ class JetStreamPubSub:
                     await js.add_stream(config)
                 except nats.js.errors.BadRequestError:
                     await js.stream_info(self.stream)  # another runtime created it first
+
+        # A fresh cluster has no meta leader for its first seconds: wait it out, as buckets do.
+        await buckets.patiently(open_stream, f"pub/sub {self.name!r}: opening stream {self.stream}")
         self.limits.max_message_bytes = self._nc.max_payload - _HEADER_ROOM
 
     async def stop(self) -> None:
@@ -294,7 +310,7 @@ class JetStreamPubSub:
             hdrs[HDR_TTL] = f"{ttl}s"
         what = f"pub/sub {self.name!r}: publish to {topic!r}"
         with map_nats_errors(what):
-            reply = await self._nc.request(self.subject(topic), data, timeout=self._timeout, headers=hdrs)
+            reply = await self._request(self.subject(topic), data, timeout=self._timeout, headers=hdrs)
             check_pub_ack(reply.data, what)
 
     async def publish_batch(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str | None]:
