@@ -140,19 +140,26 @@ class AppProcess:
 
 
 def config(bus_url: str, app_port: int, subscriptions: list[dict[str, Any]], **extra: Any) -> Any:
+    """The sidecar's config; ``component=`` replaces the JetStream pub/sub component."""
     from runtime.config import Config
 
     return Config.model_validate(raw_config(bus_url, app_port, subscriptions, **extra))
 
 
-def raw_config(bus_url: str, app_port: int, subscriptions: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def raw_config(
+    bus_url: str,
+    app_port: int,
+    subscriptions: list[dict[str, Any]],
+    component: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     return {
         "app": {"id": APP_ID, "callback": f"127.0.0.1:{app_port}"},
         "namespace": NS,
         "bus": {"url": bus_url},
         "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
         "log_level": "warning",
-        "components": {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}},
+        "components": {"pubsub": component or {"kind": "pubsub", "type": "nats.jetstream"}},
         "subscriptions": subscriptions,
         **extra,
     }
@@ -161,14 +168,16 @@ def raw_config(bus_url: str, app_port: int, subscriptions: list[dict[str, Any]],
 class Worker:
     """`l8 worker --handlers pubsub` as a user starts it, ready once its log says so."""
 
-    def __init__(self, bus_url: str, tmp: Path) -> None:
+    def __init__(self, bus_url: str, tmp: Path, component: dict[str, Any] | None = None) -> None:
         import yaml
 
         from bench.procs import spawn, venv_bin
 
-        path = tmp / "worker.yaml"
+        path = tmp / f"worker-{time.monotonic_ns()}.yaml"
         cfg = raw_config(bus_url, 0, [])
         del cfg["app"]
+        if component is not None:
+            cfg["components"] = {"pubsub": component}
         path.write_text(yaml.safe_dump({**cfg, "log_level": "info"}))
         self.log = tmp / f"worker-{time.monotonic_ns()}.log"
         args = [venv_bin("l8"), "worker", "--config", str(path), "--bus", bus_url, "--handlers", "pubsub"]
