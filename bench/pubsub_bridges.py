@@ -258,9 +258,8 @@ class _Caller:
 def delivery_rows(found: dict[str, float], raw: list[float], raw_name: str) -> None:
     b = sorted(raw)[len(raw) // 2]
     for kind, rate in found.items():
-        print(
-            f"  {'via worker, ' + kind:<22} l8 {rate:>9,.0f} ev/s   {raw_name:<26} {b:>9,.0f} msg/s   ratio {rate / b:.2f}"
-        )
+        what = f"via worker, {kind}"
+        print(f"  {what:<22} l8 {rate:>9,.0f} ev/s   {raw_name:<26} {b:>9,.0f} msg/s   ratio {rate / b:.2f}")
 
 
 async def main() -> None:
