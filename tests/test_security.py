@@ -207,7 +207,8 @@ def test_a_local_worker_joins_the_embedded_bus_with_the_credentials_of_its_data_
     with l8_running(config, cwd=tmp_path) as l8:
         creds = data_dir / "nats" / "credentials.json"
         assert creds.stat().st_mode & 0o777 == 0o600
-        secret = json.loads(creds.read_text())["password"]
+        users = json.loads(creds.read_text())["users"]
+        secrets = [u["password"] for u in users.values()]
         worker_cfg = {**config, "workers": "all"}
         (tmp_path / "worker.yaml").write_text(json.dumps(worker_cfg))
         proc, log_path = spawn(
@@ -227,7 +228,8 @@ def test_a_local_worker_joins_the_embedded_bus_with_the_credentials_of_its_data_
                 stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[pb.StateItem(key="a", value=b"1")]))
         finally:
             stop_pid(proc)
-        assert secret not in log_path.read_text() and secret not in l8.log()
+        for secret in secrets:
+            assert secret not in log_path.read_text() and secret not in l8.log()
 
 
 @pytest.fixture(scope="module")
