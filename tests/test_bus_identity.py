@@ -6,7 +6,11 @@ second `l8 run` registers itself) and is refused by nats-server, with no effect 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,10 +23,12 @@ import pytest
 from bus import subjects
 from handlers.proto import runtime_pb2 as pb
 from runtime import bus_identity
-from runtime.config import Config
+from runtime.config import Config, load_config
 from runtime.sidecar import Sidecar
 from tests.conftest import native_stub, unique
+from tests.servers import binary, free_port, stop_pid, wait_port
 
+SECURE = Path(__file__).parent.parent / "configs" / "secure.yaml"
 STATE = {"statestore": {"kind": "state", "type": "nats.kv"}, "pubsub": {"kind": "pubsub", "type": "nats.jetstream"}}
 
 
@@ -249,3 +255,78 @@ async def test_a_second_app_joins_the_embedded_bus_with_a_user_of_its_own_and_th
     auth = await bus_identity.auth_for(third, identity, [setup.url])
     conn = await Conn().open(setup.url, identity, auth)
     await conn.nc.close()
+
+
+def test_on_an_external_server_set_up_with_l8_nats_users_an_app_acts_as_itself_only(tmp_path: Path) -> None:
+    ns = unique("ns")
+    users = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "nats-users", "--namespace", ns, "--sidecar", "orders",
+         "--sidecar", "payments", "--worker", "workers"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "pw-" not in users  # passwords stay in the server's environment
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"jetstream {{ store_dir: {json.dumps(str(tmp_path / 'js'))} }}\n{users}")
+    passwords = {"orders": "pw-orders", "payments": "pw-payments", "workers": "pw-workers"}
+    env = {**os.environ, **{f"L8_PASSWORD_{u.upper()}": p for u, p in passwords.items()}}
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-c", str(conf)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=proc)
+        for user, password in passwords.items():
+            (tmp_path / user).write_text(password)
+        asyncio.run(_external(f"nats://127.0.0.1:{port}", ns, tmp_path))
+    finally:
+        stop_pid(proc)
+
+
+def _secure(url: str, ns: str, tmp_path: Path, user: str, **extra: Any) -> Config:
+    overrides = {
+        "app": {"id": "orders"},
+        "namespace": ns,
+        "data_dir": str(tmp_path / "data"),
+        "bus": {"url": url, "user": user, "password_file": str(tmp_path / user)},
+        "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0", "api_token_file": None},
+        **extra,
+    }
+    return load_config(SECURE, overrides)
+
+
+async def _external(url: str, ns: str, tmp_path: Path) -> None:
+    worker = Sidecar(_secure(url, ns, tmp_path, "workers", workers="state,lock,pubsub"), serve=False)
+    orders = Sidecar(_secure(url, ns, tmp_path, "orders"))
+    await worker.start()
+    await orders.start()
+    try:
+        channel, stub = native_stub(orders)
+        try:
+            item = pb.StateItem(key="k", value=b"o")
+            await stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[item]))
+            assert (await stub.GetState(pb.GetStateRequest(store_name="statestore", key="k"))).data == b"o"
+        finally:
+            await channel.close()
+        payments = _secure(url, ns, tmp_path, "payments", app={"id": "payments"}, workers="none")
+        identity = bus_identity.of(payments, bus_identity.SIDECAR)
+        conn = await Conn().open(url, identity, payments.bus.auth())
+        try:
+            as_orders = subjects.request_subject(ns, "state", "statestore", "save", "orders")
+            await conn.nc.publish(as_orders, save("k", b"forged"), reply=conn.nc.new_inbox())
+            await conn.refused(as_orders)
+            await conn.nc.publish(f"$JS.API.STREAM.INFO.KV_l8_{ns}_statestore", b"", reply=conn.nc.new_inbox())
+            await conn.refused("$JS.API.STREAM.INFO")
+            own = subjects.request_subject(ns, "state", "statestore", "save", "payments")
+            reply = await conn.nc.request(own, save("k", b"p"), timeout=10)
+            assert not (reply.headers or {}).get("l8-code")
+        finally:
+            await conn.nc.close()
+        channel, stub = native_stub(orders)
+        try:
+            assert (await stub.GetState(pb.GetStateRequest(store_name="statestore", key="k"))).data == b"o"
+        finally:
+            await channel.close()
+    finally:
+        await orders.stop()
+        await worker.stop()
