@@ -300,3 +300,36 @@ def test_the_ready_line_redacts_credentials_in_bus_urls(secured_nats: dict[str, 
     with l8_running(config, cwd=tmp_path) as l8:
         assert f"nats://***@127.0.0.1:{secured_nats['user']}" in l8.log()
         assert "pw-123" not in l8.log()
+
+
+def test_l8_reaches_an_external_bus_with_an_nkey_seed_and_keeps_the_seed_out_of_logs(tmp_path: Path) -> None:
+    import secrets as random
+
+    import nkeys
+
+    seed = nkeys.encode_seed(random.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(seed.encode()).public_key.decode()
+    conf = tmp_path / "nkey.conf"
+    conf.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    port = free_port()
+    args = ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "-c", str(conf)]
+    proc = subprocess.Popen([binary("nats-server"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        (tmp_path / "seed").write_text(seed + "\n")
+        url = f"nats://127.0.0.1:{port}"
+        bus = {"url": url, "connect_timeout": 5, "nkey_seed_file": str(tmp_path / "seed")}
+        config = {"app": {"id": unique("app")}, "namespace": unique("ns"), "bus": bus, "components": STATE}
+        with l8_running(config, cwd=tmp_path) as l8, grpc.insecure_channel(l8.grpc_address) as channel:
+            stub = runtime_pb2_grpc.RuntimeStub(channel)
+            stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[pb.StateItem(key="a", value=b"n")]))
+            assert stub.GetState(pb.GetStateRequest(store_name="statestore", key="a")).data == b"n"
+            assert seed not in l8.log()
+        # Another user's seed is refused.
+        (tmp_path / "other").write_text(nkeys.encode_seed(random.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode())
+        refused = {**config, "bus": {**bus, "connect_timeout": 2, "nkey_seed_file": str(tmp_path / "other")}}
+        l8 = start_l8(refused, cwd=tmp_path, wait=False)
+        assert l8.proc.wait(60) == 1
+        assert f"127.0.0.1:{port}" in l8.log() and "Traceback" not in l8.log()
+    finally:
+        stop_pid(proc)
