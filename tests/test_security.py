@@ -333,3 +333,27 @@ def test_l8_reaches_an_external_bus_with_an_nkey_seed_and_keeps_the_seed_out_of_
         assert f"127.0.0.1:{port}" in l8.log() and "Traceback" not in l8.log()
     finally:
         stop_pid(proc)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_dapr_js_sdk_with_the_api_token_set_works_and_without_it_is_refused(
+    nats_server: Server, protocol: str
+) -> None:
+    from tests.sdk_env import NODE, run_node
+
+    with l8_running(state_config(nats_server), env={**os.environ, "DAPR_API_TOKEN": TOKEN}) as l8:
+        ports = {"DAPR_HTTP_PORT": str(l8.http_port), "DAPR_GRPC_PORT": str(l8.grpc_port)}
+        seen = run_node(l8, "dapr_client.js", protocol, "state", **ports, DAPR_API_TOKEN=TOKEN)
+        assert seen["a"] == {"qty": 1}
+        if protocol == "http":
+            return  # without the token the SDK's HTTP client only waits out its start-up check of the sidecar
+        env = {k: v for k, v in os.environ.items() if k != "DAPR_API_TOKEN"}
+        out = subprocess.run(
+            ["node", str(NODE / "dapr_client.js"), protocol, "state"],
+            env={**env, **ports},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert out.returncode != 0
+        assert "UNAUTHENTICATED" in out.stderr or "16" in out.stderr, out.stderr[-2000:]
