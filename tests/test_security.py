@@ -336,24 +336,12 @@ def test_l8_reaches_an_external_bus_with_an_nkey_seed_and_keeps_the_seed_out_of_
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_the_dapr_js_sdk_with_the_api_token_set_works_and_without_it_is_refused(
-    nats_server: Server, protocol: str
-) -> None:
-    from tests.sdk_env import NODE, run_node
+def test_the_dapr_js_sdk_with_the_api_token_set_works(nats_server: Server, protocol: str) -> None:
+    # Without it the SDK's start-up check of the sidecar (its metadata) is refused and it gives up
+    # (DAPR_SIDECAR_COULD_NOT_BE_STARTED, after its own wait): refusals are tested above, directly.
+    from tests.sdk_env import run_node
 
     with l8_running(state_config(nats_server), env={**os.environ, "DAPR_API_TOKEN": TOKEN}) as l8:
         ports = {"DAPR_HTTP_PORT": str(l8.http_port), "DAPR_GRPC_PORT": str(l8.grpc_port)}
         seen = run_node(l8, "dapr_client.js", protocol, "state", **ports, DAPR_API_TOKEN=TOKEN)
         assert seen["a"] == {"qty": 1}
-        if protocol == "http":
-            return  # without the token the SDK's HTTP client only waits out its start-up check of the sidecar
-        env = {k: v for k, v in os.environ.items() if k != "DAPR_API_TOKEN"}
-        out = subprocess.run(
-            ["node", str(NODE / "dapr_client.js"), protocol, "state"],
-            env={**env, **ports},
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert out.returncode != 0
-        assert "UNAUTHENTICATED" in out.stderr or "16" in out.stderr, out.stderr[-2000:]
