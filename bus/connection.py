@@ -109,8 +109,12 @@ class Bus:
         start_timeout: float = 10.0,
         auth: BusAuth | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        inbox_prefix: str | None = None,
     ) -> None:
         self._servers = list(servers)
+        # Replies come to inboxes of this identity's own (bus/subjects.py inbox_prefix), which a
+        # secured bus lets no other identity read.
+        self._inbox_prefix = inbox_prefix
         self._name = name
         self._connect_timeout = connect_timeout
         self._start_timeout = start_timeout
@@ -163,6 +167,7 @@ class Bus:
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
             "closed_cb": self._on_closed,
+            **({"inbox_prefix": self._inbox_prefix} if self._inbox_prefix else {}),
             **self._auth.connect_options(),
         }
 

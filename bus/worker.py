@@ -29,6 +29,8 @@ from bus.errors import BusTimeout, RemoteError
 
 log = logging.getLogger("l8.bus.worker")
 
+_INBOX = subjects.INBOX + "."
+
 Handler = Callable[[str, bytes, RequestContext], Awaitable["bytes | Reply"]]
 
 
@@ -222,7 +224,12 @@ class WorkerHost:
         await self._send(msg.reply, reply.data, reply.headers, route)
 
     async def _send(self, to: str, data: bytes, headers: dict[str, str] | None, route: Route) -> None:
-        if not to:
+        if not to.startswith(_INBOX):
+            # A reply goes to the requester's inbox only: a request naming another subject as its
+            # reply would make this process publish there under its own rights (a request as
+            # another app, say), so it gets no answer.
+            if to:
+                log.debug("%s: no reply to %.64s, which is not an inbox", route.name, to)
             return
         try:
             await self._bus.nc.publish(to, data, headers=headers)

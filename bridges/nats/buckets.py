@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -30,7 +30,6 @@ HDR_OPERATION = "KV-Operation"
 HDR_SEQUENCE = "Nats-Sequence"
 HDR_STATUS = "Status"
 DELETE_OPS = ("DEL", "PURGE")
-T = TypeVar("T")
 JETSTREAM_NOT_READY = 10008  # "JetStream system temporarily unavailable"
 
 
@@ -43,19 +42,23 @@ OPEN_PATIENCE = 60.0
 async def open_bucket(
     nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool = False
 ) -> None:
-    await patiently(
-        lambda: _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic), f"{what}: opening bucket {bucket}"
+    await when_ready(
+        lambda: _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic),
+        f"{what}: opening bucket {bucket}",
+        f"{what}: bucket {bucket}",
     )
 
 
-async def patiently(op: Callable[[], Awaitable[T]], what: str) -> T:
-    """``op()``, tried again while JetStream cannot answer yet, for up to ``OPEN_PATIENCE`` seconds."""
+async def when_ready(attempt: Callable[[], Awaitable[None]], doing: str, what: str) -> None:
+    """Run ``attempt`` until JetStream answers it (for up to ``OPEN_PATIENCE`` seconds): while it
+    has no meta leader yet, or a stream no leader, it says it is not ready or nobody answers."""
     deadline = time.monotonic() + OPEN_PATIENCE
     delay = 0.1
     while True:
-        with map_nats_errors(what):
+        with map_nats_errors(doing):
             try:
-                return await op()
+                await attempt()
+                return
             except nats.js.errors.APIError as exc:
                 if exc.err_code != JETSTREAM_NOT_READY and exc.code != 503:
                     raise
