@@ -46,7 +46,7 @@ async def _component(forwarder: Forwarder, message: bytes, context: grpc.aio.Ser
         await abort(context, exc.code, exc.message)
 
 
-CANCEL_GRACE = 0.1  # seconds an ended upload waits to learn whether its client went away instead
+CANCEL_GRACE = 0.25  # seconds an ended upload waits to learn whether its client went away instead
 
 
 async def _not_cancelled(context: grpc.aio.ServicerContext[Any, Any]) -> None:
