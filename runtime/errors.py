@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from bridges.errors import Code, split_reason
+from bridges.errors import Code
 from bus.errors import (
     BusClosed,
     BusError,
@@ -71,11 +71,11 @@ def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
 def failure(exc: BusError, what: str) -> tuple[Code, str, str]:
     """``from_bus_error`` and the reason a worker gave, if any."""
     if isinstance(exc, RemoteError | StreamBroken):
-        reason, message = split_reason(exc.message)
+        reason = getattr(exc, "reason", "")
         try:
-            return Code(exc.code), message, reason
+            return Code(exc.code), exc.message, reason
         except ValueError:
-            return Code.UNKNOWN, message, reason
+            return Code.UNKNOWN, exc.message, reason
     return (*_bus_failure(exc, what), "")
 
 
