@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 Metadata = list[tuple[str, "str | bytes"]]
 
 SUCCESS, RETRY, DROP = 0, 1, 2  # an app's verdict on an event, as Dapr and Layotto number them
+# Beside an HTTP app's answer to an invocation: its HTTP status (daprd's header name), which the
+# fronts answer with.
+HTTP_STATUS = "dapr-http-status"
 
 
 class AppCallError(Exception):

@@ -41,6 +41,7 @@ from bridges.errors import Code, quote
 from handlers import limits
 from runtime.app_channel import (
     DROP,
+    HTTP_STATUS,
     RETRY,
     SUCCESS,
     AppCallError,
@@ -60,7 +61,6 @@ log = logging.getLogger("l8.runtime.app")
 
 CLOUDEVENT_JSON = "application/cloudevents+json"
 BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
-HTTP_STATUS = "dapr-http-status"  # Dapr's name for the app's HTTP status, beside the reply
 UNKNOWN_STATUS = 99  # an answer l8 does not know: the event server retries it
 _VERDICTS = {"": SUCCESS, "SUCCESS": SUCCESS, "RETRY": RETRY, "DROP": DROP}
 _BULK_VERDICTS = {"SUCCESS": SUCCESS, "RETRY": RETRY, "DROP": DROP}  # an empty status retries

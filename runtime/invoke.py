@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -36,7 +36,7 @@ from bus.errors import BusTimeout, NoResponders, RemoteError
 from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
 from handlers import limits
 from runtime import errors
-from runtime.app_channel import AppCallError, AppChannel
+from runtime.app_channel import HTTP_STATUS, AppCallError, AppChannel
 from runtime.forward import FrontError, abort
 from runtime.routing import Malformed, bytes_field, string_field
 
@@ -72,6 +72,10 @@ NOT_METADATA = frozenset(
 )
 
 Metadata = list[tuple[str, str | bytes]]
+# gRPC proxying: a request on the invoke subject with this header is the caller's own gRPC call,
+# bytes as they came, for the app's method of that name (not an InvokeRequest).
+HDR_GRPC_METHOD = "l8-grpc-method"
+_GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _printable(value: str) -> bool:
@@ -162,8 +166,10 @@ class Invoker:
         timeout: float | None,
         metadata: dict[str, str],
         traceparent: str | None,
+        grpc_method: bool = False,
     ) -> Invocation:
-        """Send ``request`` (``InvokeRequest`` bytes for ``method``) to a sidecar of ``app_id``."""
+        """Send ``request`` (``InvokeRequest`` bytes for ``method``) to a sidecar of ``app_id``; with
+        ``grpc_method``, ``request`` is a proxied gRPC call's message for the app's ``method``."""
         subject = self.subject(app_id)
         if not method:
             raise FrontError(Code.INVALID_ARGUMENT, f"the method name is empty: say which method of {app_id!r} to call")
@@ -183,6 +189,12 @@ class Invoker:
                 )
         timeout = self.default_timeout if timeout is None else max(timeout, 0.001)
         headers = {**metadata, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
+        if grpc_method:
+            if not _GRPC_METHOD.match(method):
+                raise FrontError(
+                    Code.INVALID_ARGUMENT, f"{quote(method)} is not a gRPC method name (/package.Service/Method)"
+                )
+            headers[HDR_GRPC_METHOD] = method
         if traceparent and len(traceparent) <= limits.TRACEPARENT:
             headers[HDR_TRACEPARENT] = traceparent
         size = len(request) + sum(len(k) + len(v) + 4 for k, v in metadata.items())
@@ -243,9 +255,91 @@ def grpc_handler(invoker: Invoker) -> grpc.RpcMethodHandler:
             await abort(context, exc.code, exc.message)
         if result.metadata:
             await context.send_initial_metadata(result.metadata)
+        status = http_status_of(result.metadata)
+        if status is not None and not 200 <= status < 300:
+            await _abort_http(context, status, result.data)
         return result.data
 
     return grpc.unary_unary_rpc_method_handler(call)
+
+
+APP_ID = "dapr-app-id"  # metadata that routes a gRPC call to another app (gRPC proxying)
+
+
+class GrpcProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """gRPC proxying, as daprd does it: a unary call to a service this sidecar does not serve, with
+    metadata ``dapr-app-id: X``, goes to a sidecar of app X and from there to X's own gRPC server,
+    message bytes as they came; the app's reply, status and initial metadata come back. Registered
+    after every service l8 serves, so l8's own rpcs are never proxied."""
+
+    def __init__(self, invoker: Invoker) -> None:
+        self._invoker = invoker
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        if not any(k == APP_ID for k, _ in handler_call_details.invocation_metadata or ()):
+            return None
+        handler = self._handlers.get(method)
+        if handler is None:
+            if len(self._handlers) >= 1024:
+                self._handlers.clear()
+            handler = self._handlers[method] = grpc.unary_unary_rpc_method_handler(self._call(method))
+        return handler
+
+    def _call(self, method: str) -> Any:
+        invoker = self._invoker
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            pairs = context.invocation_metadata() or ()
+            app_id = next((str(v) for k, v in pairs if k == APP_ID), "")
+            metadata, traceparent = metadata_headers(pairs)
+            try:
+                result = await invoker.invoke(
+                    app_id,
+                    method,
+                    request,
+                    timeout=context.time_remaining(),
+                    metadata=metadata,
+                    traceparent=traceparent,
+                    grpc_method=True,
+                )
+            except FrontError as exc:
+                await abort(context, exc.code, exc.message)
+            if result.metadata:
+                await context.send_initial_metadata(result.metadata)
+            return result.data
+
+        return call
+
+
+def http_status_of(metadata: Metadata) -> int | None:
+    """The status an HTTP app answered with (``dapr-http-status`` beside its reply), if any."""
+    for key, value in metadata:
+        if key == HTTP_STATUS and isinstance(value, str) and value.isdigit() and len(value) == 3:
+            return int(value)
+    return None
+
+
+async def _abort_http(context: grpc.aio.ServicerContext[Any, Any], status: int, reply: bytes) -> NoReturn:
+    """An HTTP app's error status, as daprd gives it to gRPC callers: the code it maps to, the
+    status text, and an ErrorInfo with the status and the start of the app's answer."""
+    from http import HTTPStatus
+
+    from handlers.proto import runtime_pb2 as pb
+
+    code = errors.code_of_http_app(status)
+    try:
+        text = HTTPStatus(status).phrase
+    except ValueError:
+        text = f"HTTP {status}"
+    try:
+        body = pb.InvokeResponse.FromString(reply).data.value.decode(errors="replace")
+    except Exception:  # protobuf's DecodeError: a reply that is not one carries no detail
+        body = ""
+    details = errors.status_details(code, text, text, {"http.code": str(status), "http.error_message": body[:63]})
+    await context.abort(errors.grpc_status(code), text, ((errors.DETAILS_KEY, details),))
+    raise AssertionError("abort returns only by raising")  # pragma: no cover
 
 
 # ---- target side ----
@@ -277,8 +371,14 @@ class InvokeHandler:
             metadata.append((CALLER_APP_ID, ctx.app_id))
         if ctx.traceparent and _printable(ctx.traceparent):
             metadata.append((HDR_TRACEPARENT, ctx.traceparent))
+        grpc_method = ctx.headers.get(HDR_GRPC_METHOD) if ctx.headers else None
         try:
-            reply, answered = await self._channel.on_invoke(payload, timeout=remaining, metadata=metadata)
+            if grpc_method is not None:
+                reply, answered = await self._channel.call_grpc(
+                    grpc_method, payload, timeout=remaining, metadata=metadata
+                )
+            else:
+                reply, answered = await self._channel.on_invoke(payload, timeout=remaining, metadata=metadata)
         except AppCallError as exc:
             raise _AppAnswered(*self._app_error(exc, remaining)) from None
         headers, _ = metadata_headers(answered)

@@ -42,6 +42,7 @@ from runtime.app_health import AppHealth, Gated
 from runtime.auth import http_context
 from runtime.components import Components
 from runtime.config import Config
+from runtime.configuration_push import AppPush
 from runtime.event_router import BusRouter
 from runtime.event_server import EventServer
 from runtime.forward import Forwarder
@@ -78,6 +79,7 @@ class Sidecar:
         self.app_channel: AppChannel | None = None
         self.event_channel: AppChannel | None = None
         self.app_health: AppHealth | None = None
+        self.config_push: AppPush | None = None
         self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
@@ -225,8 +227,18 @@ class Sidecar:
             cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
         )
         await self.grpc.start()
+        if self.app_channel is not None:
+            # Dapr's HTTP configuration subscribe sends the changes to the app as invocations.
+            self.config_push = AppPush(self.grpc.configuration, self.app_channel, cfg.bus.request_timeout)
         router = http_router(
-            cfg, self.health, forwarder, invoker, self.metadata, self.grpc.configuration, self.shutdown_requested.set
+            cfg,
+            self.health,
+            forwarder,
+            invoker,
+            self.metadata,
+            self.grpc.configuration,
+            self.shutdown_requested.set,
+            self.config_push,
         )
         await self._start_http("server.http", cfg.server.http, router)
         if self.embedded is not None:
@@ -329,6 +341,8 @@ class Sidecar:
             steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
         if (http := self.http) is not None:
             steps.append(("the HTTP server", lambda left: http.stop()))
+        if (push := self.config_push) is not None:
+            steps.append(("configuration changes to the app", lambda left: push.stop()))
         if (host := self.workers) is not None and (invocations := self.invocations) is not None:
             steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
         if (functions := self.functions) is not None:
