@@ -20,6 +20,7 @@ from runtime.http import Request, Response
 API = "bindings"
 _INVOKE = "ERR_INVOKE_OUTPUT_BINDING"
 _HEADER = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 class BindingRoutes:

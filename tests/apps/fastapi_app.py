@@ -9,14 +9,14 @@ Environment: APP_PORT; TOPIC (a prefix: the app subscribes to ``<TOPIC>-ok``, ``
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
+from dapr.ext.fastapi import DaprApp
 from fastapi import Body, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from dapr.ext.fastapi import DaprApp
-
+Json = Annotated[dict[str, Any], Body()]
 app = FastAPI()
 dapr_app = DaprApp(app)
 TOPIC = os.environ.get("TOPIC", "fastapi")
@@ -29,37 +29,37 @@ def record(kind: str, value: Any) -> None:
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-ok", route="/orders")
-async def orders(request: Request, event: dict[str, Any] = Body()) -> dict[str, str]:
+async def orders(request: Request, event: Json) -> dict[str, str]:
     record("ok", {"event": event, "content_type": request.headers.get("content-type")})
     return {"status": "SUCCESS"}
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-retry")
-async def retry(event: dict[str, Any] = Body()) -> dict[str, str]:
+async def retry(event: Json) -> dict[str, str]:
     record("retry", event["id"])
     return {"status": "RETRY" if len(seen["retry"]) == 1 else "SUCCESS"}
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-drop", dead_letter_topic=f"{TOPIC}-dead")
-async def drop(event: dict[str, Any] = Body()) -> dict[str, str]:
+async def drop(event: Json) -> dict[str, str]:
     record("drop", event["id"])
     return {"status": "DROP"}
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-dead")
-async def dead(event: dict[str, Any] = Body()) -> dict[str, str]:
+async def dead(event: Json) -> dict[str, str]:
     record("dead", {"id": event["id"], "topic": event["topic"]})
     return {"status": "SUCCESS"}
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-missing")
-async def missing(event: dict[str, Any] = Body()) -> Response:
+async def missing(event: Json) -> Response:
     record("missing", event["id"])
     return Response(status_code=404)
 
 
 @dapr_app.subscribe(pubsub="pubsub", topic=f"{TOPIC}-fail")
-async def fail(event: dict[str, Any] = Body()) -> Response:
+async def fail(event: Json) -> Response:
     record("fail", event["id"])
     if len(seen["fail"]) == 1:
         return Response(b"not now", status_code=500)
@@ -67,7 +67,7 @@ async def fail(event: dict[str, Any] = Body()) -> Response:
 
 
 @app.post("/bulk-orders")
-async def bulk(envelope: dict[str, Any] = Body()) -> dict[str, Any]:
+async def bulk(envelope: Json) -> dict[str, Any]:
     record("bulk", envelope)
     statuses = []
     for entry in envelope["entries"]:
@@ -79,7 +79,7 @@ async def bulk(envelope: dict[str, Any] = Body()) -> dict[str, Any]:
 
 
 @app.post("/configuration/{store}/{key}")
-async def configuration(store: str, key: str, update: dict[str, Any] = Body()) -> dict[str, str]:
+async def configuration(store: str, key: str, update: Json) -> dict[str, str]:
     record("configuration", {"store": store, "key": key, "update": update})
     return {}
 
