@@ -87,14 +87,14 @@ async def grpc_app(port: int, counter: Counter) -> None:
 async def http_app(port: int, counter: Counter) -> None:
     from aiohttp import web
 
-    success = web.Response(body=b'{"status":"SUCCESS"}', content_type="application/json")
+    success = b'{"status":"SUCCESS"}'
 
     async def event(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
         topic = body["topic"]
         sent = body["data"].get("t") if topic.startswith("latency") else None
         counter.note(topic, sent)
-        return success
+        return web.Response(body=success, content_type="application/json")
 
     async def bulk(request: web.Request) -> web.Response:
         body = json.loads(await request.read())

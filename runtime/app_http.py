@@ -30,9 +30,8 @@ import base64
 import logging
 import posixpath
 import re
-import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote as url_quote
 
 import orjson
@@ -42,14 +41,22 @@ from handlers import limits
 from runtime.app_channel import (
     DROP,
     HTTP_STATUS,
-    RETRY,
-    SUCCESS,
     AppCallError,
     AppSubscription,
     AppUnavailable,
     BindingAnswer,
     BulkEntry,
     Metadata,
+)
+from runtime.app_http_shapes import (
+    CLOUDEVENT_JSON,
+    bulk_envelope,
+    bulk_verdicts,
+    cloud_event,
+    event_verdict,
+    field_of,
+    route_path,
+    subscriptions_of,
 )
 
 if TYPE_CHECKING:
@@ -59,11 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("l8.runtime.app")
 
-CLOUDEVENT_JSON = "application/cloudevents+json"
-BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
-UNKNOWN_STATUS = 99  # an answer l8 does not know: the event server retries it
-_VERDICTS = {"": SUCCESS, "SUCCESS": SUCCESS, "RETRY": RETRY, "DROP": DROP}
-_BULK_VERDICTS = {"SUCCESS": SUCCESS, "RETRY": RETRY, "DROP": DROP}  # an empty status retries
 _VERBS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 _BAD_METHOD = re.compile(r"[\x00-\x1f\x7f#?]")
 _BAD_QUERY = re.compile(r"[\x00-\x20\x7f#]")
@@ -71,100 +73,6 @@ _BAD_QUERY = re.compile(r"[\x00-\x20\x7f#]")
 _HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "proxy-connection", "host"}
 )
-
-
-def _status(answer: Any, verdicts: dict[str, int], default: int) -> int:
-    if not isinstance(answer, dict):
-        return default
-    value = _field(answer, "status")
-    if value is None:
-        return default
-    return verdicts.get(str(value).upper(), UNKNOWN_STATUS)
-
-
-def _field(obj: dict[str, Any], name: str) -> Any:
-    """A JSON field as Go's encoding/json finds it (exact name, else any case), as Dapr reads them."""
-    if name in obj:
-        return obj[name]
-    lower = name.lower()
-    for key, value in obj.items():
-        if isinstance(key, str) and key.lower() == lower:
-            return value
-    return None
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def subscriptions_of(body: bytes) -> list[AppSubscription]:
-    """Dapr's ``/dapr/subscribe`` answer; AppCallError when it is not one."""
-    if not body.strip():
-        return []
-    try:
-        items = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise AppCallError(Code.INVALID_ARGUMENT, "GET /dapr/subscribe did not answer JSON") from None
-    if not isinstance(items, list):
-        raise AppCallError(Code.INVALID_ARGUMENT, "GET /dapr/subscribe must answer a JSON list of subscriptions")
-    found: list[AppSubscription] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise AppCallError(Code.INVALID_ARGUMENT, f"GET /dapr/subscribe: entry {i} is not an object")
-        routes = _field(item, "routes")
-        routes = routes if isinstance(routes, dict) else {}
-        rules = _field(routes, "rules")
-        bulk = _field(item, "bulkSubscribe")
-        bulk = bulk if isinstance(bulk, dict) else {}
-        metadata = _field(item, "metadata")
-        found.append(
-            AppSubscription(
-                pubsub=_text(_field(item, "pubsubname")),
-                topic=_text(_field(item, "topic")),
-                metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
-                rules=tuple(
-                    (_text(_field(r, "match")), _text(_field(r, "path")))
-                    for r in (rules if isinstance(rules, list) else [])
-                    if isinstance(r, dict)
-                ),
-                default_route=_text(_field(routes, "default")) or _text(_field(item, "route")),
-                dead_letter_topic=_text(_field(item, "deadLetterTopic")) or None,
-                bulk=_field(bulk, "enabled") is True,
-                bulk_max_messages=_int(_field(bulk, "maxMessagesCount")),
-                bulk_max_await_ms=_int(_field(bulk, "maxAwaitDurationMs")),
-            )
-        )
-    return found
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def cloud_event(event: Event) -> dict[str, Any]:
-    """The CloudEvent an HTTP app receives: the envelope as published, with the subscription's topic
-    and pub/sub (a dead-lettered event goes to the dead-letter topic's route); a raw payload in an
-    envelope of its own, as daprd builds one."""
-    envelope = dict(event.envelope)
-    if "id" not in envelope:
-        envelope.update(
-            id=event.id,
-            source=event.source,
-            type=event.type,
-            specversion=event.specversion,
-            datacontenttype=event.datacontenttype,
-        )
-    envelope["topic"] = event.topic
-    envelope["pubsubname"] = event.pubsubname
-    return envelope
-
-
-def _raw(event: Event) -> bool:
-    return "id" not in event.envelope
-
-
-def _path(path: str) -> str:
-    return path if path.startswith("/") else "/" + path
 
 
 class HttpApp:
@@ -185,7 +93,7 @@ class HttpApp:
         self._max = max_message_bytes
         self._token = api_token
         self._bindings = tuple(bindings)
-        self._health_path = _path(health_path)
+        self._health_path = route_path(health_path)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
         self._config_read = False
@@ -204,7 +112,7 @@ class HttpApp:
             import aiohttp
 
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._concurrency, enable_cleanup_closed=True),
+                connector=aiohttp.TCPConnector(limit=self._concurrency),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Content-Type"),
             )
@@ -340,65 +248,35 @@ class HttpApp:
         except orjson.JSONDecodeError:
             log.warning("GET /dapr/config of the app did not answer JSON; l8 goes on without it")
             return
-        entities = _field(config, "entities") if isinstance(config, dict) else None
+        entities = field_of(config, "entities") if isinstance(config, dict) else None
         if entities:
             log.warning("the app declares actor types %s in /dapr/config; l8 has no actors", str(entities)[:200])
 
     async def on_event(self, event: Event, path: str, *, timeout: float, metadata: Metadata) -> int:
         headers = {"content-type": CLOUDEVENT_JSON, "pubsubname": event.pubsubname, **_headers(metadata)}
         body = orjson.dumps(cloud_event(event))
-        status, answer, _ = await self._request("POST", _path(path), timeout=timeout, body=body, headers=headers)
+        status, answer, _ = await self._request("POST", route_path(path), timeout=timeout, body=body, headers=headers)
         if 200 <= status < 300:
-            try:
-                parsed = orjson.loads(answer) if answer.strip() else None
-            except orjson.JSONDecodeError:
-                return SUCCESS  # as daprd: an answer it cannot read is no verdict
-            return _status(parsed, _VERDICTS, SUCCESS)
+            return event_verdict(answer)
         if status == 404:
             return DROP
-        raise AppCallError(Code.UNKNOWN, f"POST {quote(_path(path))} answered HTTP {status}: {quote(answer[:200])}")
+        raise AppCallError(
+            Code.UNKNOWN, f"POST {quote(route_path(path))} answered HTTP {status}: {quote(answer[:200])}"
+        )
 
     async def on_bulk_event(
         self, pubsub: str, topic: str, path: str, entries: Sequence[BulkEntry], *, timeout: float
     ) -> dict[str, int]:
-        items = []
-        for entry in entries:
-            event = entry.event
-            raw = _raw(event)
-            items.append(
-                {
-                    "entryId": entry.entry_id,
-                    "event": base64.b64encode(event.data).decode() if raw else cloud_event(event),
-                    "metadata": {},
-                    "contentType": "application/octet-stream" if raw else CLOUDEVENT_JSON,
-                }
-            )
-        body = orjson.dumps(
-            {
-                "id": str(uuid.uuid4()),
-                "type": BULK_EVENT_TYPE,
-                "topic": topic,
-                "pubsubname": pubsub,
-                "metadata": {},
-                "entries": items,
-            }
-        )
+        body = bulk_envelope(pubsub, topic, entries)
         headers = {"content-type": "application/json", "pubsubname": pubsub}
-        status, answer, _ = await self._request("POST", _path(path), timeout=timeout, body=body, headers=headers)
+        status, answer, _ = await self._request("POST", route_path(path), timeout=timeout, body=body, headers=headers)
         if status == 404:
             return {entry.entry_id: DROP for entry in entries}
         if not 200 <= status < 300:
-            raise AppCallError(Code.UNKNOWN, f"POST {quote(_path(path))} answered HTTP {status}: {quote(answer[:200])}")
-        try:
-            parsed = orjson.loads(answer)
-        except orjson.JSONDecodeError:
-            raise AppCallError(Code.UNKNOWN, "the app's answer to a bulk event is not JSON") from None
-        statuses = _field(parsed, "statuses") if isinstance(parsed, dict) else None
-        found: dict[str, int] = {}
-        for item in statuses if isinstance(statuses, list) else ():
-            if isinstance(item, dict) and isinstance(entry_id := _field(item, "entryId"), str):
-                found[entry_id] = _status(item, _BULK_VERDICTS, RETRY) if _field(item, "status") else RETRY
-        return found
+            raise AppCallError(
+                Code.UNKNOWN, f"POST {quote(route_path(path))} answered HTTP {status}: {quote(answer[:200])}"
+            )
+        return bulk_verdicts(answer)
 
     # ---- input bindings ----
 
@@ -435,6 +313,12 @@ class HttpApp:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _refused(path: str, status: int, answer: bytes) -> AppCallError:
+    """An event the app answered with an error status: delivered again (never UNIMPLEMENTED, so
+    a 501 retries as daprd retries it)."""
+    return AppCallError(Code.UNKNOWN, f"POST {quote(route_path(path))} answered HTTP {status}: {quote(answer[:200])}")
 
 
 def _headers(metadata: Metadata) -> dict[str, str]:

@@ -13,7 +13,8 @@ from runtime import auth, configuration, dapr, file, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
-from runtime.invoke import GrpcProxy, Invoker, grpc_handler
+from runtime.grpc_proxy import GrpcProxy
+from runtime.invoke import Invoker, grpc_handler
 from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
 from runtime.streaming import Streams
