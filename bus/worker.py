@@ -200,7 +200,7 @@ class WorkerHost:
         except Exception as exc:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
-                raise RemoteError(code, str(exc)) from None
+                raise RemoteError(code, str(exc), getattr(exc, "reason", "") or "") from None
             log.exception("handler for %s failed", ctx.subject)
             raise RemoteError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
         reply = result if isinstance(result, Reply) else Reply(result)
@@ -219,7 +219,7 @@ class WorkerHost:
         except _Expired:
             return  # the caller has already given up; answering would only add load
         except RemoteError as exc:
-            await self._send(msg.reply, b"", error_headers(exc.code, exc.message), route)
+            await self._send(msg.reply, b"", error_headers(exc.code, exc.message, exc.reason), route)
             return
         await self._send(msg.reply, reply.data, reply.headers, route)
 

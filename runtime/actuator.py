@@ -12,6 +12,8 @@ from runtime import __version__
 from runtime.auth import http_refusal
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
+from runtime.configuration_push import AppPush
+from runtime.dapr_http.bindings import BindingRoutes
 from runtime.dapr_http.configuration import ConfigurationRoutes
 from runtime.dapr_http.front import HttpFront
 from runtime.dapr_http.invoke import InvokeRoutes
@@ -19,6 +21,7 @@ from runtime.dapr_http.lock import LockRoutes
 from runtime.dapr_http.metadata import MetadataRoutes
 from runtime.dapr_http.pubsub import PubSubRoutes
 from runtime.dapr_http.router import Params, Router, route
+from runtime.dapr_http.secrets import SecretRoutes
 from runtime.dapr_http.state import StateRoutes
 from runtime.forward import Forwarder
 from runtime.health import Health, Status
@@ -74,16 +77,19 @@ def http_router(
     metadata: Metadata,
     hub: ConfigurationHub | None,
     shutdown: Callable[[], None] | None,
+    push: AppPush | None = None,
 ) -> Serve:
     front = HttpFront(forwarder)
     router = Router(Actuator(config, health).routes())
     for part in (
         StateRoutes(front),
         PubSubRoutes(front),
-        ConfigurationRoutes(front, hub),
+        ConfigurationRoutes(front, hub, push),
         LockRoutes(front),
         MetadataRoutes(metadata, shutdown),
         InvokeRoutes(invoker),
+        SecretRoutes(front),
+        BindingRoutes(front),
     ):
         router.add(*part.routes())
     return _guarded(router, config)

@@ -44,7 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the sidecar: gRPC and HTTP servers plus in-process handler workers")
     run.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
     run.add_argument("--app-id", help="the app's id (app.id)")
-    run.add_argument("--app-port", type=_port("--app-port"), help="the app's gRPC callback port on 127.0.0.1")
+    run.add_argument("--app-port", type=_port("--app-port"), help="the app's port on 127.0.0.1 (gRPC or HTTP)")
+    run.add_argument(
+        "--app-protocol",
+        choices=["grpc", "layotto", "http"],
+        help="how l8 calls the app (app.protocol); unset: l8 learns it",
+    )
+    run.add_argument("--enable-app-health-check", action="store_true", help="probe the app (app.health_check.enabled)")
+    run.add_argument("--app-health-check-path", help="an HTTP app's probe path (app.health_check.path)")
+    run.add_argument(
+        "--app-health-probe-interval", type=_positive("--app-health-probe-interval"), help="seconds between probes"
+    )
+    run.add_argument(
+        "--app-health-probe-timeout", type=_positive("--app-health-probe-timeout"), help="milliseconds a probe may take"
+    )
+    run.add_argument("--app-health-threshold", type=_positive("--app-health-threshold"), help="failures to unhealthy")
     run.add_argument("--grpc-port", type=_port("--grpc-port"), help="gRPC port (server.grpc)")
     run.add_argument("--http-port", type=_port("--http-port"), help="HTTP port (server.http)")
     run.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
@@ -119,6 +133,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("app", {})["id"] = args.app_id
     if getattr(args, "app_port", None) is not None:
         overrides.setdefault("app", {})["callback"] = f"127.0.0.1:{args.app_port}"
+    if getattr(args, "app_protocol", None):
+        overrides.setdefault("app", {})["protocol"] = args.app_protocol
+    health = {
+        key: value
+        for key, value in (
+            ("enabled", True if getattr(args, "enable_app_health_check", False) else None),
+            ("path", getattr(args, "app_health_check_path", None)),
+            ("interval", getattr(args, "app_health_probe_interval", None)),
+            ("timeout", (lambda ms: ms / 1000 if ms else None)(getattr(args, "app_health_probe_timeout", None))),
+            ("threshold", getattr(args, "app_health_threshold", None)),
+        )
+        if value is not None
+    }
+    if health:
+        overrides.setdefault("app", {})["health_check"] = health
     if getattr(args, "bus", None):
         overrides.setdefault("bus", {})["url"] = args.bus
     if getattr(args, "data_dir", None):

@@ -61,10 +61,31 @@ def _address(value: str, field: str) -> str:
     return value
 
 
+class AppHealthConfig(_Model):
+    """Dapr's app health check: probe the app, and hold its events and calls while it fails."""
+
+    enabled: bool = False
+    path: str = Field(default="/healthz", min_length=1, max_length=1024, description="an HTTP app's probe path")
+    interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between probes")
+    timeout: float = Field(default=0.5, gt=0, le=600, description="seconds one probe may take")
+    threshold: int = Field(default=3, ge=1, le=1000, description="failed probes in a row that make it unhealthy")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "?# ") or not v.isprintable():
+            raise ValueError(f"{v[:64]!r} is not a path (it starts with '/' and holds no '?', '#' or spaces)")
+        return v
+
+
 class AppConfig(_Model):
     id: str = "l8-app"
-    # The app's AppCallback gRPC server, host:port; l8 calls it for events and invocations.
+    # The app's server, host:port (Dapr's or Layotto's AppCallback over gRPC, or HTTP); l8 calls it
+    # for events and invocations.
     callback: str | None = None
+    # grpc (Dapr's AppCallback), layotto (Layotto's AppCallback) or http; unset, l8 learns it from the app.
+    protocol: Literal["grpc", "layotto", "http"] | None = None
+    health_check: AppHealthConfig = Field(default_factory=AppHealthConfig)
     # Sent to the app as metadata dapr-api-token on every callback; unset, APP_API_TOKEN.
     api_token_file: str | None = None
 

@@ -13,6 +13,7 @@ from runtime import auth, configuration, dapr, file, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
+from runtime.grpc_proxy import GrpcProxy
 from runtime.invoke import Invoker, grpc_handler
 from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
@@ -115,6 +116,12 @@ class GrpcServer:
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.add_generic_rpc_handlers(
+            (
+                # Last: a call with dapr-app-id to any service l8 does not serve goes to that app.
+                GrpcProxy(self._invoker),
+            )
+        )
         server.add_generic_rpc_handlers(
             (
                 _LazyReflection(

@@ -32,6 +32,8 @@ class Metadata:
     attributes: dict[str, str] = field(default_factory=dict)
     # The WebAssembly functions this sidecar runs, with their state (runtime/functions.py's rows).
     functions: Callable[[], list[dict[str, Any]]] | None = None
+    # The protocol the app speaks (app.protocol, or what l8 learned from the app; "" not yet).
+    app_protocol: Callable[[], str] | None = None
 
     def set(self, key: str, value: str) -> None:
         """SetMetadata: INVALID_ARGUMENT for an empty, long or reserved key or a long value."""
@@ -76,10 +78,19 @@ class Metadata:
     async def describe(self) -> dict[str, Any]:
         """Dapr's HTTP answer (``GET /v1.0/metadata``); the gRPC one is built from the same parts."""
         app = self.config.app
-        connection: dict[str, Any] = {"protocol": "grpc", "maxConcurrency": self.config.concurrency}
+        protocol = (self.app_protocol() if self.app_protocol is not None else "") or app.protocol or "grpc"
+        connection: dict[str, Any] = {"protocol": protocol, "maxConcurrency": self.config.concurrency}
         if app.callback:
             host, _, port = app.callback.rpartition(":")
             connection.update(port=int(port), channelAddress=host)
+        check = app.health_check
+        if check.enabled:
+            connection["health"] = {
+                "healthCheckPath": check.path,
+                "healthProbeInterval": f"{check.interval:g}s",
+                "healthProbeTimeout": f"{check.timeout * 1000:g}ms",
+                "healthThreshold": check.threshold,
+            }
         return {
             "id": app.id,
             "runtimeVersion": f"l8-{__version__}",

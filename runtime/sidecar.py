@@ -36,9 +36,11 @@ from handlers.pubsub_registry import Deliveries
 from runtime import bus_identity
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
+from runtime.app_health import AppHealth, Gated
 from runtime.auth import http_context
 from runtime.components import Components
 from runtime.config import Config
+from runtime.configuration_push import AppPush
 from runtime.event_router import BusRouter
 from runtime.event_server import EventServer
 from runtime.forward import Forwarder
@@ -74,6 +76,8 @@ class Sidecar:
         self.workers: WorkerHost | None = None
         self.app_channel: AppChannel | None = None
         self.event_channel: AppChannel | None = None
+        self.app_health: AppHealth | None = None
+        self.config_push: AppPush | None = None
         self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
@@ -189,13 +193,21 @@ class Sidecar:
         app_token = cfg.app.api_token()
         if cfg.app.callback is not None:
             # Only a sidecar that can reach its app answers the app's invocations and events; one
-            # without joins no queue group, so callers never wait on it.
-            self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            # without joins no queue group, so callers never wait on it. Events and subscription
+            # discovery get a channel of their own: asking a starting app for its subscriptions
+            # must not put the invocations' connection into backoff (nor must its health probes).
+            self.app_channel = self._open_app(app_token)
+            self.event_channel = self._open_app(app_token)
+            check = cfg.app.health_check
+            if check.enabled:
+                self.app_health = AppHealth(
+                    self._open_app(app_token), interval=check.interval, timeout=check.timeout, threshold=check.threshold
+                )
+                await self.app_health.start()
+                self.app_channel = Gated(self.app_channel, self.app_health)
+                self.event_channel = Gated(self.event_channel, self.app_health)
             handler = InvokeHandler(cfg.app.id, self.app_channel)
             self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
-            # Events and subscription discovery get a channel of their own: asking a starting app
-            # for its subscriptions must not put the invocations' connection into backoff.
-            self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
         self.events = EventServer(
             self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
         )
@@ -209,13 +221,24 @@ class Sidecar:
             self.announcer.report,
             lambda: {s.name: s.bridge.features() for s in live},
             functions=self.functions.rows if self.functions is not None else None,
+            app_protocol=(lambda: channel.protocol) if (channel := self.event_channel) is not None else None,
         )
         self.grpc = GrpcServer(
             cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
         )
         await self.grpc.start()
+        if self.app_channel is not None:
+            # Dapr's HTTP configuration subscribe sends the changes to the app as invocations.
+            self.config_push = AppPush(self.grpc.configuration, self.app_channel, cfg.bus.request_timeout)
         router = http_router(
-            cfg, self.health, forwarder, invoker, self.metadata, self.grpc.configuration, self.shutdown_requested.set
+            cfg,
+            self.health,
+            forwarder,
+            invoker,
+            self.metadata,
+            self.grpc.configuration,
+            self.shutdown_requested.set,
+            self.config_push,
         )
         await self._start_http("server.http", cfg.server.http, router)
         if self.embedded is not None:
@@ -223,6 +246,18 @@ class Sidecar:
             (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
         # Last: events flow to the app only once everything they may call back into is up.
         await self.announcer.start()
+
+    def _open_app(self, app_token: str | None) -> AppChannel:
+        cfg = self.config
+        assert cfg.app.callback is not None
+        return open_app(
+            cfg.app.callback,
+            cfg.server.max_message_bytes,
+            app_token,
+            protocol=cfg.app.protocol,
+            bindings=tuple(cfg.components_of("bindings")),
+            health_path=cfg.app.health_check.path,
+        )
 
     async def _start_deliveries(self) -> None:
         """The pub/sub handlers of this process deliver the subscriptions announced on the bus."""
@@ -306,6 +341,8 @@ class Sidecar:
             steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
         if (http := self.http) is not None:
             steps.append(("the HTTP server", lambda left: http.stop()))
+        if (push := self.config_push) is not None:
+            steps.append(("configuration changes to the app", lambda left: push.stop()))
         if (host := self.workers) is not None and (invocations := self.invocations) is not None:
             steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
         if (functions := self.functions) is not None:
@@ -313,6 +350,8 @@ class Sidecar:
         if (workers := self.workers) is not None:
             steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
         steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))
+        if (app_health := self.app_health) is not None:
+            steps.append(("the app's health check", lambda left: app_health.stop()))
         if (components := self.components) is not None:
             steps.append(("components", lambda left: components.stop()))
         steps.extend(
