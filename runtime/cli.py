@@ -138,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     from bus import BusError
     from runtime.components import ComponentError
+    from runtime.plugins import PluginError
     from runtime.sidecar import Sidecar
 
     sidecar = Sidecar(config, serve=serve)
@@ -158,7 +159,7 @@ async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     stopping_error = starting.exception()
     if stopping_error is not None:
         stopping.cancel()
-        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError)):
+        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError, PluginError)):
             log.error("%s", stopping_error)
             return 1
         raise stopping_error

@@ -32,6 +32,8 @@ class Metadata:
     attributes: dict[str, str] = field(default_factory=dict)
     # The WebAssembly functions this sidecar runs, with their state (runtime/functions.py's rows).
     functions: Callable[[], list[dict[str, Any]]] | None = None
+    # The API plugins this sidecar serves (runtime/plugins.py).
+    plugins: Callable[[], list[dict[str, Any]]] | None = None
 
     def set(self, key: str, value: str) -> None:
         """SetMetadata: INVALID_ARGUMENT for an empty, long or reserved key or a long value."""
@@ -49,7 +51,7 @@ class Metadata:
             raise FrontError(Code.INVALID_ARGUMENT, f"metadata key {key[:64]!r} is l8's own")
         self.attributes[key] = value
 
-    _reserved = frozenset({"namespace", "daprRuntimeVersion", "appCommand"})
+    _reserved = frozenset({"namespace", "daprRuntimeVersion", "appCommand", "l8.plugins"})
 
     def capabilities(self, name: str, kind: str, type_: str) -> list[str]:
         live = self.running().get(name)
@@ -67,7 +69,10 @@ class Metadata:
         ]
 
     def extended(self) -> dict[str, str]:
-        return {**self.attributes, "namespace": self.config.namespace, "daprRuntimeVersion": f"l8-{__version__}"}
+        found = {**self.attributes, "namespace": self.config.namespace, "daprRuntimeVersion": f"l8-{__version__}"}
+        if self.plugins is not None:
+            found["l8.plugins"] = ",".join(p["name"] for p in self.plugins())
+        return found
 
     async def subscriptions(self) -> list[dict[str, Any]]:
         """As Dapr's /v1.0/metadata lists them, with l8's delivery state beside each."""
@@ -91,6 +96,7 @@ class Metadata:
             "httpEndpoints": [],
             "appConnectionProperties": connection,
             **({"functions": self.functions()} if self.functions is not None else {}),
+            **({"plugins": self.plugins()} if self.plugins is not None else {}),
         }
 
 

@@ -50,12 +50,14 @@ from runtime.http import HttpServer, Limits
 from runtime.http import Router as HttpRouter
 from runtime.invoke import InvokeHandler, Invoker
 from runtime.metadata import Metadata
+from runtime.operability import Operability
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
 
 if TYPE_CHECKING:
     from runtime.functions import SidecarFunctions
+    from runtime.plugins import PluginContext
 
 log = logging.getLogger("l8")
 
@@ -88,6 +90,8 @@ class Sidecar:
         # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
         self.shutdown_requested = asyncio.Event()
         self.functions: SidecarFunctions | None = None
+        # Tracing, metrics, flow control, the request dump and plugins (runtime/operability.py).
+        self.ops = Operability(config)
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -130,6 +134,8 @@ class Sidecar:
 
     async def _start(self) -> None:
         cfg = self.config
+        ops = self.ops
+        await ops.start(self.worker_id)
         if cfg.bus.embedded:
             self.embedded = EmbeddedNats(
                 Path(cfg.data_dir) / "nats",
@@ -163,7 +169,8 @@ class Sidecar:
         for served in self.components.served:
             streams = getattr(served.handler, "streams", None)
             handler = guarded(served.handler)
-            self.workers.add(served.api, served.name, serve_streams(self.bus, handler, streams) if streams else handler)
+            handler = serve_streams(self.bus, handler, streams) if streams else handler
+            self.workers.add(served.api, served.name, ops.handler(served.api, served.name, handler))
         await self.workers.start()
         await self._start_watchers()
         await self._start_deliveries()
@@ -178,7 +185,8 @@ class Sidecar:
         self.supervisor.spawn("health-probes", self.monitor.run)
         if not self.serve:
             if cfg.server.worker_http is not None:
-                await self._start_http("server.worker_http", cfg.server.worker_http, probes_router(cfg, self.health))
+                router = probes_router(cfg, self.health, ops.hooks.metrics)
+                await self._start_http("server.worker_http", cfg.server.worker_http, router)
             return
         if cfg.functions:
             # Imported only when functions are configured: wasmtime is large to load.
@@ -190,32 +198,56 @@ class Sidecar:
         if cfg.app.callback is not None:
             # Only a sidecar that can reach its app answers the app's invocations and events; one
             # without joins no queue group, so callers never wait on it.
-            self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            self.app_channel = ops.app(open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token))
             handler = InvokeHandler(cfg.app.id, self.app_channel)
-            self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
+            route = handler.route(cfg.namespace, cfg.concurrency)
+            span_name = f"CallLocal/{cfg.app.id}"
+            route.handler = ops.route(lambda ctx: span_name, route.handler)
+            self.invocations = await self.workers.serve(route)
             # Events and subscription discovery get a channel of their own: asking a starting app
             # for its subscriptions must not put the invocations' connection into backoff.
-            self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            self.event_channel = ops.app(open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token))
         self.events = EventServer(
-            self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
+            self.workers,
+            cfg.namespace,
+            cfg.app.id,
+            self.event_channel,
+            concurrency=cfg.concurrency,
+            wrap=ops.events_wrap(),
         )
         await self.events.start()
         forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
+        await ops.start_plugins(self._plugin_context(forwarder))
         self.metadata = Metadata(
             cfg,
             self.announcer.report,
             lambda: {s.name: s.bridge.features() for s in live},
             functions=self.functions.rows if self.functions is not None else None,
+            plugins=ops.plugin_rows if ops.plugins else None,
         )
         self.grpc = GrpcServer(
-            cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
+            cfg,
+            forwarder,
+            invoker,
+            Streams(self.announcer, self.events),
+            self.metadata,
+            self.shutdown_requested.set,
+            hooks=ops.hooks,
+            plugins=ops.plugins,
         )
         await self.grpc.start()
         router = http_router(
-            cfg, self.health, forwarder, invoker, self.metadata, self.grpc.configuration, self.shutdown_requested.set
+            cfg,
+            self.health,
+            forwarder,
+            invoker,
+            self.metadata,
+            self.grpc.configuration,
+            self.shutdown_requested.set,
+            hooks=ops.hooks,
         )
         await self._start_http("server.http", cfg.server.http, router)
         if self.embedded is not None:
@@ -237,10 +269,22 @@ class Sidecar:
         for served in pubsubs:
             handler = served.handler
             assert isinstance(handler, PubSubHandler)
-            deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
+            observed = self.ops.router(router, served.name, self.config.components[served.name].type)
+            deliveries = Deliveries(served.name, served.bridge, observed, self.board, self.worker_id, self._health_of)
             handler.deliveries = deliveries
             self.deliveries.append(deliveries)
             await deliveries.start()
+
+    def _plugin_context(self, forwarder: Forwarder) -> PluginContext:
+        from runtime.plugins import PluginContext
+
+        assert self.bus is not None and self.components is not None
+        cfg = self.config
+        bridges = {s.name: s.bridge for s in self.components.served}
+        return PluginContext(
+            cfg, cfg.app.id, cfg.namespace, self.bus, forwarder, bridges, self.app_channel,
+            logging.getLogger("l8.plugins"), self.ops.hooks.metrics,
+        )  # fmt: skip
 
     def _health_of(self, name: str, up: bool, reason: str) -> None:
         self.health.set(name, Status.UP if up else Status.DOWN, reason)
@@ -304,6 +348,8 @@ class Sidecar:
             steps.append(("the app's events", lambda left: events.stop(min(10.0, left))))
         if (grpc_server := self.grpc) is not None:
             steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
+        if self.ops.plugins:
+            steps.append(("plugins", lambda left: self.ops.stop_plugins()))
         if (http := self.http) is not None:
             steps.append(("the HTTP server", lambda left: http.stop()))
         if (host := self.workers) is not None and (invocations := self.invocations) is not None:
@@ -322,6 +368,8 @@ class Sidecar:
             steps.append(("the bus connection", lambda left: bus.stop(min(5.0, left))))
         if (embedded := self.embedded) is not None:
             steps.append(("the embedded nats-server", lambda left: embedded.stop(min(5.0, left))))
+        # Last: the spans of the shutdown itself are exported too.
+        steps.append(("tracing, metrics and the dump", lambda left: self.ops.stop(min(5.0, left))))
         return steps
 
     async def _stop(self) -> None:
