@@ -105,7 +105,10 @@ async def test_one_trace_spans_publish_delivery_and_the_app_callback_over_otlp_g
         assert named["events/pubsub/orders"].kind == "server"
         assert_one_tree(trace, caller_span)
         assert named["/spec.proto.runtime.v1.Runtime/PublishEvent"].parent_id == caller_span
-        assert got.metadata["traceparent"].split("-")[2] == named["/dapr.proto.runtime.v1.AppCallback/OnTopicEvent"].span_id
+        assert (
+            got.metadata["traceparent"].split("-")[2]
+            == named["/dapr.proto.runtime.v1.AppCallback/OnTopicEvent"].span_id
+        )
         consumer = named["pubsub/orders"]
         assert consumer.attributes["messaging.destination.name"] == "orders"
         assert consumer.attributes["l8.outcome"] == "success"
@@ -154,8 +157,9 @@ def test_config_turns_tracing_on_over_otlp_http_for_http_calls_and_streams(
                          metadata=(("traceparent", stream_header),))  # fmt: skip
             got = b"".join(
                 r.data
-                for r in stub.GetFile(pb.GetFileRequest(store_name="files", name="a.txt"),
-                                      metadata=(("traceparent", stream_header),))  # fmt: skip
+                for r in stub.GetFile(
+                    pb.GetFileRequest(store_name="files", name="a.txt"), metadata=(("traceparent", stream_header),)
+                )  # fmt: skip
             )
         assert got == b"hello"
         wanted = {"GET /v1.0/state/{store}/{key}", "state/statestore/get"}
@@ -171,8 +175,10 @@ def test_config_turns_tracing_on_over_otlp_http_for_http_calls_and_streams(
         assert root.attributes["http.route"] == "/v1.0/state/{store}/{key}"
         assert root.attributes["http.response.status_code"] == 204
         streams = receiver.wait_for(
-            lambda s: {"/spec.proto.runtime.v1.Runtime/PutFile", "/spec.proto.runtime.v1.Runtime/GetFile"}
-            <= {x.name for x in s if x.trace_id == stream_trace}
+            lambda s: (
+                {"/spec.proto.runtime.v1.Runtime/PutFile", "/spec.proto.runtime.v1.Runtime/GetFile"}
+                <= {x.name for x in s if x.trace_id == stream_trace}
+            )
         )
         assert all(s.service == service for s in streams if s.trace_id == stream_trace)
         assert receiver.requests["http"] > 0
@@ -200,7 +206,9 @@ def test_tracing_is_off_by_default_and_a_zero_sampling_keeps_only_callers_sample
     try:
         header, trace_id, _ = traceparent()
         for l8 in (off, on):
-            assert http_get(f"http://127.0.0.1:{l8.http_port}/v1.0/state/statestore/k", {"traceparent": header})[0] == 204
+            assert (
+                http_get(f"http://127.0.0.1:{l8.http_port}/v1.0/state/statestore/k", {"traceparent": header})[0] == 204
+            )
             # No traceparent: a trace that starts in l8, sampled out at 0.0.
             assert http_get(f"http://127.0.0.1:{l8.http_port}/v1.0/state/statestore/k")[0] == 204
             assert http_get(f"http://127.0.0.1:{l8.http_port}/metrics")[0] == 404  # metrics are off too
