@@ -176,10 +176,9 @@ def test_the_actuator_changes_the_log_level_and_tells_layottos_info(l8: L8Proces
     assert marker not in l8.log()
     status, body = request(f"{base}/logger", b'{"component": "l8", "level": "debug"}', "POST")
     assert status == 200, body
-    with grpc.insecure_channel(l8.grpc_address) as channel:
-        # Bytes that are no SaveStateRequest: the worker logs them at DEBUG, now shown.
-        with pytest.raises(grpc.RpcError):
-            channel.unary_unary(SAVE)(b"\x0a\x0astatestore\x12\x03\xff\xff\xff")
+    # Bytes that are no SaveStateRequest: the worker logs them at DEBUG, now shown.
+    with grpc.insecure_channel(l8.grpc_address) as channel, pytest.raises(grpc.RpcError):
+        channel.unary_unary(SAVE)(b"\x0a\x0astatestore\x12\x03\xff\xff\xff")
     deadline = time.monotonic() + 30
     while marker not in l8.log():
         assert time.monotonic() < deadline, l8.log()[-2000:]
@@ -215,8 +214,12 @@ async def test_events_are_counted_in_and_out_by_status_with_redeliveries_and_dea
         async with grpc.aio.insecure_channel(l8.grpc_address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
             for case in ("retry-once", "drop"):
-                await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic="orders",
-                                        data=json.dumps({"case": case}).encode(), data_content_type="application/json"))  # fmt: skip
+                data = json.dumps({"case": case}).encode()
+                await stub.PublishEvent(
+                    pb.PublishEventRequest(
+                        pubsub_name="pubsub", topic="orders", data=data, data_content_type="application/json"
+                    )
+                )
             await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic="unlisted", data=b"x"))
         await app.wait_for(lambda d: len(d) >= 3)
 

@@ -153,14 +153,10 @@ def test_config_turns_tracing_on_over_otlp_http_for_http_calls_and_streams(
         stream_header, stream_trace, _ = traceparent()
         with grpc.insecure_channel(l8.grpc_address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
-            stub.PutFile(iter([pb.PutFileRequest(store_name="files", name="a.txt", data=b"hello")]),
-                         metadata=(("traceparent", stream_header),))  # fmt: skip
-            got = b"".join(
-                r.data
-                for r in stub.GetFile(
-                    pb.GetFileRequest(store_name="files", name="a.txt"), metadata=(("traceparent", stream_header),)
-                )  # fmt: skip
-            )
+            traced = (("traceparent", stream_header),)
+            stub.PutFile(iter([pb.PutFileRequest(store_name="files", name="a.txt", data=b"hello")]), metadata=traced)
+            replies = stub.GetFile(pb.GetFileRequest(store_name="files", name="a.txt"), metadata=traced)
+            got = b"".join(r.data for r in replies)
         assert got == b"hello"
         wanted = {"GET /v1.0/state/{store}/{key}", "state/statestore/get"}
         spans = receiver.wait_for(lambda s: wanted <= {x.name for x in s if x.trace_id == trace_id})
