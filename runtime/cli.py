@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_wasm_parser(sub)
 
+    from runtime.dump_cli import add_dump_parser
+
+    add_dump_parser(sub)
+
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
     spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
     spec.add_argument("--app-id", help="the app's id (app.id)")
@@ -216,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"l8 {__version__}")
         return 0
+    if args.command == "dump":
+        from runtime.dump_cli import run_dump
+
+        return run_dump(args)
     if args.command == "config":
         from runtime.layotto_config import convert_file
 
