@@ -25,21 +25,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridges.registry import BridgeEnv
 from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, credentials, subjects
 from bus.auth import redact
 from bus.board import Board
-from bus.stream import serve_streams
-from handlers.base import guarded
 from handlers.pubsub import PubSubHandler
 from handlers.pubsub_registry import Deliveries
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.auth import http_context
-from runtime.components import Components
+from runtime.components import Components, Served
 from runtime.config import Config
 from runtime.event_router import BusRouter
 from runtime.event_server import EventServer
@@ -51,6 +49,7 @@ from runtime.http import Router as HttpRouter
 from runtime.invoke import InvokeHandler, Invoker
 from runtime.metadata import Metadata
 from runtime.operability import Operability
+from runtime.reload import LiveComponents
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
@@ -65,7 +64,15 @@ log = logging.getLogger("l8")
 class Sidecar:
     """``serve=False`` runs handlers only (a worker); ``start``/``stop`` are idempotent."""
 
-    def __init__(self, config: Config, *, serve: bool = True, apis: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        serve: bool = True,
+        apis: list[str] | None = None,
+        reload_from: tuple[Path, Callable[[], Config]] | None = None,
+    ) -> None:
+        """``reload_from``: the config file and how to load it again, for ``reload.watch``."""
         self.config = config
         self.serve = serve
         self.apis = config.apis() if apis is None else apis
@@ -92,6 +99,10 @@ class Sidecar:
         self.functions: SidecarFunctions | None = None
         # Tracing, metrics, flow control, the request dump and plugins (runtime/operability.py).
         self.ops = Operability(config)
+        # Components on routes of their own, changeable while l8 runs (runtime/reload.py).
+        self.live = LiveComponents(self, *(reversed(reload_from) if reload_from else ()))
+        self.forwarder: Forwarder | None = None
+        self.probes: dict[str, Any] = {}
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -167,17 +178,18 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            streams = getattr(served.handler, "streams", None)
-            handler = guarded(served.handler)
-            handler = serve_streams(self.bus, handler, streams) if streams else handler
-            self.workers.add(served.api, served.name, ops.handler(served.api, served.name, handler))
+            await self.live.serve(served)
         await self.workers.start()
-        await self._start_watchers()
-        await self._start_deliveries()
+        for served in self.components.served:
+            await self.start_watcher(served)
+        for served in self.components.served:
+            if isinstance(served.handler, PubSubHandler):
+                await self.deliver(served)
         bus = self.bus
+        self.probes = self.components.probes()
         self.monitor = HealthMonitor(
             self.health,
-            self.components.probes(),
+            self.probes,
             bus=lambda: bus.connected,
             interval=cfg.health.interval,
             timeout=cfg.health.timeout,
@@ -187,6 +199,7 @@ class Sidecar:
             if cfg.server.worker_http is not None:
                 router = probes_router(cfg, self.health, ops.hooks.metrics)
                 await self._start_http("server.worker_http", cfg.server.worker_http, router)
+            await self.live.start()
             return
         if cfg.functions:
             # Imported only when functions are configured: wasmtime is large to load.
@@ -216,7 +229,7 @@ class Sidecar:
             wrap=ops.events_wrap(),
         )
         await self.events.start()
-        forwarder = Forwarder(self.bus, cfg)
+        forwarder = self.forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
@@ -255,25 +268,27 @@ class Sidecar:
             (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
         # Last: events flow to the app only once everything they may call back into is up.
         await self.announcer.start()
+        await self.live.start()
 
-    async def _start_deliveries(self) -> None:
-        """The pub/sub handlers of this process deliver the subscriptions announced on the bus."""
-        assert self.components is not None and self.bus is not None
-        pubsubs = [s for s in self.components.served if isinstance(s.handler, PubSubHandler)]
-        if not pubsubs:
-            return
-        self.board = Board(
-            self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
-        )
-        router = BusRouter(self.bus, self.config.namespace)
-        for served in pubsubs:
-            handler = served.handler
-            assert isinstance(handler, PubSubHandler)
-            observed = self.ops.router(router, served.name, self.config.components[served.name].type)
-            deliveries = Deliveries(served.name, served.bridge, observed, self.board, self.worker_id, self._health_of)
-            handler.deliveries = deliveries
-            self.deliveries.append(deliveries)
-            await deliveries.start()
+    async def deliver(self, served: Served) -> None:
+        """This process's pub/sub handler of ``served`` delivers the subscriptions announced on the bus."""
+        assert self.bus is not None
+        if self.board is None:
+            self.board = Board(
+                self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
+            )
+        handler = served.handler
+        assert isinstance(handler, PubSubHandler)
+        router = self.ops.router(BusRouter(self.bus, self.config.namespace), served.name, served_type(self, served))
+        deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
+        handler.deliveries = deliveries
+        self.deliveries.append(deliveries)
+        await deliveries.start()
+
+    async def stop_deliveries_of(self, name: str) -> None:
+        for deliveries in [d for d in self.deliveries if d.component == name]:
+            self.deliveries.remove(deliveries)
+            await deliveries.stop(timeout=min(10.0, self.config.shutdown_timeout))
 
     def _plugin_context(self, forwarder: Forwarder) -> PluginContext:
         from runtime.plugins import PluginContext
@@ -317,14 +332,13 @@ class Sidecar:
         self._serving_updates.add(task)
         task.add_done_callback(self._serving_updates.discard)
 
-    async def _start_watchers(self) -> None:
-        """Handlers that push changes (configuration) publish them for every front on the bus."""
-        assert self.components is not None and self.bus is not None
-        for served in self.components.served:
-            watch = getattr(served.handler, "watch", None)
-            if watch is not None:
-                subject = subjects.changes_subject(self.config.namespace, served.api, served.name)
-                await watch(functools.partial(self.bus.publish, subject))
+    async def start_watcher(self, served: Served) -> None:
+        """A handler that pushes changes (configuration) publishes them for every front on the bus."""
+        assert self.bus is not None
+        watch = getattr(served.handler, "watch", None)
+        if watch is not None:
+            subject = subjects.changes_subject(self.config.namespace, served.api, served.name)
+            await watch(functools.partial(self.bus.publish, subject))
 
     async def stop(self) -> None:
         async with self._lock:
@@ -339,7 +353,9 @@ class Sidecar:
 
     def _steps(self) -> list[tuple[str, Callable[[float], Awaitable[None]]]]:
         """The shutdown in order; each step gets the time left in the budget."""
-        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = []
+        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = [
+            ("the config watch", lambda left: self.live.stop())
+        ]
         if (announcer := self.announcer) is not None:
             steps.append(("the subscriptions' announcement", lambda left: announcer.stop()))
         # Deliveries next: stop fetching, let the targets answer what is in flight, hand back the rest.
@@ -404,6 +420,11 @@ async def _stop_deliveries(deliveries: Deliveries, left: float) -> None:
 
 async def _close(channel: AppChannel, left: float) -> None:
     await channel.close()
+
+
+def served_type(sidecar: Sidecar, served: Served) -> str:
+    comp = sidecar.config.components.get(served.name)
+    return comp.type if comp is not None else ""
 
 
 def _loopback(servers: list[str]) -> bool:
