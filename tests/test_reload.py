@@ -16,9 +16,8 @@ import grpc
 import pytest
 import yaml
 
-from handlers.proto import lifecycle_pb2, lifecycle_pb2_grpc
+from handlers.proto import lifecycle_pb2, lifecycle_pb2_grpc, runtime_pb2_grpc
 from handlers.proto import runtime_pb2 as pb
-from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
 from tests.process import L8Process, start_l8
 from tests.servers import Server, free_port
