@@ -151,12 +151,17 @@ class Tracer:
     ) -> Scope:
         """A span made current while the scope is entered; its parent is the context in ``carrier``
         (headers or metadata) when that holds one, else the current span."""
+        trace = _otel.trace
         context = self._propagator.extract(carrier) if carrier and "traceparent" in carrier else None
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
+            # A trace sampled out upstream: no span of its own, the decision and the context pass on.
+            return Scope(trace.NonRecordingSpan(parent))
         linked = []
         for other in links:
-            span_context = _otel.trace.get_current_span(self._propagator.extract(other)).get_span_context()
+            span_context = trace.get_current_span(self._propagator.extract(other)).get_span_context()
             if span_context.is_valid:
-                linked.append(_otel.trace.Link(span_context))
+                linked.append(trace.Link(span_context))
         span = self._tracer.start_span(
             name, context=context, kind=_KINDS[kind], attributes=attributes, links=linked or None
         )
