@@ -19,7 +19,6 @@ as events/s. Each figure is printed beside base's and off's from the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import subprocess
@@ -196,8 +195,9 @@ async def main(quick: bool) -> None:
         channels = {n: grpc.aio.insecure_channel(f"127.0.0.1:{x.grpc_port}") for n, x in l8s.items()}
         stubs = {n: runtime_pb2_grpc.RuntimeStub(c) for n, c in channels.items()}
         request = pb.GetStateRequest(store_name="statestore", key="k").SerializeToString()
+        item = pb.StateItem(key="k", value=b"v")
         for stub in stubs.values():
-            await stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[pb.StateItem(key="k", value=b"v")]))
+            await stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[item]))
         rows = {n: Measured(n) for n in names}
         delivered: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
@@ -233,7 +233,8 @@ def report(
     print(f"GetState: {seq} sequential calls and 64 in flight per round; delivery: {events} events per round")
     print(f"base = {base.name if base else 'n/a'} (l8 before issue 12), off = this l8 with every hook off")
     print()
-    header = f"{'row':<14} {'p50 ms':>8} {'rps@64':>9} {'events/s':>9} | {'p50 vs off':>10} {'rps vs off':>10} {'ev/s vs off':>11}"
+    header = f"{'row':<14} {'p50 ms':>8} {'rps@64':>9} {'events/s':>9} | "
+    header += f"{'p50 vs off':>10} {'rps vs off':>10} {'ev/s vs off':>11}"
     print(header)
     print("-" * len(header))
     off = rows["off"]
