@@ -19,8 +19,11 @@ from runtime.front_hooks import Hooks
 
 if TYPE_CHECKING:
     from bridges.protocols import PubSub
+    from bus import Bus
     from runtime.app_channel import AppChannel
-    from runtime.plugins import Plugin, PluginContext
+    from runtime.components import Served
+    from runtime.forward import Forwarder
+    from runtime.plugins import Plugin
 
 log = logging.getLogger("l8")
 Handler = Callable[..., Any]
@@ -100,12 +103,18 @@ class Operability:
 
     # ---- plugins ----
 
-    async def start_plugins(self, context: PluginContext) -> None:
+    async def start_plugins(self, bus: Bus, forwarder: Forwarder, served: list[Served], app: AppChannel | None) -> None:
         if not self.config.plugins and not _any_entry_points():
             return
-        from runtime.plugins import start_plugins
+        from runtime.plugins import PluginContext, start_plugins
 
-        self.plugins = await start_plugins(self.config, context)
+        cfg = self.config
+        bridges = {s.name: s.bridge for s in served}
+        context = PluginContext(
+            cfg, cfg.app.id, cfg.namespace, bus, forwarder, bridges, app, logging.getLogger("l8.plugins"),
+            self.hooks.metrics,
+        )  # fmt: skip
+        self.plugins = await start_plugins(cfg, context)
 
     async def stop_plugins(self) -> None:
         if self.plugins:

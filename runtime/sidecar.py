@@ -56,7 +56,6 @@ from runtime.supervisor import Budget, Supervisor
 
 if TYPE_CHECKING:
     from runtime.functions import SidecarFunctions
-    from runtime.plugins import PluginContext
 
 log = logging.getLogger("l8")
 
@@ -233,7 +232,7 @@ class Sidecar:
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
-        await ops.start_plugins(self._plugin_context(forwarder))
+        await ops.start_plugins(self.bus, forwarder, self.components.served, self.app_channel)
         self.metadata = Metadata(
             cfg,
             self.announcer.report,
@@ -289,17 +288,6 @@ class Sidecar:
         for deliveries in [d for d in self.deliveries if d.component == name]:
             self.deliveries.remove(deliveries)
             await deliveries.stop(timeout=min(10.0, self.config.shutdown_timeout))
-
-    def _plugin_context(self, forwarder: Forwarder) -> PluginContext:
-        from runtime.plugins import PluginContext
-
-        assert self.bus is not None and self.components is not None
-        cfg = self.config
-        bridges = {s.name: s.bridge for s in self.components.served}
-        return PluginContext(
-            cfg, cfg.app.id, cfg.namespace, self.bus, forwarder, bridges, self.app_channel,
-            logging.getLogger("l8.plugins"), self.ops.hooks.metrics,
-        )  # fmt: skip
 
     def _health_of(self, name: str, up: bool, reason: str) -> None:
         self.health.set(name, Status.UP if up else Status.DOWN, reason)

@@ -103,6 +103,7 @@ def test_a_changed_config_file_swaps_adds_and_removes_components_while_calls_in_
             "lockstore": {"kind": "lock", "type": "nats.kv"},
         },
         "reload": {"watch": True, "interval": 0.1},
+        "flow_control": {"rules": []},
     }
     l8 = start_l8(config, cwd=tmp_path)
     path = tmp_path / "l8.yaml"
@@ -115,9 +116,13 @@ def test_a_changed_config_file_swaps_adds_and_removes_components_while_calls_in_
             changed = {**config, "components": {
                 "backend": {"kind": "bindings", "type": "http", "metadata": {"url": backends["B"].url}},
                 "cache": {"kind": "state", "type": "nats.kv"},
-            }}  # fmt: skip
+            }, "flow_control": {"rules": [{"resource": "/spec.proto.runtime.v1.Runtime/GetState", "threshold": 0.01,
+                                           "burst": 1}]}}  # fmt: skip
             path.write_text(yaml.safe_dump(changed))
-            until(lambda: "applied: changed backend, added cache, removed lockstore" in l8.log(), "the new config")
+            until(
+                lambda: "applied: changed backend, added cache, removed lockstore, flow control rules" in l8.log(),
+                "the new config",
+            )
             assert invoke(l8) == b"B"
             assert not in_flight.done()
             backends["A"].release.set()
@@ -126,6 +131,9 @@ def test_a_changed_config_file_swaps_adds_and_removes_components_while_calls_in_
             stub = runtime_pb2_grpc.RuntimeStub(channel)
             stub.SaveState(pb.SaveStateRequest(store_name="cache", states=[pb.StateItem(key="k", value=b"v")]))
             assert stub.GetState(pb.GetStateRequest(store_name="cache", key="k")).data == b"v"
+            # The reloaded rule: one GetState, then no more.
+            get = pb.GetStateRequest(store_name="cache", key="k")
+            assert code_of(lambda: stub.GetState(get)) is grpc.StatusCode.RESOURCE_EXHAUSTED
             lock = pb.TryLockRequest(store_name="lockstore", resource_id="r", lock_owner="o", expire=5)
             assert code_of(lambda: stub.TryLock(lock)) is grpc.StatusCode.INVALID_ARGUMENT
 
@@ -140,8 +148,9 @@ def test_a_changed_config_file_swaps_adds_and_removes_components_while_calls_in_
         assert invoke(l8) == b"B"
         with grpc.insecure_channel(l8.grpc_address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
-            assert stub.GetState(pb.GetStateRequest(store_name="cache", key="k")).data == b"v"
-            assert code_of(lambda: stub.GetState(pb.GetStateRequest(store_name="broken", key="k"))) is (
+            saved = stub.GetBulkState(pb.GetBulkStateRequest(store_name="cache", keys=["k"]))
+            assert [i.data for i in saved.items] == [b"v"]
+            assert code_of(lambda: stub.GetBulkState(pb.GetBulkStateRequest(store_name="broken", keys=["k"]))) is (
                 grpc.StatusCode.INVALID_ARGUMENT
             )
     finally:

@@ -217,3 +217,37 @@ def test_tracing_is_off_by_default_and_a_zero_sampling_keeps_only_callers_sample
     finally:
         off.stop()
         on.stop()
+
+
+def test_a_functions_host_calls_carry_the_trace_of_its_invocation(
+    nats_server: Server, receiver: Receiver, tmp_path: Path
+) -> None:
+    from tests import wasm_modules
+
+    module = wasm_modules.build_guests()["wat"]
+    config = {
+        "app": {"id": unique("fn-traced")},
+        "namespace": unique("ns"),
+        "bus": {"url": nats_server.url},
+        "components": {"statestore": {"kind": "state", "type": "nats.kv"}},
+        "functions": [{"name": "orders-fn", "module": str(module), "invoke": True, "allow": {"state": ["statestore"]}}],
+    }
+    l8 = start_l8(config, cwd=tmp_path, env=otel_env(receiver))
+    try:
+        header, trace_id, caller_span = traceparent()
+        url = f"http://127.0.0.1:{l8.http_port}/v1.0/invoke/orders-fn/method/count"
+        request = urllib.request.Request(url, data=b"customer-1", method="POST", headers={"traceparent": header})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+        wanted = {"CallLocal/orders-fn", "function/orders-fn", "state/statestore/get"}
+        spans = receiver.wait_for(lambda s: wanted <= {x.name for x in s if x.trace_id == trace_id})
+        trace = [s for s in spans if s.trace_id == trace_id]
+        # The host call's bus hop (CLIENT) is a child of the function's span, its worker's a child of that.
+        named = {(s.name, s.kind): s for s in trace}
+        function = named[("function/orders-fn", "server")]
+        assert named[("state/statestore/get", "client")].parent_id == function.span_id
+        assert named[("state/statestore/get", "server")].parent_id == named[("state/statestore/get", "client")].span_id
+        assert_one_tree(trace, caller_span)
+    finally:
+        l8.stop()
+    assert "Traceback" not in l8.log()
