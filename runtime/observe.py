@@ -31,6 +31,7 @@ from handlers.pubsub_delivery import Delivery, Outcome
 from handlers.pubsub_specs import Spec
 from runtime import errors
 from runtime.app_channel import AppChannel, AppSubscription, BindingAnswer, BulkEntry, Metadata
+from runtime.routing import Malformed, bytes_field, count_field
 
 if TYPE_CHECKING:
     from bus import Bus
@@ -161,8 +162,6 @@ def _hand_on(tracer: Tracer, ctx: RequestContext) -> None:
 
 
 def _count_published(metrics: Metrics, component: str, op: str, payload: bytes, code: str) -> None:
-    from runtime.routing import Malformed, bytes_field, count_field
-
     try:
         topic = bytes_field(payload, 2).decode(errors="replace")
         count = 1 if op == "publish" else count_field(payload, 3)

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
 from bridges.errors import InvalidArgument
 from bus import RequestContext, Route, subjects
 from bus.stream import serve_streams
-from handlers.base import guarded
+from handlers.base import check_metadata, guarded
 from handlers.proto import lifecycle_pb2
 from handlers.pubsub import PubSubHandler
 from runtime.components import ComponentError, Served, stop_quietly
@@ -231,13 +233,17 @@ class LiveComponents:
     async def apply_request(self, name: str, payload: bytes) -> bytes:
         """A component's new full metadata (Layotto's ApplyConfiguration), for components that do not
         take it themselves: the component is rebuilt with it, in this process."""
-        config = lifecycle_pb2.DynamicConfiguration.FromString(payload).component_config
+        try:
+            config = lifecycle_pb2.DynamicConfiguration.FromString(payload).component_config
+        except DecodeError:
+            raise InvalidArgument("the request is not a valid DynamicConfiguration") from None
+        metadata = check_metadata(config.metadata, f"component {name!r}")
         sidecar = self._sidecar
         current = sidecar.config.components.get(name)
         if current is None:
             raise InvalidArgument(f"component {name!r} is not configured here")
         components = dict(sidecar.config.components)
-        components[name] = ComponentConfig(kind=current.kind, type=current.type, metadata=dict(config.metadata))
+        components[name] = ComponentConfig(kind=current.kind, type=current.type, metadata=metadata)
         new = sidecar.config.model_copy(update={"components": components})
         try:
             await self.apply(new)
