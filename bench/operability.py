@@ -36,7 +36,7 @@ import uvloop
 import yaml
 
 from bench import procs
-from bench.load import Measured, concurrent, sequential
+from bench.load import Measured, concurrent, fixed_count, sequential
 from bench.pubsub import PAYLOAD, AppProcess
 
 ROOT = Path(__file__).parent.parent
@@ -168,6 +168,7 @@ async def main(quick: bool) -> None:
     from handlers.proto import runtime_pb2_grpc
 
     rounds, seq, seconds, events = (2, 200, 0.5, 300) if quick else (3, 600, 1.0, 1000)
+    cpu_calls, cpu_rounds = (300, 4) if quick else (500, 12)
     work = Path(tempfile.mkdtemp(prefix="l8-bench-ops-"))
     nats_port = procs.free_port()
     nats = procs.spawn([procs.venv_bin("nats-server"), "-js", "-p", str(nats_port), "-sd", str(work / "js")],
@@ -200,6 +201,10 @@ async def main(quick: bool) -> None:
             await stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[item]))
         rows = {n: Measured(n) for n in names}
         delivered: dict[str, list[float]] = {n: [] for n in names}
+        # CPU seconds of the l8 process per 1000 calls and per 1000 events: what a hook costs, which
+        # the machine's other load moves far less than it moves latency and throughput.
+        cpu_get: dict[str, list[float]] = {n: [] for n in names}
+        cpu_events: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             for name in names:
                 call = channels[name].unary_unary(GET)
@@ -207,9 +212,24 @@ async def main(quick: bool) -> None:
                 async def get(call: Any = call) -> object:
                     return await call(request)
 
+                pid = l8s[name].proc.pid
                 await sequential(get, seq, 50, rows[name])
                 await concurrent(get, 64, seconds, 0.25, rows[name])
+                before = procs.cpu_seconds(pid)
                 delivered[name].append(await deliver(stubs[name], app, topics[name][r], events))
+                cpu_events[name].append((procs.cpu_seconds(pid) - before) / events * 1000)
+        # CPU per call in short turns, many of them, so that the machine's other load falls on every row.
+        for _ in range(cpu_rounds):
+            for name in names:
+                call = channels[name].unary_unary(GET)
+
+                async def get(call: Any = call) -> object:
+                    return await call(request)
+
+                pid = l8s[name].proc.pid
+                before = procs.cpu_seconds(pid)
+                await fixed_count(get, 16, cpu_calls)
+                cpu_get[name].append((procs.cpu_seconds(pid) - before) / cpu_calls * 1000)
         receiver.stdin.write("count\n")
         receiver.stdin.flush()
         spans = int(receiver.stdout.readline())
@@ -222,12 +242,13 @@ async def main(quick: bool) -> None:
         receiver.stdin.close()
         receiver.wait(10)
         procs.stop(nats)
-    report(names, rows, delivered, spans, rounds, seq, events, base)
+    cpu = {n: (statistics.median(cpu_get[n]), statistics.median(cpu_events[n])) for n in names}
+    report(names, rows, delivered, cpu, spans, rounds, seq, events, base)
 
 
 def report(
-    names: list[str], rows: dict[str, Measured], delivered: dict[str, list[float]], spans: int, rounds: int,
-    seq: int, events: int, base: Path | None,
+    names: list[str], rows: dict[str, Measured], delivered: dict[str, list[float]],
+    cpu: dict[str, tuple[float, float]], spans: int, rounds: int, seq: int, events: int, base: Path | None,
 ) -> None:  # fmt: skip
     print(f"operability cost, {rounds} rounds round-robin; {procs.os_cpus()} CPUs, load {procs.loadavg()}")
     print(f"GetState: {seq} sequential calls and 64 in flight per round; delivery: {events} events per round")
@@ -259,6 +280,24 @@ def report(
         print(
             f"{name} vs off (target <= {target:.0%}): p50 {_pct(row.p50, off.p50)}, "
             f"rps {_pct(off.conc_rps, row.conc_rps)}, events/s {_pct(off_events, statistics.median(delivered[name]))}"
+        )
+    print()
+    header = f"{'row':<14} {'CPU s/1000 GetState':>20} {'CPU s/1000 events':>18} | "
+    header += f"{'GetState vs off':>15} {'events vs off':>13}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        get, ev = cpu[name]
+        print(f"{name:<14} {get:>20.3f} {ev:>18.3f} | {_pct(get, cpu['off'][0]):>15} {_pct(ev, cpu['off'][1]):>13}")
+    if "base" in cpu:
+        print(
+            f"CPU, off vs base (target <= 2 %): GetState {_pct(cpu['off'][0], cpu['base'][0])}, "
+            f"events {_pct(cpu['off'][1], cpu['base'][1])}"
+        )
+    for name, target in (("metrics", 0.05), ("flow control", 0.03)):
+        print(
+            f"CPU, {name} vs off (target <= {target:.0%}): GetState {_pct(cpu[name][0], cpu['off'][0])}, "
+            f"events {_pct(cpu[name][1], cpu['off'][1])}"
         )
     print(f"spans the OTLP receiver got: {spans}")
     print(json.dumps({n: {"p50_ms": rows[n].p50, "rps64": rows[n].conc_rps, "events_s": statistics.median(delivered[n]),
