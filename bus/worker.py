@@ -81,15 +81,16 @@ class WorkerHost:
     def bus(self) -> Bus:
         return self._bus
 
-    def add(self, api: str, component: str, handler: Handler) -> None:
-        """A handler of requests to one component; added before ``start()``."""
+    def add(self, api: str, component: str, handler: Handler) -> Route:
+        """A handler of requests to one component; added before ``start()``. Its route is returned,
+        so that the component can ``leave`` it again."""
         if self._started:
             raise RuntimeError("handlers are added before the worker host starts")
         group = subjects.queue_group(self._ns, api, component)
-        self._routes.append(
-            Route(subjects.request_wildcard(self._ns, api, component), group, handler, f"{api}/{component}", group)
-        )
+        route = Route(subjects.request_wildcard(self._ns, api, component), group, handler, f"{api}/{component}", group)
+        self._routes.append(route)
         self._handlers.append((api, component))
+        return route
 
     @property
     def routes(self) -> list[tuple[str, str]]:

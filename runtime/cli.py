@@ -9,11 +9,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.subjects import TOKEN
 from runtime import __version__
-from runtime.config import API_NAMES, Config, ConfigError, load_config
+from runtime.config import API_NAMES, DEFAULT_CONFIG, Config, ConfigError, load_config
 
 log = logging.getLogger("l8")
 T = TypeVar("T")
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     from runtime.fleet_cli import add_wasm_parser
 
     add_wasm_parser(sub)
+
+    from runtime.dump_cli import add_dump_parser
+
+    add_dump_parser(sub)
 
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
     spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
@@ -175,12 +180,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
+async def _serve(
+    config: Config, *, serve: bool, wasm: bool = False, reload_from: tuple[Path, Callable[[], Config]] | None = None
+) -> int:
     from bus import BusError
     from runtime.components import ComponentError
+    from runtime.plugins import PluginError
     from runtime.sidecar import Sidecar
 
-    sidecar = Sidecar(config, serve=serve)
+    sidecar = Sidecar(config, serve=serve, reload_from=reload_from)
     fleet: Any = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -198,7 +206,7 @@ async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     stopping_error = starting.exception()
     if stopping_error is not None:
         stopping.cancel()
-        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError)):
+        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError, PluginError)):
             log.error("%s", stopping_error)
             return 1
         raise stopping_error
@@ -255,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"l8 {__version__}")
         return 0
+    if args.command == "dump":
+        from runtime.dump_cli import run_dump
+
+        return run_dump(args)
     if args.command == "config":
         from runtime.layotto_config import convert_file
 
@@ -318,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         if not config.apis() and not args.wasm:
             print("l8: config error: workers: a worker needs at least one api in --handlers", file=sys.stderr)
             return 2
-        return _run_loop(_serve(config, serve=False, wasm=args.wasm))
-    return _run_loop(_serve(config, serve=True))
+        return _run_loop(_serve(config, serve=False, wasm=args.wasm, reload_from=_reload_from(args)))
+    return _run_loop(_serve(config, serve=True, reload_from=_reload_from(args)))
+
+
+def _reload_from(args: argparse.Namespace) -> tuple[Path, Callable[[], Config]]:
+    """The config file, and how to read it again with the same flags (``reload.watch``)."""
+    return Path(args.config) if args.config else DEFAULT_CONFIG, lambda: config_from_args(args)
 
 
 if __name__ == "__main__":

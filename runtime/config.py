@@ -19,6 +19,7 @@ from bus.auth import BusAuth, redact
 from bus.subjects import TOKEN
 from handlers import limits
 from runtime.function_config import FunctionConfig, WasmConfig
+from runtime.ops_config import DumpConfig, FlowControlConfig, MetricsConfig, ReloadConfig, TracingConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -370,6 +371,14 @@ class Config(_Model):
     # WebAssembly functions run by this sidecar (runtime/function_config.py, docs/wasm-abi.md).
     functions: list[FunctionConfig] = Field(default_factory=list)
     wasm: WasmConfig = Field(default_factory=WasmConfig)
+    # Operability (runtime/ops_config.py): spans over OTLP, /metrics, rate limits, request dumps,
+    # API plugins ("package.module:factory"), and applying a changed config file while l8 runs.
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    flow_control: FlowControlConfig | None = None
+    dump: DumpConfig | None = None
+    plugins: list[str] = Field(default_factory=list, max_length=100)
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
 
     @field_validator("namespace")
     @classmethod

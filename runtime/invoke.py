@@ -35,7 +35,7 @@ from bus.connection import ENVELOPE
 from bus.errors import BusTimeout, NoResponders, RemoteError
 from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
 from handlers import limits
-from runtime import errors
+from runtime import errors, observe
 from runtime.app_channel import HTTP_STATUS, AppCallError, AppChannel
 from runtime.forward import FrontError, abort
 from runtime.routing import Malformed, bytes_field, string_field
@@ -205,8 +205,15 @@ class Invoker:
                 f"the invocation is {size} bytes with its metadata; the bus carries at most {limit}",
             )
         started = time.monotonic()
+        observer = observe.OBSERVER
         try:
-            reply = await self._bus.exchange(subject, request, timeout=timeout, headers=headers)
+            if observer is None:
+                reply = await self._bus.exchange(subject, request, timeout=timeout, headers=headers)
+            else:
+                reply = await observer.call(
+                    self._bus, subject, request, timeout=timeout, headers=headers, api="app", component=app_id,
+                    exchange=True,
+                )  # fmt: skip
         except NoResponders:
             raise FrontError(
                 Code.UNAVAILABLE,
