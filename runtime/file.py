@@ -13,7 +13,6 @@ either end that hears nothing from the other for ``bus.stream``'s idle time give
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,24 +45,23 @@ async def _component(forwarder: Forwarder, message: bytes, context: grpc.aio.Ser
         await abort(context, exc.code, exc.message)
 
 
-CANCEL_GRACE = 0.25  # seconds an ended upload waits to learn whether its client went away instead
-
-
-async def _not_cancelled(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Raise CancelledError when the client went away rather than finished sending.
+async def _ended_cleanly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Raise CancelledError unless the client finished sending, rather than went away.
 
     grpc.aio ends the request stream of a call the client cancelled (or whose connection broke) as
-    if the client had finished (measured: most cancelled uploads end that way), and cancels the
-    handler a moment later, when the call's close reaches the loop; committing in between would make
-    a torn upload visible. So an ended upload waits until the call ends or ``CANCEL_GRACE`` passes:
-    a call that ends meanwhile was cancelled (a finished one ends only after its answer).
+    if the client had finished: the core fails the pending receive, and grpc.aio hands that failure
+    out as the end of the stream; it cancels the handler only when the call's close reaches the
+    loop, which comes as a separate completion, later by however long the machine is busy. The
+    response headers tell them apart: on a call the client only half-closed the core sends them, on
+    a call it cancelled the core fails the send (and the handler is usually cancelled while it
+    waits). So an upload is committed only once its headers went out.
     """
-    ended = asyncio.Event()
-    context.add_done_callback(lambda _context: ended.set())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(ended.wait(), CANCEL_GRACE)
-    if context.cancelled() or ended.is_set():
-        raise asyncio.CancelledError()
+    try:
+        await context.send_initial_metadata(())
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # grpc.aio raises its internal batch error: the call is gone
+        raise asyncio.CancelledError("the client went away before it finished the upload") from exc
 
 
 def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
@@ -93,7 +91,7 @@ def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
             await opened.send(first)
             async for message in requests:
                 await opened.send(message)
-            await _not_cancelled(context)
+            await _ended_cleanly(context)
             return await opened.result()
         except BusError as exc:
             await abort(context, *errors.from_bus_error(exc, what))

@@ -222,8 +222,25 @@ async def test_an_upload_cancelled_midway_leaves_no_file_and_keeps_the_previous_
     await wait_for_no_leftovers(env, live=1)
 
 
+async def test_uploads_refused_midway_leave_no_chunks_even_with_chunks_in_flight(env: Env) -> None:
+    # A bad message after many good ones: the worker gives the upload up with chunks still on
+    # their way to the store, and everything they wrote must go however they race the clean-up.
+    def refused(name: str) -> Iterator[pb.PutFileRequest]:
+        yield from requests(name, os.urandom(24 * LAYOTTO_CHUNK))
+        yield pb.PutFileRequest(store_name=STORE, name="another", data=b"x")
+
+    for i in range(6):
+        code, _ = await error_of(env.stub.PutFile(refused(f"refused-{i}")))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert await absent(env.stub, f"refused-{i}")
+    await wait_for_no_leftovers(env, live=0)
+
+
 async def wait_for_no_leftovers(env: Env, live: int, timeout: float = 30.0) -> None:
-    """Poll until the bridge holds nothing but the ``live`` files' data (temporary uploads are gone)."""
+    """Poll until the bridge holds nothing but the ``live`` files' data (temporary uploads are gone).
+
+    Before each look JetStream stores a message of the test on the bucket's stream, so every chunk
+    published before it is stored too: a chunk that a clean-up overtook shows as a leftover."""
     deadline = time.monotonic() + timeout
     while True:
         if env.root is not None:
@@ -231,7 +248,10 @@ async def wait_for_no_leftovers(env: Env, live: int, timeout: float = 30.0) -> N
         else:
             nc = env.sidecar.bus.nc if env.sidecar.bus else None
             assert nc is not None
-            info = await nc.jetstream().stream_info(f"OBJ_{env.bucket}", subjects_filter=f"$O.{env.bucket}.C.>")
+            js, stream, chunks = nc.jetstream(), f"OBJ_{env.bucket}", f"$O.{env.bucket}.C"
+            await js.publish(f"{chunks}.barrier", b"")
+            await js.purge_stream(stream, subject=f"{chunks}.barrier")
+            info = await js.stream_info(stream, subjects_filter=f"{chunks}.>")
             subjects = info.state.subjects or {}
             leftovers = sorted(subjects)[live:] if len(subjects) > live else []
         if not leftovers:

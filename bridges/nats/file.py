@@ -11,9 +11,10 @@ a stream has to move chunks as they come with bounded memory.
 
 - An upload publishes its chunks on a fresh id, with at most ``_IN_FLIGHT`` acknowledgements
   pending, then the info. Until the info is written nothing names the chunks, so an upload that
-  fails or is cancelled is invisible (and its chunks are purged). The info is written with a
-  compare-and-set on the name's last info message, so of two uploads of one name the one that
-  completes last wins, and each purges exactly the chunks its info replaced.
+  fails or is cancelled is invisible (and its chunks are purged, once those in flight are
+  stored). The info is written with a compare-and-set on the name's last info message, so of two
+  uploads of one name the one that completes last wins, and each purges exactly the chunks its
+  info replaced.
 - A download reads the chunks through an ephemeral pull consumer, a few at a time, and checks the
   size and the SHA-256 digest at the end; a mismatch (the object was replaced while it was read)
   ends the download with an error instead of handing out a mix.
@@ -161,9 +162,7 @@ class NatsObjectFileStore:
                     info["headers"] = {k: [v] for k, v in metadata.items()}
                 replaced = await self._replace_info(name, info, what)
         except BaseException:
-            for future in pending:
-                future.cancel()
-            await asyncio.shield(self._purge(subject))
+            await asyncio.shield(self._abandon(subject, pending))
             raise
         if replaced:
             await self._purge(self._chunk_subject(replaced))
@@ -200,6 +199,22 @@ class NatsObjectFileStore:
             old = found[1].get("nuid")
             return old if isinstance(old, str) and old != info.get("nuid") else None
         raise BackendUnavailable(f"{what}: the file kept changing under {_ATTEMPTS} attempts")
+
+    async def _abandon(self, subject: str, pending: deque[asyncio.Future[Any]]) -> None:
+        """Purge the chunks of a failed upload, once those still in flight are stored.
+
+        JetStream stores a stream's messages apart from serving its API, so a purge can overtake
+        chunks published before it; waiting for their acknowledgements (or ``timeout``) first
+        keeps them from outliving the purge.
+        """
+        if pending:
+            await asyncio.wait(pending, timeout=self._timeout)
+            for future in pending:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the upload has failed already
+                else:
+                    future.cancel()
+        await self._purge(subject)
 
     async def _purge(self, subject: str) -> None:
         try:
