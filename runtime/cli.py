@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--app-port", type=_port("--app-port"), help="also list the subscriptions this app declares")
     spec.add_argument("--namespace", help="the namespace on the bus (namespace)")
     spec.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
+    spec.add_argument("--deployed", action="store_true", help="also list the functions deployed on the bus")
     spec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     subs = sub.add_parser(
@@ -240,9 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "subscriptions":
         return _subscriptions(config, args.json)
     if args.command == "asyncapi":
+        from bus import BusError
         from runtime.asyncapi import render
 
-        print(render(config, ask_app=args.app_port is not None))
+        try:
+            print(render(config, ask_app=args.app_port is not None, deployed=args.deployed))
+        except LookupError as exc:
+            print(f"l8: {exc}", file=sys.stderr)
+            return 2
+        except (BusError, OSError, TimeoutError) as exc:
+            print(f"l8: cannot read the deployed functions from the bus: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "wasm":
         from runtime.fleet_cli import run_wasm

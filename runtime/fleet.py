@@ -245,6 +245,4 @@ class FleetWorker:
         )
 
     def _new_host(self, config: FunctionConfig) -> FunctionHost:
-        return FunctionHost(
-            self._workers, self._ns, config.spec(), cache_dir=self._cache, inline_fuel=self._config.wasm.inline_fuel
-        )
+        return FunctionHost(self._workers, self._config, config, cache_dir=self._cache)

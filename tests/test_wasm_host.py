@@ -17,6 +17,7 @@ from handlers.functions import INLINE_FUEL, Allow, Function, FunctionSpec, Limit
 from handlers.proto import runtime_pb2 as pb
 from handlers.wasm.abi import Op, Status
 from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionLimit, FunctionTimeout, FunctionUnavailable
+from runtime.function_config import FunctionConfig
 from runtime.functions import BusDispatcher, FunctionHost
 from runtime.sidecar import Sidecar
 from tests import wasm_modules as mods
@@ -163,10 +164,9 @@ async def test_publish_invoke_and_configuration_get_reach_their_building_blocks(
     # sidecar does (here through local dispatch, the sidecar's default).
     target = FunctionHost(
         sidecar.workers,
-        sidecar.config.namespace,
-        FunctionSpec(unique("echo")),
+        sidecar.config,
+        FunctionConfig(name=unique("echo"), invoke=True),
         cache_dir=tmp_path / "cache",
-        inline_fuel=sidecar.config.wasm.inline_fuel,
     )
     await target.start()
     await target.function.load(mods.ECHO)
