@@ -63,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         "--http-port", type=_port("--http-port"), help="serve the health probes on this port (server.worker_http)"
     )
     worker.add_argument("--wasm", action="store_true", help="serve the functions deployed with `l8 wasm deploy`")
-    worker.add_argument("--data-dir", help="where compiled modules are cached, in wasm-cache/ (data_dir)")
+    worker.add_argument("--data-dir", help="the worker's data directory (data_dir)")
+    worker.add_argument(
+        "--wasm-cache", help="where compiled modules are cached (wasm.cache_dir; default the user's, shared on the host)"
+    )
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     from runtime.fleet_cli import add_wasm_parser
@@ -113,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("bus", {})["url"] = args.bus
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
+    if getattr(args, "wasm_cache", None):
+        overrides["wasm"] = {"cache_dir": args.wasm_cache}
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
     if getattr(args, "handlers", None):

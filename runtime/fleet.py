@@ -41,7 +41,7 @@ def buckets(namespace: str) -> tuple[str, str]:
 
 
 def cache_dir(config: Config) -> Path:
-    return Path(config.wasm.cache_dir or str(Path(config.data_dir) / "wasm-cache"))
+    return config.wasm.cache_path()
 
 
 async def _open(bus: Bus, namespace: str, *, create: bool) -> tuple[Any, Any]:

@@ -5,6 +5,8 @@ The same ``FunctionConfig`` is what ``l8 wasm deploy`` stores in KV for the flee
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -174,7 +176,17 @@ def _spec(name: str, sub: FunctionSubscribeConfig) -> Spec:
 
 
 class WasmConfig(_Model):
-    cache_dir: str = ""  # compiled modules; default <data_dir>/wasm-cache
+    # Compiled modules; default the user's cache on this host, which its l8 processes share.
+    cache_dir: str = ""
     reload_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between module file checks")
     # Fuel an inline call may use (handlers/functions.py's INLINE_FUEL); 0 runs every call on a lane.
     inline_fuel: int = Field(default=100_000, ge=0, le=10_000_000, description="inline calls' fuel budget")
+
+    def cache_path(self) -> Path:
+        """``cache_dir``, or ``$XDG_CACHE_HOME/l8/wasm`` (``~/.cache/l8/wasm``): one per user and host,
+        so a module compiles once on a host, whichever process loads it first (the deploy command,
+        a worker, a sidecar)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "l8" / "wasm"

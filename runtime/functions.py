@@ -180,8 +180,7 @@ class SidecarFunctions:
 
     def __init__(self, config: Config, workers: WorkerHost) -> None:
         self._config = config
-        cache = config.wasm.cache_dir or str(Path(config.data_dir) / "wasm-cache")
-        self.cache_dir = Path(cache)
+        self.cache_dir = config.wasm.cache_path()
         self._watched = [
             _Watched(FunctionHost(workers, config, fc, cache_dir=self.cache_dir), Path(fc.module))
             for fc in config.functions

@@ -351,17 +351,6 @@ async def test_a_function_without_a_loaded_module_answers_unavailable_with_the_r
         await fn.stop()
 
 
-async def test_compiled_modules_are_cached_on_disk_by_content(
-    guests: dict[str, Path], tmp_path: Path, make_function: MakeFunction
-) -> None:
-    wasm = guests["go"].read_bytes()
-    first = await make_function(wasm, allow=ORDERS_ALLOW)
-    second = await make_function(wasm, allow=ORDERS_ALLOW)
-    assert first.version is not None and second.version is not None
-    assert (first.version.cached, second.version.cached) == (False, True)
-    assert len(list((tmp_path / "cache").glob(f"{first.digest}-*.cwasm"))) == 1
-
-
 @pytest.mark.parametrize("where", mods.WHERE)
 async def test_instances_are_reused_per_thread(where: str, make_function: MakeFunction) -> None:
     counter = mods.invoke_module(
