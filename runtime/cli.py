@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--wasm", action="store_true", help="serve the functions deployed with `l8 wasm deploy`")
     worker.add_argument("--data-dir", help="the worker's data directory (data_dir)")
     worker.add_argument(
-        "--wasm-cache", help="where compiled modules are cached (wasm.cache_dir; default the user's, shared on the host)"
+        "--wasm-cache", help="where compiled modules are cached (wasm.cache_dir; default: the user's, host-wide)"
     )
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
