@@ -318,3 +318,38 @@ async def test_an_event_held_by_a_sidecar_killed_mid_event_reaches_the_function_
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def test_a_function_in_a_front_only_sidecar_on_the_embedded_bus_gets_its_events_as_its_own_identity(
+    make_sidecar: SidecarFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The embedded bus enforces identities: the front's NATS user may announce and serve only as
+    # its app and its functions, and may not touch JetStream; the other sidecar delivers.
+    caplog.set_level(logging.INFO, "l8.wasm")
+    ns, topic, name = unique("ns"), unique("own"), unique("own-fn")
+    module = tmp_path / "verdict.wasm"
+    module.write_bytes(mods.VERDICT)
+    base: dict[str, Any] = {
+        "namespace": ns,
+        "data_dir": str(tmp_path / "data"),
+        "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "components": {"statestore": STATE, "pubsub": PUBSUB},
+    }
+    from runtime.config import Config
+
+    delivering = await make_sidecar(Config.model_validate({**base, "app": {"id": unique("broker")}}))
+    assert delivering.embedded is not None
+    function = {"name": name, "module": str(module), "subscribe": [{"pubsub": "pubsub", "topic": topic}]}
+    await make_sidecar(
+        Config.model_validate(
+            {
+                **base,
+                "app": {"id": unique("front")},
+                "bus": {"url": delivering.embedded.url},
+                "workers": "none",
+                "functions": [function],
+            }
+        )
+    )
+    await publish(delivering, topic, b"ok-own")
+    await until(lambda: logged(caplog, name, "ok-own") == 1, "the function got its event")
