@@ -50,16 +50,24 @@ def test_loaders_of_one_new_module_at_once_compile_it_once_and_the_others_load_w
     assert sorted(cached) == [False] + [True] * (n - 1)
 
 
-def test_a_cache_others_may_write_to_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_cache_others_may_write_to_or_replace_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wasm = mods.echo_version(7)
     cache = tmp_path / "open"
     cache.mkdir()
     os.chmod(cache, 0o777)
-    wasm = mods.echo_version(7)
     assert [engine.compile_module(wasm, cache).cached for _ in range(2)] == [False, False]
     assert f"the compiled module cache is not used, modules compile each time: others may write to {cache}" in (
         caplog.text
     )
     assert not list(cache.iterdir())
+    # Made by l8 (0700) in a directory anyone may write to: another user could swap it for theirs.
+    inner = cache / "cache"
+    assert engine.compile_module(wasm, inner).cached is False
+    assert f"others may write to {cache}, so they could replace cache" in caplog.text
+    assert not list(inner.iterdir())
+    # Unless that directory is sticky, as /tmp is: then only its owner may rename or remove it.
+    os.chmod(cache, 0o1777)
+    assert [engine.compile_module(wasm, inner).cached for _ in range(2)] == [False, True]
 
 
 def test_a_damaged_artifact_is_compiled_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

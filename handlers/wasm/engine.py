@@ -151,22 +151,26 @@ _refused: dict[Path, str] = {}  # cache dirs not used, and why (each is logged o
 
 
 def usable(cache_dir: Path) -> bool:
-    """Whether ``cache_dir`` (created 0700 when missing) and its parent are directories of this
-    user that no one else may write to; a cache anyone else could write to is not used. Checked
-    at each load, so a cache removed or fixed meanwhile is made again or used again."""
+    """Whether ``cache_dir`` (created 0700 when missing) is a directory of this user that no one
+    else may write to, in a parent where no one else can replace it (the parent is this user's
+    and closed to others' writes, or sticky, as /tmp is); a cache anyone else could write to is
+    not used. Checked at each load, so a cache removed or fixed meanwhile is made again or used
+    again."""
     why = ""
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for directory in (cache_dir, cache_dir.parent):
-            st = os.lstat(directory)
-            if not stat.S_ISDIR(st.st_mode):
-                why = f"{directory} is not a directory"
-            elif st.st_uid != os.geteuid():
-                why = f"{directory} belongs to another user"
-            elif st.st_mode & 0o022:
-                why = f"others may write to {directory}"
-            if why:
-                break
+        st = os.lstat(cache_dir)
+        parent = os.stat(cache_dir.parent)
+        if not stat.S_ISDIR(st.st_mode):
+            why = f"{cache_dir} is not a directory"
+        elif st.st_uid != os.geteuid():
+            why = f"{cache_dir} belongs to another user"
+        elif st.st_mode & 0o022:
+            why = f"others may write to {cache_dir}"
+        elif parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+            why = f"others may write to {cache_dir.parent}, so they could replace {cache_dir.name}"
+        elif parent.st_uid not in (os.geteuid(), 0):
+            why = f"{cache_dir.parent} belongs to another user"
     except OSError as exc:
         why = f"{cache_dir}: {exc.strerror or exc}"
     if why and _refused.get(cache_dir) != why:
