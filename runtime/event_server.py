@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from bridges.errors import Code, InvalidArgument
 from bus import Reply, RequestContext, Route, WorkerHost, subjects
+from bus.worker import Handler
 from handlers.pubsub_delivery import Outcome
 from handlers.pubsub_envelope import Event, MalformedEvent
 from runtime import event_frames
@@ -124,8 +125,17 @@ class EventServer:
     """``start``/``stop`` are idempotent; streams come and go while it runs."""
 
     def __init__(
-        self, host: WorkerHost, namespace: str, app_id: str, app: AppChannel | None, *, concurrency: int = 256
+        self,
+        host: WorkerHost,
+        namespace: str,
+        app_id: str,
+        app: AppChannel | None,
+        *,
+        concurrency: int = 256,
+        wrap: Callable[[Handler], Handler] | None = None,
     ) -> None:
+        # ``wrap`` puts the observer's span around each event's handling (runtime/observe.py).
+        self._wrap: Callable[[Handler], Handler] = wrap or (lambda handler: handler)
         self._host = host
         self._ns = namespace
         self.app_id = app_id
@@ -144,7 +154,7 @@ class EventServer:
             Route(
                 f"{stem}.*.*",
                 stem,
-                self._on_push,
+                self._wrap(self._on_push),
                 f"events of {self.app_id}",
                 local=stem,
                 caller_in_subject=False,
@@ -214,7 +224,7 @@ class EventServer:
                 route = Route(
                     subject,
                     subject,
-                    self._on_stream,
+                    self._wrap(self._on_stream),
                     f"stream {pubsub}/{topic} of {self.app_id}",
                     local=subject,
                     caller_in_subject=False,

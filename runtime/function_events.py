@@ -31,7 +31,7 @@ from handlers.functions import Function, Verdict
 from handlers.pubsub_delivery import Outcome
 from handlers.pubsub_envelope import Event, MalformedEvent
 from handlers.wasm.errors import FunctionError, FunctionUnavailable
-from runtime import event_frames
+from runtime import event_frames, observe
 
 # Envelope attributes that have a place of their own in the function's meta.
 _IN_META = frozenset({"topic", "pubsubname", "traceparent"})
@@ -72,15 +72,22 @@ class FunctionEvents:
         """Every process serving the function joins one queue group per function, as an app's
         sidecars do; ``gate`` is the function's bound on calls at once (shared with its invocations)."""
         stem = subjects.event_stem(self._ns, self.function.name, "event")
+        observer = observe.OBSERVER
+        handler = self.serve if observer is None else observer.route(self._span, self.serve)
         return Route(
             f"{stem}.*.*",
             stem,
-            self.serve,
+            handler,
             f"events of function {self.function.name}",
             local=stem,
             caller_in_subject=False,
             gate=self._gate,
         )
+
+    def _span(self, ctx: RequestContext) -> str:
+        # l8.<ns>.app.<name>.event.<pubsub>.<topic key>
+        _, pubsub, topic = ctx.subject.rsplit(".", 2)
+        return f"function/{self.function.name}/events/{pubsub}/{topic}"
 
     async def serve(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
         pubsub = ctx.subject.rsplit(".", 2)[1]
