@@ -3,8 +3,10 @@
 3. invoke round trip through the bus (native InvokeService, 1 KiB) of a function served by another
    sidecar, beside an app's OnInvoke (a Dapr SDK ``App``, tests/apps/echo_app.py) behind its
    sidecar, and of a function in the caller's own sidecar (local dispatch, no bus hop);
-4. from ``l8 wasm deploy`` to every ``l8 worker --wasm`` serving it (2 workers), per guest, the
-   module compiled by the workers and then from their caches; beside it the deploy command alone
+4. from ``l8 wasm deploy`` to every ``l8 worker --wasm`` serving it (2 workers), per guest: a new
+   module with the workers on the deploy command's host (they load what its check compiled into
+   the host's cache), a new module with the workers on another host (one compiles, the other
+   waits for it and loads it), and the same module again; beside it the deploy command alone
    (spawn to exit: interpreter start, the module's check, the Object Store and KV puts).
 
 A worker logs ``function NAME serves`` once its queue subscription is live; the bench polls the
@@ -25,7 +27,7 @@ from pathlib import Path
 import grpc
 import wasmtime
 
-from bench.procs import free_port, spawn, stop, venv_bin, wait_port
+from bench.procs import child_env, free_port, spawn, stop, venv_bin, wait_port
 from bus import Bus
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
@@ -125,60 +127,76 @@ async def invoke_round_trip(nats: Nats, work: Path, echo_wat: str, n: int) -> No
         stop(app)
 
 
+# (row, the workers' namespace, what their serve lines say): "1 host" workers share the deploy
+# command's compile cache, "2 hosts" workers share one of their own (as on another host).
+_DEPLOYS = (
+    ("new, 1 host", NAMESPACE, ("cached", "cached")),
+    ("new, 2 hosts", f"{NAMESPACE}-b", ("cached", "compiled")),
+    ("cached", NAMESPACE, ("cached", "cached")),
+)
+
+
 async def deploy_to_serving(nats: Nats, work: Path, guests: tuple[str, ...], rounds: int = 3) -> None:
     print(f"4. l8 wasm deploy → every worker serving it, 2 l8 worker --wasm, median of {rounds} rounds")
     l8 = venv_bin("l8")
-    workers: list[tuple[subprocess.Popen[bytes], Path]] = []
-    cli = work / "cli"  # the deploy command's data_dir (.l8, its compile cache) is under its cwd
+    cli = work / "cli"
     cli.mkdir(parents=True, exist_ok=True)
-    caches = [cli / ".l8" / "wasm-cache", *(work / f"w{i}" / "wasm-cache" for i in range(2))]
+    host_cache, other_cache = work / "host-cache", work / "other-host-cache"
+    env = {**child_env(), "XDG_CACHE_HOME": str(host_cache)}  # the host's shared cache, in the bench's dir
+    groups: dict[str, list[tuple[subprocess.Popen[bytes], Path]]] = {}
     bus = Bus([nats.url], name="l8-bench-wasm")
     await bus.start()
     try:
-        for i in range(2):
-            log = work / f"worker-{i}.log"
-            args = ["worker", "--wasm", "--bus", nats.url, "--namespace", NAMESPACE, "--data-dir", str(work / f"w{i}")]
-            workers.append((spawn([l8, *args, "--log-level", "info"], log=log), log))
-        await _wait_lines([log for _, log in workers], "l8 worker serves deployed functions", timeout=60)
-        print(f"   {'guest':6} {'':9} {'deploy command':>14} {'deploy → all serve':>19} {'its exit → all serve':>21}")
+        for ns, cache in ((NAMESPACE, None), (f"{NAMESPACE}-b", other_cache)):
+            for i in range(2):
+                log = work / f"worker-{ns}-{i}.log"
+                args = ["worker", "--wasm", "--bus", nats.url, "--namespace", ns, "--data-dir", str(work / f"w{ns}{i}")]
+                args += ["--wasm-cache", str(cache)] if cache is not None else []
+                groups.setdefault(ns, []).append((spawn([l8, *args, "--log-level", "info"], log=log, env=env), log))
+        await _wait_lines([log for g in groups.values() for _, log in g], "l8 worker serves deployed", timeout=60)
+        print(f"   {'guest':6} {'':13} {'deploy command':>14} {'deploy → all serve':>19} {'its exit → all serve':>21}")
         for guest in guests:
             wasm = REPO / "guests" / "build" / f"orders-{guest}.wasm"
-            for kind in ("compiled", "cached"):
+            for kind, ns, says in _DEPLOYS:
                 spans: dict[str, list[float]] = {}
                 for r in range(rounds):
-                    if kind == "compiled":
-                        for cache in caches:
+                    if kind.startswith("new"):
+                        for cache in (host_cache, other_cache):
                             shutil.rmtree(cache, ignore_errors=True)
-                    name = f"{guest}-{kind}-{r}"
-                    measured = await _deploy_once(l8, nats, cli, name, wasm, workers, kind)
+                    name = f"{guest}-{kind.replace(' ', '').replace(',', '-')}-{r}"
+                    measured = await _deploy_once(l8, nats, cli, env, ns, name, wasm, groups[ns], says)
                     for key, value in zip(("command", "all", "after"), measured, strict=True):
                         spans.setdefault(key, []).append(value)
-                    await fleet.remove(bus, NAMESPACE, name)  # so workers do not pile up functions
+                    await fleet.remove(bus, ns, name)  # so workers do not pile up functions
                 med = {k: statistics.median(v) for k, v in spans.items()}
-                print(f"   {guest:6} {kind:9} {_ms(med['command']):>14} {_ms(med['all']):>19} {_ms(med['after']):>21}")
+                print(f"   {guest:6} {kind:13} {_ms(med['command']):>14} {_ms(med['all']):>19} {_ms(med['after']):>21}")
         print("   target: every worker serves a deploy within 2 s")
     finally:
         await bus.stop()
-        for proc, _ in workers:
-            stop(proc)
+        for group in groups.values():
+            for proc, _ in group:
+                stop(proc)
 
 
 async def _deploy_once(
     l8: str,
     nats: Nats,
     cli: Path,
+    env: dict[str, str],
+    ns: str,
     name: str,
     wasm: Path,
     workers: list[tuple[subprocess.Popen[bytes], Path]],
-    kind: str,
+    says: tuple[str, ...],
 ) -> tuple[float, float, float]:
     """(deploy command, deploy spawn → all serve, deploy exit → all serve) in seconds; the last is
     negative when every worker served before the command exited."""
     line = f"function {name} serves"
     began = time.perf_counter()
     deploy = subprocess.Popen(
-        [l8, "wasm", "deploy", name, str(wasm), "--invoke", "--bus", nats.url, "--namespace", NAMESPACE],
+        [l8, "wasm", "deploy", name, str(wasm), "--invoke", "--bus", nats.url, "--namespace", ns],
         cwd=cli,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -199,10 +217,12 @@ async def _deploy_once(
         await asyncio.sleep(0.002)
     if deploy.stderr is not None:
         deploy.stderr.close()
+    kinds = []
     for _, log in workers:
         tail = log.read_text(errors="replace").split(line, 1)[1].split("\n", 1)[0]
-        if f"({kind})" not in tail:
-            raise RuntimeError(f"{name}: a worker served it {tail.strip()}, not {kind}")
+        kinds.append(tail.rsplit("(", 1)[-1].rstrip(")"))
+    if sorted(kinds) != sorted(says):
+        raise RuntimeError(f"{name}: the workers served it {kinds}, not {list(says)}")
     last = max(served.values())
     return exited - began, last - began, last - exited
 

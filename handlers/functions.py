@@ -49,6 +49,7 @@ __all__ = ["Allow", "Function", "FunctionSpec", "Limits", "ModuleError", "Verdic
 class FunctionSpec:
     name: str
     invoke: bool = True
+    events: bool = False  # it has subscriptions, so its module must export l8_on_event
     limits: Limits = field(default_factory=Limits)
     allow: Allow = field(default_factory=Allow)
 
@@ -140,6 +141,8 @@ class Function:
             version = Version(spec.name, compiled, spec.limits, ops, inline_fuel=self._inline_fuel)
             if spec.invoke and not version.shape.on_invoke:
                 raise ModuleError(f"it does not export {abi.ON_INVOKE!r}, which invoke: true needs")
+            if spec.events and not version.shape.on_event:
+                raise ModuleError(f"it does not export {abi.ON_EVENT!r}, which its subscriptions need")
             version.check_instance()
             return version
 

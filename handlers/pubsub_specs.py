@@ -32,7 +32,7 @@ MAX_CONCURRENCY = limits.MAX_IN_FLIGHT
 MAX_BULK = 10_000
 MAX_RULES = 100
 MAX_TIMEOUT = 3600.0
-_KINDS = ("config", "app", "stream")
+_KINDS = ("config", "app", "stream", "function")  # who declared it
 
 
 class SpecError(ValueError):

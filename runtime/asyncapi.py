@@ -1,5 +1,6 @@
 """`l8 asyncapi`: an AsyncAPI 3.0 document of the configured pub/sub components, topics and
-subscriptions, built with FastStream's specification generator.
+subscriptions (the app's, and its functions'; with ``--deployed`` also the subscriptions of the
+functions deployed to the fleet), built with FastStream's specification generator.
 
 FastStream describes here; it does not consume: l8's delivery loop needs explicit settling after
 an app's gRPC answer, a dead-letter step and handing back on shutdown, which FastStream's
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import Config
+from runtime.function_config import FunctionConfig
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppSubscription
@@ -42,13 +44,19 @@ class CloudEvent(BaseModel):
 def _subject(config: Config, pubsub: str, topic: str) -> str:
     from bridges.nats.pubsub import event_subject, topic_token
 
-    comp = config.components[pubsub]
-    if comp.type == "nats.jetstream":
+    comp = config.components.get(pubsub)
+    if comp is not None and comp.type == "nats.jetstream":
         return event_subject(config.namespace, pubsub, topic_token(topic))
     return f"{pubsub}/{topic}"  # a broker outside the bus: named by component and topic
 
 
-def document(config: Config, app_subscriptions: list[AppSubscription] | None = None) -> dict[str, Any]:
+def document(
+    config: Config,
+    app_subscriptions: list[AppSubscription] | None = None,
+    deployed: list[FunctionConfig] | None = None,
+) -> dict[str, Any]:
+    """The document of ``config``'s app and functions, the app's own declaration, and functions
+    deployed to the fleet (``deployed``)."""
     from faststream.nats import NatsBroker
     from faststream.specification import AsyncAPI
 
@@ -59,6 +67,8 @@ def document(config: Config, app_subscriptions: list[AppSubscription] | None = N
     app_id, timeout = config.app.id, config.delivery_timeout
     specs = [spec_from_config(s, app_id, timeout) for s in config.subscriptions]
     specs += [spec_from_app(s, app_id, timeout) for s in app_subscriptions or []]
+    for function in [*config.functions, *(deployed or [])]:
+        specs += function.event_specs()
 
     async def _handler(body: CloudEvent) -> None:  # describes the payload; never called
         return None
@@ -74,8 +84,12 @@ def document(config: Config, app_subscriptions: list[AppSubscription] | None = N
         routes = [f"{r.match} -> {r.path}" for r in spec.routes.rules]
         if spec.routes.default is not None:
             routes.append(f"default -> {spec.routes.default!r}")
+        if spec.origin == "function":
+            target = f"delivered to function {spec.app!r} by l8_on_event"
+        else:
+            target = f"delivered to app {spec.app!r} by OnTopicEvent" + (" (bulk)" if spec.bulk else "")
         details = [
-            f"delivered to app {config.app.id!r} by OnTopicEvent" + (" (bulk)" if spec.bulk else ""),
+            target,
             f"declared by the {spec.origin}",
             f"concurrency {spec.concurrency}" + (" (ordered)" if spec.ordered else ""),
             f"routes: {'; '.join(routes)}",
@@ -86,7 +100,7 @@ def document(config: Config, app_subscriptions: list[AppSubscription] | None = N
             details.append(f"at most {spec.max_deliveries} deliveries")
         broker.subscriber(
             _subject(config, spec.pubsub, spec.topic),
-            title=f"subscribe:{spec.pubsub}/{spec.topic}",
+            title=f"subscribe:{spec.app}:{spec.pubsub}/{spec.topic}",
             description="; ".join(details),
         )(_handler)
     spec_doc = AsyncAPI(
@@ -115,6 +129,21 @@ async def app_subscriptions(config: Config, timeout: float = 2.0) -> list[AppSub
         await channel.close()
 
 
-def render(config: Config, ask_app: bool) -> str:
+async def deployed_functions(config: Config) -> list[FunctionConfig]:
+    """The functions deployed to the fleet of ``config``'s namespace (runtime/fleet.py)."""
+    from bus import Bus
+    from runtime import fleet
+    from runtime.registry_view import bus_servers
+
+    bus = Bus(bus_servers(config), name="l8-asyncapi", connect_timeout=3.0)
+    await bus.start()
+    try:
+        return [FunctionConfig.model_validate(spec["config"]) for spec in await fleet.listing(bus, config.namespace)]
+    finally:
+        await bus.stop()
+
+
+def render(config: Config, ask_app: bool, deployed: bool = False) -> str:
     listed = asyncio.run(app_subscriptions(config)) if ask_app else []
-    return json.dumps(document(config, listed), indent=2)
+    functions = asyncio.run(deployed_functions(config)) if deployed else []
+    return json.dumps(document(config, listed, functions), indent=2)

@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         "--http-port", type=_port("--http-port"), help="serve the health probes on this port (server.worker_http)"
     )
     worker.add_argument("--wasm", action="store_true", help="serve the functions deployed with `l8 wasm deploy`")
-    worker.add_argument("--data-dir", help="where compiled modules are cached, in wasm-cache/ (data_dir)")
+    worker.add_argument("--data-dir", help="the worker's data directory (data_dir)")
+    worker.add_argument(
+        "--wasm-cache", help="where compiled modules are cached (wasm.cache_dir; default: the user's, host-wide)"
+    )
     worker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     from runtime.fleet_cli import add_wasm_parser
@@ -96,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--app-port", type=_port("--app-port"), help="also list the subscriptions this app declares")
     spec.add_argument("--namespace", help="the namespace on the bus (namespace)")
     spec.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
+    spec.add_argument("--deployed", action="store_true", help="also list the functions deployed on the bus")
     spec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     subs = sub.add_parser(
@@ -157,6 +161,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("bus", {})["url"] = args.bus
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
+    if getattr(args, "wasm_cache", None):
+        overrides["wasm"] = {"cache_dir": args.wasm_cache}
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
     if getattr(args, "handlers", None):
@@ -310,9 +316,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "asyncapi":
+        from bus import BusError
         from runtime.asyncapi import render
 
-        print(render(config, ask_app=args.app_port is not None))
+        try:
+            print(render(config, ask_app=args.app_port is not None, deployed=args.deployed))
+        except LookupError as exc:
+            print(f"l8: {exc}", file=sys.stderr)
+            return 2
+        except (BusError, OSError, TimeoutError) as exc:
+            print(f"l8: cannot read the deployed functions from the bus: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "wasm":
         from runtime.fleet_cli import run_wasm

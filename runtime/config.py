@@ -418,6 +418,12 @@ class Config(_Model):
                 raise ValueError(f"functions[{i}].name: {name!r} is already the name of the app or of a function")
             if not self.functions[i].module:
                 raise ValueError(f"functions[{i}].module: the path of the .wasm file is empty")
+            for j, trigger in enumerate(self.functions[i].subscribe):
+                if trigger.pubsub not in pubsubs:
+                    raise ValueError(
+                        f"functions[{i}].subscribe[{j}].pubsub: {trigger.pubsub!r} is not a configured pub/sub "
+                        f"component; configured: {', '.join(pubsubs) or 'none'}"
+                    )
         if self.subscriptions and self.app.callback is None:
             raise ValueError("subscriptions: delivering events needs the app's callback (app.callback / --app-port)")
         return self

@@ -41,7 +41,7 @@ def buckets(namespace: str) -> tuple[str, str]:
 
 
 def cache_dir(config: Config) -> Path:
-    return Path(config.wasm.cache_dir or str(Path(config.data_dir) / "wasm-cache"))
+    return config.wasm.cache_path()
 
 
 async def _open(bus: Bus, namespace: str, *, create: bool) -> tuple[Any, Any]:
@@ -245,6 +245,4 @@ class FleetWorker:
         )
 
     def _new_host(self, config: FunctionConfig) -> FunctionHost:
-        return FunctionHost(
-            self._workers, self._ns, config.spec(), cache_dir=self._cache, inline_fuel=self._config.wasm.inline_fuel
-        )
+        return FunctionHost(self._workers, self._config, config, cache_dir=self._cache)

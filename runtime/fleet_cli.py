@@ -27,7 +27,13 @@ def add_wasm_parser(sub: Any) -> None:
     deploy = verbs.add_parser("deploy", help="check a module and deploy it as function NAME")
     deploy.add_argument("name")
     deploy.add_argument("file", type=Path)
-    deploy.add_argument("--subscribe", action="append", default=[], metavar="PUBSUB/TOPIC")
+    deploy.add_argument(
+        "--subscribe", action="append", default=[], metavar="PUBSUB/TOPIC", help="run l8_on_event on its events"
+    )
+    deploy.add_argument("--dead-letter-topic", metavar="TOPIC", help="of every --subscribe: where failed events go")
+    deploy.add_argument("--max-deliveries", type=int, help="of every --subscribe: deliveries before dead-lettering")
+    deploy.add_argument("--event-concurrency", type=int, help="of every --subscribe: events delivered at once")
+    deploy.add_argument("--event-timeout-ms", type=int, help="of every --subscribe: how long a delivery waits")
     deploy.add_argument("--invoke", action="store_true", help="answer InvokeService(id=NAME)")
     deploy.add_argument("--memory-mb", type=int)
     deploy.add_argument("--timeout-ms", type=int)
@@ -47,12 +53,26 @@ def add_wasm_parser(sub: Any) -> None:
 
 
 def _function_config(args: argparse.Namespace) -> FunctionConfig:
+    each = {
+        key: value
+        for key, value in {
+            "deadLetterTopic": args.dead_letter_topic,
+            "maxDeliveries": args.max_deliveries,
+            "concurrency": args.event_concurrency,
+            "timeoutMs": args.event_timeout_ms,
+        }.items()
+        if value is not None
+    }
+    if each and not args.subscribe:
+        raise ValueError(
+            "--dead-letter-topic, --max-deliveries, --event-concurrency and --event-timeout-ms need --subscribe"
+        )
     subscribe = []
     for entry in args.subscribe:
         pubsub, sep, topic = entry.partition("/")
         if not sep or not pubsub or not topic:
             raise ValueError(f"--subscribe {entry[:60]!r} is not PUBSUB/TOPIC")
-        subscribe.append({"pubsub": pubsub, "topic": topic})
+        subscribe.append({"pubsub": pubsub, "topic": topic, **each})
     limits = {
         key: value
         for key, value in {

@@ -5,15 +5,19 @@ The same ``FunctionConfig`` is what ``l8 wasm deploy`` stores in KV for the flee
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bus.subjects import TOKEN
+from handlers.limits import NAME as MAX_NAME
 
 if TYPE_CHECKING:
     # Imported when a function is built, not when config loads: wasmtime is large to load.
     from handlers.functions import Allow, FunctionSpec, Limits
+    from handlers.pubsub_specs import Spec
 
 MAX_ENTRY = 256  # characters of one allow-list entry
 MAX_ENTRIES = 256
@@ -84,9 +88,29 @@ class FunctionAllowConfig(_Model):
 
 
 class FunctionSubscribeConfig(_Model):
+    """A topic whose events run the function's ``l8_on_event``; its answer settles each event as an
+    app's ``OnTopicEvent`` answer does."""
+
     pubsub: str
     topic: str
     deadLetterTopic: str | None = None
+    maxDeliveries: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="then dead-letter; 0 is unlimited; default 5 with a deadLetterTopic",
+    )
+    concurrency: int = Field(default=32, ge=1, le=10_000, description="events delivered at once; 1 keeps order")
+    timeoutMs: int = Field(
+        default=30_000, ge=1, le=3_600_000, description="how long a delivery waits for the function's answer"
+    )
+
+    @field_validator("pubsub")
+    @classmethod
+    def _pubsub(cls, v: str) -> str:
+        if not TOKEN.match(v) or len(v) > MAX_NAME:
+            raise ValueError(f"pub/sub name {v[:40]!r} must be 1 to {MAX_NAME} letters, digits, '_' and '-'")
+        return v
 
 
 class FunctionConfig(_Model):
@@ -106,22 +130,63 @@ class FunctionConfig(_Model):
 
     @model_validator(mode="after")
     def _triggers(self) -> FunctionConfig:
-        if self.subscribe:
-            # Event triggers need the event routing that is still being built; refuse rather
-            # than accept a subscription that would deliver nothing.
-            raise ValueError("subscribe: event triggers for functions are not available yet; use invoke: true")
-        if not self.invoke:
-            raise ValueError("the function has no trigger: set invoke: true")
+        if not self.invoke and not self.subscribe:
+            raise ValueError("the function has no trigger: set invoke: true or subscribe to a topic")
+        seen: set[tuple[str, str]] = set()
+        for i, sub in enumerate(self.subscribe):
+            if (sub.pubsub, sub.topic) in seen:
+                raise ValueError(f"subscribe[{i}]: topic {sub.topic[:64]!r} of {sub.pubsub!r} is subscribed twice")
+            seen.add((sub.pubsub, sub.topic))
+            try:
+                _spec(self.name, sub)
+            except ValueError as exc:  # SpecError: what the pub/sub workers would refuse
+                raise ValueError(f"subscribe[{i}]: {exc}") from None
         return self
 
     def spec(self) -> FunctionSpec:
         from handlers.functions import FunctionSpec
 
-        return FunctionSpec(self.name, invoke=self.invoke, limits=self.limits.limits(), allow=self.allow.allow())
+        return FunctionSpec(
+            self.name,
+            invoke=self.invoke,
+            events=bool(self.subscribe),
+            limits=self.limits.limits(),
+            allow=self.allow.allow(),
+        )
+
+    def event_specs(self) -> list[Spec]:
+        """The function's subscriptions as it announces them: under its name as app id, so its
+        events come on that app id's event subject, shared by every process serving it."""
+        return [_spec(self.name, sub) for sub in self.subscribe]
+
+
+def _spec(name: str, sub: FunctionSubscribeConfig) -> Spec:
+    from handlers.pubsub_specs import Spec, dead_letter_default
+
+    return Spec(
+        app=name,
+        pubsub=sub.pubsub,
+        topic=sub.topic,
+        dead_letter_topic=sub.deadLetterTopic or None,
+        concurrency=sub.concurrency,
+        max_deliveries=dead_letter_default(sub.maxDeliveries, sub.deadLetterTopic),
+        timeout=sub.timeoutMs / 1000,
+        origin="function",
+    )
 
 
 class WasmConfig(_Model):
-    cache_dir: str = ""  # compiled modules; default <data_dir>/wasm-cache
+    # Compiled modules; default the user's cache on this host, which its l8 processes share.
+    cache_dir: str = ""
     reload_interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between module file checks")
     # Fuel an inline call may use (handlers/functions.py's INLINE_FUEL); 0 runs every call on a lane.
     inline_fuel: int = Field(default=100_000, ge=0, le=10_000_000, description="inline calls' fuel budget")
+
+    def cache_path(self) -> Path:
+        """``cache_dir``, or ``$XDG_CACHE_HOME/l8/wasm`` (``~/.cache/l8/wasm``): one per user and host,
+        so a module compiles once on a host, whichever process loads it first (the deploy command,
+        a worker, a sidecar)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "l8" / "wasm"

@@ -4,9 +4,11 @@ functions of a sidecar's config with hot reload of their files.
 - ``BusDispatcher`` carries a function's host calls as requests on the bus, under the function's
   name as the caller token of their subjects, exactly as an app's requests travel (local dispatch
   included).
-- ``FunctionHost`` runs one function and answers its invocations as an app's sidecars do: a route
-  of the process's one worker host on ``l8.<ns>.app.<name>.invoke.*`` in the queue group every
-  process serving the function joins, found by local dispatch under the same stem as an app's.
+- ``FunctionHost`` runs one function as an app's sidecars serve an app: its invocations on a route
+  of the process's one worker host on ``l8.<ns>.app.<name>.invoke.*``, its events on
+  ``l8.<ns>.app.<name>.event.*.*`` (runtime/function_events.py), each in the queue group every
+  process serving the function joins and found by local dispatch under the same stem as an app's;
+  and it announces the function's subscriptions under its name (runtime/subscriptions.py).
 - ``SidecarFunctions`` builds the functions of ``functions: [...]``. A module that fails to load
   does not stop l8: the function is logged at ERROR with the reason, reports ``failed`` in
   metadata, and its calls answer UNAVAILABLE at once. Each file is checked every
@@ -27,13 +29,17 @@ from typing import Any
 
 from bridges.errors import Unimplemented
 from bus import Bus, BusError, RequestContext, Route, WorkerHost
-from bus.codec import HDR_TRACEPARENT, request_headers
+from bus.codec import request_headers
 from bus.subjects import invoke_queue, invoke_stem, invoke_subject, invoke_wildcard, request_subject
-from handlers.functions import Function, FunctionSpec, ModuleError
+from handlers.functions import Function, ModuleError
 from handlers.wasm.host import DispatchError
 from runtime import errors, observe
 from runtime.config import Config
-from runtime.invoke import CALLEE_APP_ID, CALLER_APP_ID, metadata_of
+from runtime.forward import Forwarder
+from runtime.function_config import FunctionConfig
+from runtime.function_events import FunctionEvents
+from runtime.invoke import invocation_metadata
+from runtime.subscriptions import Announcer
 
 log = logging.getLogger("l8.functions")
 
@@ -66,34 +72,37 @@ class BusDispatcher:
             raise DispatchError(code.value, message) from None
 
 
-def invocation_metadata(name: str, ctx: RequestContext) -> dict[str, str]:
-    """What a function sees as ``metadata`` of an invocation: what an app's ``OnInvoke`` would get
-    (the caller's metadata, the callee's and the caller's app ids, the traceparent), as strings;
-    binary (``-bin``) values stay base64, as gRPC writes them in text."""
-    found: dict[str, str] = {}
-    for key, value in metadata_of(ctx.headers):
-        found[key] = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
-    # Last, so that no header a caller sent can stand in for them.
-    found[CALLEE_APP_ID] = name
-    if ctx.app_id:
-        found[CALLER_APP_ID] = ctx.app_id
-    if ctx.traceparent:
-        found[HDR_TRACEPARENT] = ctx.traceparent
-    return found
+def function_metadata(name: str, ctx: RequestContext) -> dict[str, str]:
+    """An invocation's metadata as a function sees it in its meta: what an app's ``OnInvoke`` gets
+    (runtime/invoke.py), as strings; binary (``-bin``) values stay base64, as gRPC writes them in text."""
+    return {
+        key: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        for key, value in invocation_metadata(name, ctx)
+    }
 
 
 class FunctionHost:
-    """A function and its route on the process's worker host; ``start``/``stop`` are idempotent."""
+    """A function, its routes on the process's worker host (invocations, events) and the
+    announcement of its subscriptions; ``start``/``stop`` are idempotent."""
 
     def __init__(
-        self, workers: WorkerHost, namespace: str, spec: FunctionSpec, *, cache_dir: Path | None, inline_fuel: int
+        self, workers: WorkerHost, config: Config, function: FunctionConfig, *, cache_dir: Path | None
     ) -> None:
+        spec = function.spec()
         self.function = Function(
-            spec, BusDispatcher(workers.bus, namespace), cache_dir=cache_dir, inline_fuel=inline_fuel
+            spec, BusDispatcher(workers.bus, config.namespace), cache_dir=cache_dir, inline_fuel=config.wasm.inline_fuel
         )
+        self.config = function
         self._workers = workers
-        self._ns = namespace
-        self._route: Route | None = None
+        self._ns = config.namespace
+        # Calls at once, invocations and events together: one lane each.
+        self._gate = asyncio.Semaphore(spec.limits.concurrency)
+        self.events = FunctionEvents(self.function, config.namespace, self._gate)
+        specs = function.event_specs()
+        self._announcer = (
+            Announcer(config, Forwarder(workers.bus, config), None, app_id=spec.name, specs=specs) if specs else None
+        )
+        self._routes: list[Route] = []
         self._state = "new"
 
     @property
@@ -108,8 +117,7 @@ class FunctionHost:
         await self.function.start()
 
     def route(self) -> Route:
-        """The route of the function's invocations, in the queue group an app's sidecars would join;
-        its own bound is the function's concurrency."""
+        """The route of the function's invocations, in the queue group an app's sidecars would join."""
         observer = observe.OBSERVER
         name = f"function/{self.name}"
         handler = self.serve if observer is None else observer.route(lambda ctx: name, self.serve)
@@ -119,36 +127,52 @@ class FunctionHost:
             handler,
             f"invocations of function {self.name}",
             local=invoke_stem(self._ns, self.name),
-            gate=asyncio.Semaphore(self.function.spec.limits.concurrency),
+            gate=self._gate,
         )
 
     async def open(self) -> None:
-        """Join the function's queue group (idempotent)."""
-        if self._state != "running" or self._route is not None or not self.function.spec.invoke:
+        """Join the function's queue groups and announce its subscriptions (idempotent). Opened even
+        when no version loaded: invocations then answer the reason at once, and events wait."""
+        if self._state != "running" or self._routes:
             return
-        self._route = await self._workers.serve(self.route())
+        if self.function.spec.invoke:
+            self._routes.append(await self._workers.serve(self.route()))
+        if self._announcer is not None:
+            self._routes.append(await self._workers.serve(self.events.route()))
+            await self._announcer.start()
 
     async def serve(self, op: str, payload: bytes, ctx: RequestContext) -> bytes:
         """An invocation of the function's name, as the worker host hands it to any handler."""
         if op != "invoke":
             raise Unimplemented(f"function {self.name} has no operation {op!r}")
-        return await self.function.answer(payload, invocation_metadata(self.name, ctx), ctx.deadline)
+        return await self.function.answer(payload, function_metadata(self.name, ctx), ctx.deadline)
 
     async def stop(self) -> None:
-        """Leave the queue group (answering what was routed here), then stop the function."""
+        """Withdraw the subscriptions, leave the queue groups (answering what was routed here),
+        then stop the function."""
         if self._state != "running":
             self._state = "stopped"
             return
         self._state = "stopped"
-        route, self._route = self._route, None
-        if route is not None:
-            await self._workers.leave(route)
+        if self._announcer is not None:
+            await self._announcer.stop()
+        routes, self._routes = self._routes, []
+        await asyncio.gather(*(self._workers.leave(route) for route in routes))
         await self.function.stop()
 
     def row(self) -> dict[str, Any]:
         """The function as metadata shows it."""
         fn = self.function
-        row: dict[str, Any] = {"name": fn.name, "status": fn.status, "invoke": fn.spec.invoke, "digest": fn.digest}
+        row: dict[str, Any] = {
+            "name": fn.name,
+            "status": fn.status,
+            "invoke": fn.spec.invoke,
+            "subscriptions": [
+                {"pubsubname": s.pubsub, "topic": s.topic, "deadLetterTopic": s.deadLetterTopic or ""}
+                for s in self.config.subscribe
+            ],
+            "digest": fn.digest,
+        }
         if fn.status != "ok":
             row["reason"] = fn.reason
         return row
@@ -166,15 +190,9 @@ class SidecarFunctions:
 
     def __init__(self, config: Config, workers: WorkerHost) -> None:
         self._config = config
-        cache = config.wasm.cache_dir or str(Path(config.data_dir) / "wasm-cache")
-        self.cache_dir = Path(cache)
+        self.cache_dir = config.wasm.cache_path()
         self._watched = [
-            _Watched(
-                FunctionHost(
-                    workers, config.namespace, fc.spec(), cache_dir=self.cache_dir, inline_fuel=config.wasm.inline_fuel
-                ),
-                Path(fc.module),
-            )
+            _Watched(FunctionHost(workers, config, fc, cache_dir=self.cache_dir), Path(fc.module))
             for fc in config.functions
         ]
         self._task: asyncio.Task[None] | None = None

@@ -118,6 +118,19 @@ def metadata_of(headers: dict[str, str] | None) -> Metadata:
     return found
 
 
+def invocation_metadata(app_id: str, ctx: RequestContext) -> Metadata:
+    """The metadata the target of an invocation gets, an app's ``OnInvoke`` and a function's meta
+    alike: the caller's as it came, then the callee's and the caller's app ids and the traceparent,
+    taken from what l8 knows (the subject, its own headers), never from a header the caller set."""
+    found: Metadata = [(key, value) for key, value in metadata_of(ctx.headers) if key not in NOT_METADATA]
+    found.append((CALLEE_APP_ID, app_id))
+    if ctx.app_id:
+        found.append((CALLER_APP_ID, ctx.app_id))
+    if ctx.traceparent and _printable(ctx.traceparent):
+        found.append((HDR_TRACEPARENT, ctx.traceparent))
+    return found
+
+
 @dataclass(slots=True, frozen=True)
 class Invocation:
     """An app's answer: ``InvokeResponse`` bytes and the metadata the app sent with them."""
@@ -323,11 +336,7 @@ class InvokeHandler:
 
     async def __call__(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
         remaining = ctx.remaining()
-        metadata: list[tuple[str, str | bytes]] = [(CALLEE_APP_ID, self.app_id), *metadata_of(ctx.headers)]
-        if ctx.app_id:
-            metadata.append((CALLER_APP_ID, ctx.app_id))
-        if ctx.traceparent and _printable(ctx.traceparent):
-            metadata.append((HDR_TRACEPARENT, ctx.traceparent))
+        metadata = invocation_metadata(self.app_id, ctx)
         grpc_method = ctx.headers.get(HDR_GRPC_METHOD) if ctx.headers else None
         try:
             if grpc_method is not None:

@@ -16,11 +16,13 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from bridges.errors import InvalidArgument
+from bus.subjects import request_subject
 from handlers.pubsub_specs import MAX_CONCURRENCY as MAX_SPEC_CONCURRENCY
 from handlers.pubsub_specs import Spec, SpecError, dead_letter_default, metadata_int
 from runtime.app_channel import AppCallError, AppChannel, AppSubscription
@@ -97,13 +99,23 @@ def spec_for_stream(
 
 
 class Announcer:
-    """``start``/``stop`` are idempotent."""
+    """``start``/``stop`` are idempotent. A sidecar's announces for its app; with ``app_id`` and
+    ``specs`` one announces those specs for that app id instead (a function's, under its name)."""
 
-    def __init__(self, config: Config, forwarder: Forwarder, app: AppChannel | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        forwarder: Forwarder,
+        app: AppChannel | None,
+        *,
+        app_id: str | None = None,
+        specs: Sequence[Spec] | None = None,
+    ) -> None:
         self._config = config
         self._forwarder = forwarder
         self._app = app
-        self.app_id = config.app.id
+        self.app_id = app_id or config.app.id
+        self._given = None if specs is None else list(specs)
         self.instance = uuid.uuid4().hex[:16]
         self._timeout = config.delivery_timeout
         # origin -> (pubsub, target, topic) -> spec
@@ -198,7 +210,10 @@ class Announcer:
         if self._started:
             return
         self._started = True
-        specs = [s for s in (self._accept("config", sub) for sub in self._config.subscriptions) if s is not None]
+        if self._given is not None:
+            specs = self._given
+        else:
+            specs = [s for s in (self._accept("config", sub) for sub in self._config.subscriptions) if s is not None]
         self._set("config", specs)
         self._tasks.append(asyncio.create_task(self._announcing(), name="l8-announce-subscriptions"))
         if self._app is not None:
@@ -215,12 +230,13 @@ class Announcer:
         if not self._started:
             return
         payload = orjson.dumps({"instance": self.instance})
-        for pubsub in self._forwarder.components("pubsub"):
+        for pubsub in sorted(set(self._forwarder.components("pubsub")) | self._pubsubs()):
             with contextlib.suppress(FrontError):
                 await self._call(pubsub, "withdraw", payload, timeout=1.0)
 
     async def _call(self, pubsub: str, op: str, payload: bytes, timeout: float = _CALL_TIMEOUT) -> bytes:
-        subject = self._forwarder.subject("pubsub", pubsub, op)
+        # The announcer's app id is the caller token: workers take the subscriptions' owner from it.
+        subject = request_subject(self._forwarder.namespace, "pubsub", pubsub, op, self.app_id)
         return await self._forwarder.call(subject, payload, timeout=timeout, what=f"pub/sub component {pubsub!r}")
 
     async def _announce(self, pubsub: str) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -12,6 +13,19 @@ from handlers.proto import runtime_pb2_grpc
 from runtime.config import Config
 from runtime.sidecar import Sidecar
 from tests.servers import KafkaServer, Server, running, start_nats, start_redis, start_tansu
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wasm_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Compiled functions go to a cache of the session's own, not the user's (the l8 processes the
+    tests start inherit it)."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,23 @@
 """The FaaS fleet as users run it: `l8 wasm deploy|list|rm` and two `l8 worker --wasm` processes on
-a real nats-server; a sidecar (in process) serves the state the functions use and the callers'
-InvokeService."""
+a real nats-server; a sidecar (in process) serves the state the functions use, the callers'
+InvokeService and PublishEvent, and its pub/sub worker delivers the functions' events."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from bridges.protocols import StateStore
 from handlers.proto import runtime_pb2 as pb
 from runtime.sidecar import Sidecar
 from tests import wasm_modules as mods
@@ -34,7 +37,12 @@ def guests() -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 async def front(nats_server: Server) -> AsyncIterator[Sidecar]:
-    config = sidecar_config(nats_server.url, {"statestore": {"kind": "state", "type": "nats.kv"}})
+    components = {
+        "statestore": {"kind": "state", "type": "nats.kv"},
+        # Its pub/sub worker delivers the deployed functions' events to the workers.
+        "pubsub": {"kind": "pubsub", "type": "nats.jetstream"},
+    }
+    config = sidecar_config(nats_server.url, components)
     sidecar = Sidecar(config)
     await sidecar.start()
     yield sidecar
@@ -88,13 +96,15 @@ async def invoke(front: Sidecar, name: str, data: bytes, timeout: float = 10.0) 
     return out
 
 
-def deploy(nats_server: Server, front: Sidecar, name: str, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def deploy(
+    nats_server: Server, front: Sidecar, name: str, path: Path, *extra: str, invoke: bool = True
+) -> subprocess.CompletedProcess[str]:
     return l8(
         "wasm",
         "deploy",
         name,
         str(path),
-        "--invoke",
+        *(["--invoke"] if invoke else []),
         *extra,
         "--bus",
         nats_server.url,
@@ -116,6 +126,11 @@ async def test_deploy_refuses_an_invalid_module_or_flag_with_the_reason(
     assert out.returncode == 1 and "over the cap of 16 MiB" in out.stderr
     out = await asyncio.to_thread(deploy, nats_server, front, "bad-fn", path, "--allow-publish", "orders")
     assert out.returncode == 2 and "not PUBSUB/TOPIC" in out.stderr
+    path.write_bytes(mods.ECHO)
+    out = await asyncio.to_thread(deploy, nats_server, front, "bad-fn", path, "--subscribe", "pubsub/orders")
+    assert out.returncode == 1 and "does not export 'l8_on_event', which its subscriptions need" in out.stderr
+    out = await asyncio.to_thread(deploy, nats_server, front, "bad-fn", path, "--dead-letter-topic", "dead")
+    assert out.returncode == 2 and "need --subscribe" in out.stderr
     listed = await asyncio.to_thread(
         l8, "wasm", "list", "--bus", nats_server.url, "--namespace", front.config.namespace
     )
@@ -187,3 +202,80 @@ async def test_every_worker_serves_a_deploy_shares_its_invocations_swaps_a_redep
         l8, "wasm", "rm", name, "--bus", nats_server.url, "--namespace", front.config.namespace
     )
     assert out.returncode == 1 and f"no function named {name!r}" in out.stderr
+
+
+async def publish(front: Sidecar, topic: str, *items: bytes) -> None:
+    channel, stub = native_stub(front)
+    async with channel:
+        for data in items:
+            await stub.PublishEvent(pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=data), timeout=30)
+
+
+def rows_of(nats_server: Server, front: Sidecar, name: str) -> list[dict[str, Any]]:
+    out = l8("subscriptions", "--bus", nats_server.url, "--namespace", front.config.namespace, "--json")
+    assert out.returncode == 0, out.stderr
+    return [r for r in json.loads(out.stdout) if r["app"] == name]
+
+
+async def test_workers_share_a_deployed_functions_events_and_one_killed_mid_event_hands_it_to_the_other(
+    nats_server: Server, front: Sidecar, workers: Workers, tmp_path: Path
+) -> None:
+    workers.start(2)
+    name, topic = unique("events"), unique("ticks")
+    path = tmp_path / "verdict.wasm"
+    path.write_bytes(mods.VERDICT)
+    out = await asyncio.to_thread(
+        deploy, nats_server, front, name, path, "--subscribe", f"pubsub/{topic}", invoke=False
+    )
+    assert out.returncode == 0, out.stderr
+
+    async def announced_by_both() -> bool:
+        rows = await asyncio.to_thread(rows_of, nats_server, front, name)
+        return bool(rows) and len(rows[0]["instances"]) == 2 and rows[0]["state"] == "delivering"
+
+    deadline = time.monotonic() + 60
+    while not await announced_by_both():
+        assert time.monotonic() < deadline, "the workers did not both announce the function"
+        await asyncio.sleep(0.1)
+    (row,) = await asyncio.to_thread(rows_of, nats_server, front, name)
+    assert (row["origin"], row["topic"], row["target"]) == ("function", topic, "app")
+    ticks = [f"ok-{i}".encode() for i in range(20)]
+    await publish(front, topic, *ticks)
+
+    def seen() -> list[set[str]]:
+        return [{t.decode() for t in ticks if f"function {name}: {t.decode()}\n" in log} for log in workers.logs()]
+
+    await wait_for(lambda: set().union(*seen()) == {t.decode() for t in ticks}, "every event reached a worker")
+    assert all(seen()), "one worker got none of the events"
+    doc = json.loads(
+        (
+            await asyncio.to_thread(
+                l8, "asyncapi", "--deployed", "--bus", nats_server.url, "--namespace", front.config.namespace
+            )
+        ).stdout
+    )
+    assert any(f"function {name!r} by l8_on_event" in c.get("description", "") for c in doc["channels"].values())
+
+    # A redeploy of the same name: a module that holds its first event until it is killed.
+    hold = tmp_path / "hold.wasm"
+    hold.write_bytes(mods.HOLD)
+    extra = ("--subscribe", f"pubsub/{topic}", "--event-timeout-ms", "3000", "--timeout-ms", "120000")
+    out = await asyncio.to_thread(
+        deploy, nats_server, front, name, hold, *extra, "--allow-state", "statestore", invoke=False
+    )
+    assert out.returncode == 0, out.stderr
+    await wait_for(
+        lambda: all(log.count(f"function {name} serves") == 2 for log in workers.logs()), "the redeploy was not served"
+    )
+    await publish(front, topic, b"once")
+    await wait_for(lambda: any(f"function {name}: held" in log for log in workers.logs()), "no worker holds it")
+    (holder,) = [proc for (proc, _), log in zip(workers.procs, workers.logs(), strict=True) if f"{name}: held" in log]
+    holder.kill()
+    holder.wait()
+    assert front.components is not None
+    store = next(s.bridge for s in front.components.served if s.name == "statestore")
+    assert isinstance(store, StateStore)
+    deadline = time.monotonic() + 60
+    while await store.get(f"{name}||done") is None:
+        assert time.monotonic() < deadline, "the other worker did not finish the event"
+        await asyncio.sleep(0.05)

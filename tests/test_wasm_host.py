@@ -17,6 +17,7 @@ from handlers.functions import INLINE_FUEL, Allow, Function, FunctionSpec, Limit
 from handlers.proto import runtime_pb2 as pb
 from handlers.wasm.abi import Op, Status
 from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionLimit, FunctionTimeout, FunctionUnavailable
+from runtime.function_config import FunctionConfig
 from runtime.functions import BusDispatcher, FunctionHost
 from runtime.sidecar import Sidecar
 from tests import wasm_modules as mods
@@ -163,10 +164,9 @@ async def test_publish_invoke_and_configuration_get_reach_their_building_blocks(
     # sidecar does (here through local dispatch, the sidecar's default).
     target = FunctionHost(
         sidecar.workers,
-        sidecar.config.namespace,
-        FunctionSpec(unique("echo")),
+        sidecar.config,
+        FunctionConfig(name=unique("echo"), invoke=True),
         cache_dir=tmp_path / "cache",
-        inline_fuel=sidecar.config.wasm.inline_fuel,
     )
     await target.start()
     await target.function.load(mods.ECHO)
@@ -349,17 +349,6 @@ async def test_a_function_without_a_loaded_module_answers_unavailable_with_the_r
         assert time.monotonic() - began < 5  # answered at once, not at a deadline
     finally:
         await fn.stop()
-
-
-async def test_compiled_modules_are_cached_on_disk_by_content(
-    guests: dict[str, Path], tmp_path: Path, make_function: MakeFunction
-) -> None:
-    wasm = guests["go"].read_bytes()
-    first = await make_function(wasm, allow=ORDERS_ALLOW)
-    second = await make_function(wasm, allow=ORDERS_ALLOW)
-    assert first.version is not None and second.version is not None
-    assert (first.version.cached, second.version.cached) == (False, True)
-    assert len(list((tmp_path / "cache").glob(f"{first.digest}-*.cwasm"))) == 1
 
 
 @pytest.mark.parametrize("where", mods.WHERE)

@@ -141,3 +141,64 @@ HOST_BAD_POINTER = invoke_module(
 def echo_version(tag: int) -> bytes:
     """An echo module that answers ``tag`` (a different module for each tag)."""
     return invoke_module(f"(i64.store (i32.const 0) (i64.const {tag})) (i64.const 8)")
+
+
+def event_module(body: str, *, data: str = "", invoke: str | None = None) -> bytes:
+    """A module whose l8_on_event is ``body`` (params $p $n, result i64; locals $data $len hold the
+    event's data, $end is free), input at 65536, scratch from 1024; ``data`` adds data segments below 1024, and
+    ``invoke`` an l8_on_invoke body of the same shape."""
+    prologue = """(local $data i32) (local $len i32) (local $end i32)
+    (local.set $data (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
+    (local.set $len (i32.sub (i32.add (local.get $p) (local.get $n)) (local.get $data)))"""
+    on_invoke = (
+        f'(func (export "l8_on_invoke") (param $p i32) (param $n i32) (result i64) {prologue} {invoke})'
+        if invoke is not None
+        else ""
+    )
+    return wat(
+        f"""(module {_IMPORTS}
+  (memory (export "memory") 4)
+  {data}
+  (func (export "l8_alloc") (param i32) (result i32) (i32.const 65536))
+  ;; u32 len | bytes of len at src, written at dst; answers the end
+  (func $field (param $dst i32) (param $src i32) (param $len i32) (result i32)
+    (i32.store (local.get $dst) (local.get $len))
+    (memory.copy (i32.add (local.get $dst) (i32.const 4)) (local.get $src) (local.get $len))
+    (i32.add (i32.add (local.get $dst) (i32.const 4)) (local.get $len)))
+  (func (export "l8_on_event") (param $p i32) (param $n i32) (result i64) {prologue} {body})
+  {on_invoke})"""
+    )
+
+
+# Logs the event's data, then answers by its first byte: "r" RETRY, "d" DROP, "t" traps, else SUCCESS.
+VERDICT = event_module(
+    """(call $log (i32.const 1) (local.get $data) (local.get $len))
+    (if (i32.eq (i32.load8_u (local.get $data)) (i32.const 114)) (then (return (i64.const -1))))
+    (if (i32.eq (i32.load8_u (local.get $data)) (i32.const 100)) (then (return (i64.const -2))))
+    (if (i32.eq (i32.load8_u (local.get $data)) (i32.const 116)) (then unreachable))
+    (i64.const 0)"""
+)
+
+# The first time it sees an event (no state key "held" yet) it sets "held", logs "holding" and
+# loops until its deadline; once "held" is set it sets "done" and succeeds. Both keys in store
+# `statestore`, under the function's own prefix.
+_STATESTORE = '(data (i32.const 16) "statestore") (data (i32.const 32) "held") (data (i32.const 48) "done")'
+HOLD = event_module(
+    """(local.set $end (call $field (i32.const 1024) (i32.const 16) (i32.const 10)))
+    (local.set $end (call $field (local.get $end) (i32.const 32) (i32.const 4)))
+    (if (i64.eq (call $call (i32.const 1) (i32.const 1024) (i32.sub (local.get $end) (i32.const 1024))
+                            (i32.const 4096) (i32.const 64)) (i64.const -1))
+      (then
+        (local.set $end (call $field (local.get $end) (i32.const 32) (i32.const 4)))
+        (drop (call $call (i32.const 2) (i32.const 1024) (i32.sub (local.get $end) (i32.const 1024))
+                          (i32.const 4096) (i32.const 64)))
+        (call $log (i32.const 1) (i32.const 32) (i32.const 4))
+        (loop $forever (br $forever))))
+    (local.set $end (call $field (i32.const 1024) (i32.const 16) (i32.const 10)))
+    (local.set $end (call $field (local.get $end) (i32.const 48) (i32.const 4)))
+    (local.set $end (call $field (local.get $end) (i32.const 48) (i32.const 4)))
+    (drop (call $call (i32.const 2) (i32.const 1024) (i32.sub (local.get $end) (i32.const 1024))
+                      (i32.const 4096) (i32.const 64)))
+    (i64.const 0)""",
+    data=_STATESTORE,
+)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import wasmtime
 
 ABI = "l8/1"
@@ -150,7 +151,7 @@ def _func_sig_of(sig: tuple[list[wasmtime.ValType], list[wasmtime.ValType]]) -> 
 
 def encode_input(meta: Mapping[str, Any], data: bytes) -> bytes:
     """``u32 meta_len | meta JSON | data``."""
-    encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+    encoded = orjson.dumps(meta)
     return b"".join((_U32.pack(len(encoded)), encoded, data))
 
 
