@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from bridges.errors import L8Error
-from bridges.protocols import PubSub, Received
+from bridges.protocols import EventSource, Received
 
 log = logging.getLogger("l8.handlers.pubsub")
 
@@ -32,7 +32,7 @@ class Settler:
 
     def __init__(
         self,
-        bridge: PubSub,
+        bridge: EventSource,
         *,
         dead_letter_topic: str | None,
         max_deliveries: int = 0,

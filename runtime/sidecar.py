@@ -34,11 +34,11 @@ from bus.auth import redact
 from bus.board import Board
 from bus.stream import serve_streams
 from handlers.base import guarded
-from handlers.pubsub import PubSubHandler
 from handlers.pubsub_registry import Deliveries
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.auth import http_context
+from runtime.binding_events import BindingAnswers
 from runtime.components import Components
 from runtime.config import Config
 from runtime.event_router import BusRouter
@@ -196,11 +196,16 @@ class Sidecar:
             # Events and subscription discovery get a channel of their own: asking a starting app
             # for its subscriptions must not put the invocations' connection into backoff.
             self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+        forwarder = Forwarder(self.bus, cfg)
         self.events = EventServer(
-            self.workers, cfg.namespace, cfg.app.id, self.event_channel, concurrency=cfg.concurrency
+            self.workers,
+            cfg.namespace,
+            cfg.app.id,
+            self.event_channel,
+            concurrency=cfg.concurrency,
+            answers=BindingAnswers(forwarder).carry_out,
         )
         await self.events.start()
-        forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
@@ -225,20 +230,26 @@ class Sidecar:
         await self.announcer.start()
 
     async def _start_deliveries(self) -> None:
-        """The pub/sub handlers of this process deliver the subscriptions announced on the bus."""
+        """The pub/sub and input binding handlers of this process deliver the subscriptions
+        announced on the bus: a pub/sub handler its broker's topics, an input binding's handler
+        (``source``) the binding's events."""
         assert self.components is not None and self.bus is not None
-        pubsubs = [s for s in self.components.served if isinstance(s.handler, PubSubHandler)]
-        if not pubsubs:
+        sources = []
+        for served in self.components.served:
+            # Looked up by attribute: a handler may be wrapped (runtime/secretrefs.py's Redacting).
+            registry = getattr(served.handler, "registry", None)
+            source = served.bridge if served.api == "pubsub" else getattr(served.handler, "source", None)
+            if registry is not None and source is not None:
+                sources.append((served.name, source, registry))
+        if not sources:
             return
         self.board = Board(
             self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
         )
         router = BusRouter(self.bus, self.config.namespace)
-        for served in pubsubs:
-            handler = served.handler
-            assert isinstance(handler, PubSubHandler)
-            deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
-            handler.deliveries = deliveries
+        for name, source, registry in sources:
+            deliveries = Deliveries(name, source, router, self.board, self.worker_id, self._health_of)
+            registry.deliveries = deliveries
             self.deliveries.append(deliveries)
             await deliveries.start()
 
