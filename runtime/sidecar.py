@@ -1,7 +1,7 @@
 """Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
 
 Start order: embedded bus → bus connection → components → worker host (handlers; the pub/sub
-handlers' deliveries) → watchers and the health probes (supervised) → the app's invocations and
+and input binding handlers' deliveries) → watchers and the health probes (supervised) → the app's invocations and
 events (when the app has a callback) → gRPC and HTTP servers (a worker: its health port, when it
 has one) → the announcement of the app's subscriptions, last, so events flow only once everything
 they may call back into is up.
