@@ -1,13 +1,17 @@
 """Pub/sub benchmark: `python -m bench.pubsub [--events N]`.
 
 Everything on loopback, started and stopped here: one nats-server (JetStream, file storage), an
-l8 sidecar in this process, and an app callback server (plain asyncio gRPC) in a child process.
-Rows, each beside its comparison measured in the same run:
+l8 sidecar in this process, an app callback server (plain asyncio gRPC) in a child process, and
+for the worker rows an `l8 worker --handlers pubsub` child process. Rows, each beside its
+comparison measured in the same run:
 - publish throughput, native and Dapr PublishEvent, beside the gRPC floor (a no-op health check
   to the same server, same concurrency);
-- events/s delivered to the app, unary (OnTopicEvent) and bulk (OnBulkTopicEvent), beside a
-  FastStream in-process JetStream pull consumer reading the same stream;
-- publish → app latency p50/p99, one event at a time.
+- events/s delivered to the app, unary (OnTopicEvent) and bulk (OnBulkTopicEvent), by the
+  sidecar's own pub/sub worker ("standalone": the event's hop to the app's sidecar is local),
+  beside a FastStream in-process JetStream pull consumer reading the same stream;
+- the same through an independent `l8 worker` (the front runs `--workers none`, every event crosses
+  the bus to it), beside the standalone figure;
+- publish → app latency p50/p99, one event at a time, standalone and through a worker.
 """
 
 from __future__ import annotations
@@ -40,19 +44,19 @@ async def app_main(port: int, expect: dict[str, int]) -> None:
 
     counts: dict[str, int] = {}
     first: dict[str, float] = {}
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {}
 
     def note(topic: str, data: bytes, n: int = 1) -> None:
         now = time.time()
         if topic not in first:
             first[topic] = now
         counts[topic] = counts.get(topic, 0) + n
-        if topic == "latency":
-            latencies.append(now - json.loads(data)["t"])
+        if topic.endswith("latency"):
+            latencies.setdefault(topic, []).append(now - json.loads(data)["t"])
         if counts[topic] == expect.get(topic):
             line: dict[str, Any] = {"topic": topic, "count": counts[topic], "first": first[topic], "last": now}
-            if topic == "latency":
-                line["latencies"] = latencies
+            if topic.endswith("latency"):
+                line["latencies"] = latencies[topic]
             print(json.dumps(line), flush=True)
 
     class App(ac_grpc.AppCallbackServicer):
@@ -135,20 +139,61 @@ class AppProcess:
             self.proc.wait()
 
 
-def config(bus_url: str, app_port: int, subscriptions: list[dict[str, Any]]) -> Any:
+def config(bus_url: str, app_port: int, subscriptions: list[dict[str, Any]], **extra: Any) -> Any:
+    """The sidecar's config; ``component=`` replaces the JetStream pub/sub component."""
     from runtime.config import Config
 
-    return Config.model_validate(
-        {
-            "app": {"id": APP_ID, "callback": f"127.0.0.1:{app_port}"},
-            "namespace": NS,
-            "bus": {"url": bus_url},
-            "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "log_level": "warning",
-            "components": {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}},
-            "subscriptions": subscriptions,
-        }
-    )
+    return Config.model_validate(raw_config(bus_url, app_port, subscriptions, **extra))
+
+
+def raw_config(
+    bus_url: str,
+    app_port: int,
+    subscriptions: list[dict[str, Any]],
+    component: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "app": {"id": APP_ID, "callback": f"127.0.0.1:{app_port}"},
+        "namespace": NS,
+        "bus": {"url": bus_url},
+        "server": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "log_level": "warning",
+        "components": {"pubsub": component or {"kind": "pubsub", "type": "nats.jetstream"}},
+        "subscriptions": subscriptions,
+        **extra,
+    }
+
+
+class Worker:
+    """`l8 worker --handlers pubsub` as a user starts it, ready once its log says so."""
+
+    def __init__(self, bus_url: str, tmp: Path, component: dict[str, Any] | None = None) -> None:
+        import yaml
+
+        from bench.procs import spawn, venv_bin
+
+        path = tmp / f"worker-{time.monotonic_ns()}.yaml"
+        cfg = raw_config(bus_url, 0, [])
+        del cfg["app"]
+        if component is not None:
+            cfg["components"] = {"pubsub": component}
+        path.write_text(yaml.safe_dump({**cfg, "log_level": "info"}))
+        self.log = tmp / f"worker-{time.monotonic_ns()}.log"
+        args = [venv_bin("l8"), "worker", "--config", str(path), "--bus", bus_url, "--handlers", "pubsub"]
+        self.proc = spawn(args, self.log)
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "ready in" not in (self.log.read_text() if self.log.exists() else ""):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start:\n{self.log.read_text()}")
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        from bench.procs import stop
+
+        stop(self.proc)
 
 
 async def bulk_fill(stub: Any, topic: str, n: int) -> None:
@@ -219,10 +264,12 @@ async def main(n: int) -> None:
     from runtime.sidecar import Sidecar
 
     tmp = Path(tempfile.mkdtemp(prefix="l8-bench-pubsub-"))
-    nats = EmbeddedNats(tmp / "nats", name="bench")
+    # No credentials: they cost only at connect, and this bench measures the bus itself.
+    nats = EmbeddedNats(tmp / "nats", name="bench", auth=False)
     await nats.start()
     rounds = 3
-    expect = {f"{kind}{r}": n for r in range(rounds) for kind in ("unary", "bulk")} | {"latency": 300}
+    kinds_all = ("unary", "bulk", "wunary", "wbulk")
+    expect = {f"{kind}{r}": n for r in range(rounds) for kind in kinds_all} | {"latency": 300, "wlatency": 300}
     app = AppProcess(expect)
     await app.start()
     rows: list[tuple[str, str, str]] = []
@@ -262,8 +309,8 @@ async def main(n: int) -> None:
                 ("publish, Dapr PublishEvent (64 in flight)", f"{dap:,.0f}/s", f"gRPC floor {floor:,.0f}/s"),
             ]
             for r in range(rounds):
-                await bulk_fill(native, f"unary{r}", n)
-                await bulk_fill(native, f"bulk{r}", n)
+                for kind in kinds_all:
+                    await bulk_fill(native, f"{kind}{r}", n)
         await publisher.stop()
 
         # Phase 2: deliver what is waiting; FastStream reads the same topic of the same stream with
@@ -288,38 +335,75 @@ async def main(n: int) -> None:
                 l8_rate = n / (got["last"] - got["first"])
                 best[("l8", kind)] = max(best.get(("l8", kind), 0.0), l8_rate)
                 best[("fs", kind)] = max(best.get(("fs", kind), 0.0), fs)
+        # Phase 2b: the same through an independent worker; the front has no pub/sub worker.
+        worker = Worker(nats.url, tmp)
+        try:
+            await worker.ready()
+            for r in range(rounds):
+                for kind, sub in kinds.items():
+                    topic = f"w{kind}{r}"
+                    front = Sidecar(
+                        config(nats.url, app.port, [{"pubsub": "pubsub", "topic": topic, **sub}], workers="none")
+                    )
+                    await front.start()
+                    got = await app.result(90)
+                    await front.stop()
+                    assert got["topic"] == topic and got["count"] == n, got
+                    best[("worker", kind)] = max(best.get(("worker", kind), 0.0), n / (got["last"] - got["first"]))
+        finally:
+            worker.stop()
         for kind in kinds:
             what = "OnTopicEvent, concurrency 64" if kind == "unary" else "OnBulkTopicEvent, 100 per call"
             fs_what = "PullSub 100/fetch, per message" if kind == "unary" else "PullSub 100/fetch, batch=True"
             l8_rate, fs = best[("l8", kind)], best[("fs", kind)]
             rows.append(
                 (
-                    f"deliver {kind} ({what})",
+                    f"deliver {kind}, standalone ({what})",
                     f"{l8_rate:,.0f}/s",
                     f"FastStream in-process consumer ({fs_what}) {fs:,.0f}/s = {l8_rate / fs:.2f}x",
                 )
             )
-
-        # Phase 3: latency, one event at a time.
-        sidecar = Sidecar(config(nats.url, app.port, [{"pubsub": "pubsub", "topic": "latency", "concurrency": 1}]))
-        await sidecar.start()
-        assert sidecar.grpc is not None
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc.port}") as channel:
-            native = runtime_pb2_grpc.RuntimeStub(channel)
-            for _ in range(expect["latency"]):
-                data = json.dumps({"t": time.time()}).encode()
-                await native.PublishEvent(
-                    pb.PublishEventRequest(
-                        pubsub_name="pubsub", topic="latency", data=data, data_content_type="application/json"
-                    )
+        for kind in kinds:
+            w = best[("worker", kind)]
+            rows.append(
+                (
+                    f"deliver {kind}, through an l8 worker",
+                    f"{w:,.0f}/s",
+                    f"standalone {best[('l8', kind)]:,.0f}/s = {w / best[('l8', kind)]:.2f}x",
                 )
-                await asyncio.sleep(0.002)
-            got = await app.result(60)
-        await sidecar.stop()
-        lat = sorted(got["latencies"])
-        p50 = statistics.median(lat) * 1000
-        p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-        rows.append(("publish → app latency (one at a time)", f"p50 {p50:.2f} ms", f"p99 {p99:.2f} ms"))
+            )
+
+        # Phase 3: latency, one event at a time, standalone and through a worker.
+        for topic, extra in (("latency", {}), ("wlatency", {"workers": "none"})):
+            worker = Worker(nats.url, tmp) if extra else None
+            if worker is not None:
+                await worker.ready()
+            sidecar = Sidecar(
+                config(nats.url, app.port, [{"pubsub": "pubsub", "topic": topic, "concurrency": 1}], **extra)
+            )
+            await sidecar.start()
+            assert sidecar.grpc is not None
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc.port}") as channel:
+                    native = runtime_pb2_grpc.RuntimeStub(channel)
+                    for _ in range(expect[topic]):
+                        data = json.dumps({"t": time.time()}).encode()
+                        await native.PublishEvent(
+                            pb.PublishEventRequest(
+                                pubsub_name="pubsub", topic=topic, data=data, data_content_type="application/json"
+                            )
+                        )
+                        await asyncio.sleep(0.002)
+                    got = await app.result(60)
+            finally:
+                await sidecar.stop()
+                if worker is not None:
+                    worker.stop()
+            lat = sorted(got["latencies"])
+            p50 = statistics.median(lat) * 1000
+            p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+            where = "through an l8 worker" if extra else "standalone"
+            rows.append((f"publish → app latency, {where} (one at a time)", f"p50 {p50:.2f} ms", f"p99 {p99:.2f} ms"))
     finally:
         app.stop()
         await nats.stop()
@@ -328,6 +412,9 @@ async def main(n: int) -> None:
     print(
         f"pub/sub on JetStream (file storage), {n} events of {len(PAYLOAD)} B, loopback, os.cpu_count={os.cpu_count()}"
     )
+    from bench.procs import loadavg
+
+    print(f"  (load average at the end: {loadavg()})")
     for name, value, comparison in rows:
         print(f"  {name:<{width}}  {value:>14}   {comparison}")
 

@@ -6,7 +6,10 @@ Each figure is measured twice in turn, l8's bridge and the raw driver doing the 
 - publish: N messages of SIZE bytes in batches of BATCH (bridge ``publish_batch`` vs aiokafka
   ``send()`` futures gathered / a non-transactional pipeline of ``XADD``),
 - fetch+ack: the same N read back by a new group and settled one by one (bridge ``fetch`` + ``ack``
-  vs aiokafka ``getmany`` + ``commit`` per batch / ``XREADGROUP`` + ``XACK`` per batch).
+  vs aiokafka ``getmany`` + ``commit`` per batch / ``XREADGROUP`` + ``XACK`` per batch);
+- delivered to an app through an independent ``l8 worker --handlers pubsub`` (a front-only sidecar
+  in this process, the app a child process as in bench/pubsub.py), unary (OnTopicEvent, 64 at once)
+  and bulk (OnBulkTopicEvent, 100 per call), beside the raw driver's consume rate above.
 
 Run: ``.venv/bin/python -m bench.pubsub_bridges [--messages N]``.
 """
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -167,6 +172,8 @@ async def bench_kafka(n: int) -> None:
                 subs[1].append(await kafka_raw_consume(server.url, theirs, n + 1))
             row("publish batch", *pubs, "aiokafka send() gathered")
             row("fetch + ack", *subs, "aiokafka getmany+commit")
+            component = {"kind": "pubsub", "type": "kafka", "metadata": meta}
+            delivery_rows(await Through(component).rates(pubsub, n), subs[1], "aiokafka getmany+commit")
         finally:
             await producer.stop()
             await pubsub.stop()
@@ -191,9 +198,68 @@ async def bench_redis(n: int) -> None:
                 subs[1].append(await redis_raw_consume(raw, theirs, n))
             row("publish batch", *pubs, "redis-py XADD pipeline")
             row("fetch + ack", *subs, "redis-py XREADGROUP+XACK")
+            component = {"kind": "pubsub", "type": "redis", "metadata": {"url": url}}
+            delivery_rows(await Through(component).rates(pubsub, n), subs[1], "redis-py XREADGROUP+XACK")
         finally:
             await raw.aclose()
             await pubsub.stop()
+
+
+class Through:
+    """A bus, an app and an ``l8 worker`` for one broker's delivery rows."""
+
+    def __init__(self, component: dict[str, Any]) -> None:
+        self.component = component
+        self.tmp = Path(tempfile.mkdtemp(prefix="l8-bench-bridges-"))
+
+    async def rates(self, pubsub: PubSub, n: int) -> dict[str, float]:
+        from bench.pubsub import PAYLOAD, AppProcess, Worker, config
+        from bus import EmbeddedNats
+        from handlers.pubsub_envelope import wrap
+        from runtime.sidecar import Sidecar
+
+        kinds = {
+            "unary": {"concurrency": 64},
+            "bulk": {"concurrency": 8, "bulk": {"enabled": True, "maxMessages": 100, "maxAwaitMs": 50}},
+        }
+        topics = {kind: name(kind) for kind in kinds}
+        for topic in topics.values():
+            out = wrap("pubsub", 1 << 20, topic, PAYLOAD, "application/json", {}, _Caller(), "bench")
+            for start in range(0, n, BATCH):
+                results = await pubsub.publish_batch(topic, [(out.data, out.headers)] * min(BATCH, n - start))
+                assert all(r is None for r in results), results
+        nats = EmbeddedNats(self.tmp / "nats", name="bench", auth=False)
+        await nats.start()
+        app = AppProcess(dict.fromkeys(topics.values(), n))
+        await app.start()
+        worker = Worker(nats.url, self.tmp, self.component)
+        found: dict[str, float] = {}
+        try:
+            await worker.ready()
+            for kind, sub in kinds.items():
+                subs = [{"pubsub": "pubsub", "topic": topics[kind], **sub}]
+                front = Sidecar(config(nats.url, app.port, subs, component=self.component, workers="none"))
+                await front.start()
+                got = await app.result(120)
+                await front.stop()
+                found[kind] = n / (got["last"] - got["first"])
+        finally:
+            worker.stop()
+            app.stop()
+            await nats.stop()
+        return found
+
+
+class _Caller:
+    app_id = "bench"
+    traceparent = None
+
+
+def delivery_rows(found: dict[str, float], raw: list[float], raw_name: str) -> None:
+    b = sorted(raw)[len(raw) // 2]
+    for kind, rate in found.items():
+        what = f"via worker, {kind}"
+        print(f"  {what:<22} l8 {rate:>9,.0f} ev/s   {raw_name:<26} {b:>9,.0f} msg/s   ratio {rate / b:.2f}")
 
 
 async def main() -> None:
@@ -206,4 +272,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

@@ -253,6 +253,44 @@ async def start_l8(
     return L8Process(proc, grpc_port, http_port, ready, nats_pids[0])
 
 
+@dataclass(slots=True)
+class Split:
+    """A front-only sidecar (`l8 run --workers none`) and one `l8 worker --handlers state` on a shared bus."""
+
+    front: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    grpc_port: int
+
+
+async def start_split(work: Path, cleanup: Cleanup, nats_url: str) -> Split:
+    grpc_port, http_port = procs.free_port(), procs.free_port()
+    config = {
+        "app": {"id": APP_ID},
+        "namespace": "split",
+        "bus": {"url": nats_url},
+        "server": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
+        "workers": "none",
+        "data_dir": str(work / "l8-split"),
+        "log_level": "warning",
+        "components": {STORE: {"kind": "state", "type": "nats.kv"}},
+    }
+    path = work / "l8-split.yaml"
+    path.write_text(json.dumps(config, indent=2))
+    l8 = procs.venv_bin("l8")
+    worker = cleanup.add(
+        procs.spawn([l8, "worker", "--config", str(path), "--handlers", "state"], work / "l8-split-worker.log")
+    )
+    front = cleanup.add(procs.spawn([l8, "run", "--config", str(path)], work / "l8-split-front.log"))
+    deadline = time.perf_counter() + 30
+    while not await _healthz(http_port):
+        if front.poll() is not None or worker.poll() is not None:
+            raise RuntimeError(f"the split l8 exited; see {work}/l8-split-*.log")
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the split l8 was not ready within 30 s")
+        await asyncio.sleep(0.005)
+    return Split(front, worker, grpc_port)
+
+
 def stop_l8(l8: L8Process, cleanup: Cleanup) -> None:
     cleanup.stop(l8.proc)
     deadline = time.monotonic() + 5
@@ -399,9 +437,11 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
             raise RuntimeError("the key is missing")
         return value
 
+    print("l8 front (--workers none) + l8 worker on the bench's nats-server", file=sys.stderr, flush=True)
+    split = await start_split(work, cleanup, nats_url)
     channels = {
         port: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        for port in (noop_port, snats_port, sredis_port, *(l8.grpc_port for l8 in l8s))
+        for port in (noop_port, snats_port, sredis_port, split.grpc_port, *(l8.grpc_port for l8 in l8s))
     }
     try:
         targets: list[tuple[Measured, Call]] = [
@@ -429,6 +469,19 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
             if not st.variant:
                 targets.append((Measured(f"l8 GetState Dapr API → {where}"), dapr))
             natives.append(native)
+        ch = channels[split.grpc_port]
+        for attempt in range(200):  # the worker may still be joining its queue group
+            try:
+                await save_state(ch)
+                break
+            except grpc.aio.AioRpcError:
+                if attempt == 199:
+                    raise
+                await asyncio.sleep(0.05)
+        for method, what in ((NATIVE_METHOD, "native"), (DAPR_METHOD, "Dapr")):
+            call = grpc_call(ch, method, native_req if what == "native" else dapr_req)
+            await check(call, pb.GetStateResponse.FromString)
+            targets.append((Measured(f"l8 GetState {what} API → NATS KV, front + l8 worker"), call))
 
         await measure(targets, s)
 
@@ -451,6 +504,8 @@ async def run(s: Settings, work: Path, cleanup: Cleanup) -> tuple[list[Measured]
         await rc.aclose()
     for l8 in l8s:
         stop_l8(l8, cleanup)
+    cleanup.stop(split.front)
+    cleanup.stop(split.worker)
     return [row for row, _ in targets], stats, cpu
 
 

@@ -139,6 +139,11 @@ class Subscription(Protocol):
         """Up to ``max_messages``, waiting at most ``timeout`` seconds for the first; [] if none."""
         ...
 
+    async def keep_alive(self) -> None:
+        """Keep this member's hold on what it fetched and has not handed out yet (and its place in
+        the group), for a subscriber that fetches less often than the broker's lease."""
+        ...
+
     async def close(self) -> None:
         """Stop fetching; unsettled messages go back to the broker for redelivery."""
         ...

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
     from bridges.protocols import Component
 
@@ -26,6 +27,9 @@ class BridgeEnv:
     namespace: str
     app_id: str
     on_reopen: Callable[[Callable[[], Awaitable[None]]], None] | None = None
+    # A request with nats-py's ``Client.request`` signature and errors, cheaper per call (the bus's
+    # one inbox per connection); the NATS bridges fall back to the driver's own when it is None.
+    request: Callable[..., Awaitable[Msg]] | None = None
 
 
 Factory = Callable[[str, dict[str, str], BridgeEnv], "Component"]

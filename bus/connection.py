@@ -34,6 +34,7 @@ from bus.errors import (
     PayloadTooLarge,
     RemoteError,
 )
+from bus.replies import Replies
 
 log = logging.getLogger("l8.bus")
 
@@ -108,8 +109,12 @@ class Bus:
         start_timeout: float = 10.0,
         auth: BusAuth | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        inbox_prefix: str | None = None,
     ) -> None:
         self._servers = list(servers)
+        # Replies come to inboxes of this identity's own (bus/subjects.py inbox_prefix), which a
+        # secured bus lets no other identity read.
+        self._inbox_prefix = inbox_prefix
         self._name = name
         self._connect_timeout = connect_timeout
         self._start_timeout = start_timeout
@@ -122,6 +127,7 @@ class Bus:
         self._state = State.NEW
         self._lock = asyncio.Lock()
         self._subs: set[BusSubscription] = set()
+        self.replies = Replies(self)
         self._reopening: asyncio.Task[None] | None = None
         self._last_error: str = ""
         self._warned: dict[str, float] = {}
@@ -161,6 +167,7 @@ class Bus:
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
             "closed_cb": self._on_closed,
+            **({"inbox_prefix": self._inbox_prefix} if self._inbox_prefix else {}),
             **self._auth.connect_options(),
         }
 
@@ -226,15 +233,15 @@ class Bus:
     ) -> Msg:
         self._check(subject)
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(subject, timeout) from None
+            msg, nobody = await self.replies.ask(subject, payload, timeout, headers)
         except nats.errors.MaxPayloadError:
             raise PayloadTooLarge(subject, len(payload), self.nc.max_payload) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
             raise BusClosed(str(exc) or "the bus connection is closed") from None
+        if msg is None:
+            raise BusTimeout(subject, timeout)
+        if nobody:
+            raise NoResponders(subject)
         hdrs = msg.headers
         if hdrs is not None:
             code = hdrs.get(HDR_CODE)

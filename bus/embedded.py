@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from bus import credentials
 from bus.auth import BusAuth
+from bus.permissions import Permissions
 
 log = logging.getLogger("l8.bus.embedded")
 
@@ -78,6 +81,7 @@ class EmbeddedNats:
         name: str = "l8",
         ready_timeout: float = 15.0,
         auth: bool = True,
+        users: list[tuple[str, Permissions]] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -90,7 +94,9 @@ class EmbeddedNats:
         self._pid_path = self.data_dir / "nats-server.pid"
         self._conf_path = self.data_dir / "nats-server.conf"
         self._auth = auth
-        # What clients must present: generated once per data dir by start() (bus/credentials.py).
+        # The users start() registers (bus/credentials.py); without any, one that may do anything.
+        self._users = users or [("l8", credentials.ALL)]
+        # What the first of them presents: generated once per data dir by start().
         self.credentials: BusAuth | None = None
 
     @property
@@ -111,21 +117,24 @@ class EmbeddedNats:
             self.port = free_port(self.host)
         if not self.monitor_port:
             self.monitor_port = free_port(self.host)
-        args = [
-            binary,
-            "-a", self.host,
-            "-p", str(self.port),
-            "-m", str(self.monitor_port),
-            "-js",
-            "-sd", str(self.data_dir / "jetstream"),
-            "-n", self.name,
-            "-P", str(self._pid_path),
-        ]  # fmt: skip
+        # Every setting in the config file, none in argv: a reload (when another process registered
+        # its user) rereads the file alone, and refuses to run when argv set what the file does not.
+        settings = [
+            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+            f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
+            f"server_name: {json.dumps(self.name)}",
+            f"pid_file: {json.dumps(str(self._pid_path))}",
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
+        ]
         if self._auth:
-            self.credentials = credentials.load_or_create(self.data_dir)
-            # In a file of mode 0600, not in argv, where any local user could read it.
-            credentials.write_private(self._conf_path, credentials.server_config(self.credentials))
-            args += ["-c", str(self._conf_path)]
+            # In files of mode 0600, not in argv, where any local user could read them.
+            for i, (user, permissions) in enumerate(self._users):
+                auth, _changed = credentials.register(self.data_dir, user, permissions)
+                if i == 0:
+                    self.credentials = auth
+            settings.append(f"include {json.dumps(credentials.CONF)}")
+        credentials.write_private(self._conf_path, "\n".join(settings) + "\n")
+        args = [binary, "-c", str(self._conf_path)]
         logfile = open(self._log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, at start only
         try:
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - preexec_fn needs Popen; it returns at once
@@ -158,6 +167,10 @@ class EmbeddedNats:
             log.warning("nats-server pid %s ignored SIGTERM; killing it", proc.pid)
             proc.kill()
             proc.wait()
+
+    def reload(self) -> bool:
+        """Have the running server read its config again (after a user was registered)."""
+        return reload(self.data_dir)
 
     async def _wait_for_previous(self, timeout: float = 10.0) -> None:
         """Wait for a server of an earlier l8 on this data dir to finish exiting.
@@ -207,3 +220,16 @@ class EmbeddedNats:
         except OSError:
             return "(no log)"
         return " | ".join(lines[-5:])
+
+
+def reload(directory: Path) -> bool:
+    """Send SIGHUP to the embedded nats-server of ``directory`` (nats-server reloads its config on
+    it); False when none runs there."""
+    try:
+        pid = int((Path(directory) / "nats-server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not _is_nats_server(pid):
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True

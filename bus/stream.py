@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from bus import subjects
 from bus.codec import Reply, RequestContext
 from bus.connection import Bus
 from bus.errors import BusError, StreamBroken
@@ -42,7 +44,7 @@ from bus.worker import Handler
 _MAGIC = b"l8-stream/1"
 # Where an end may be told to send: a reply inbox, never another subject (a crafted opening
 # request must not make a worker publish into l8's requests or JetStream's API).
-_INBOX = re.compile(r"^_INBOX\.[A-Za-z0-9_-]{1,64}$")
+_INBOX = re.compile(r"^_INBOX(\.[A-Za-z0-9_-]{1,64}){1,6}$")
 UPLOAD = "u"
 DOWNLOAD = "d"
 DEFAULT_WINDOW = 8
@@ -381,7 +383,9 @@ async def accept_stream(bus: Bus, payload: bytes, *, idle: float = DEFAULT_IDLE)
         return Accepted(stream, body, nothing)
     if not _INBOX.match(token):
         raise StreamBroken("INVALID_ARGUMENT", "the request names no reply inbox for its stream")
-    mine = bus.nc.new_inbox()
+    # Not an inbox of this connection's own prefix: the caller sends here, and a secured bus lets
+    # callers send only to stream inboxes, named so nobody else can guess them.
+    mine = f"{subjects.STREAM_INBOXES}.{secrets.token_urlsafe(18)}"
     sub = await bus.nc.subscribe(f"{mine}.>", cb=events_into(inbox, len(mine) + 1))
     stream._link = NatsLink(bus, token)
 

@@ -20,6 +20,11 @@ header that anyone could forge:
 - ``l8.<ns>.changes.<api>.<component>``: changes a component's workers push to every front
   (configuration).
 
+Replies come to inboxes of the receiver's own: ``_INBOX.a.<ns>.<app>.…`` for an app's sidecars,
+``_INBOX.w.<ns>.…`` for workers, ``_INBOX.c.<ns>.…`` for the CLI, so the bus can let each read only
+its own (bus/permissions.py). The handler's end of a stream (bus/stream.py) listens on
+``_INBOX.s.<random>``, which callers may send to but nobody can guess.
+
 A *stem* is a subject without its last two tokens (``op.caller``, or ``pubsub.topic key``): the part
 that names the route, which local dispatch looks up.
 """
@@ -110,3 +115,16 @@ def op_of(subject: str) -> str:
 def caller_of(subject: str) -> str:
     """The last token of a request or invocation subject: the caller's app id."""
     return subject.rpartition(".")[2]
+
+
+INBOX = "_INBOX"
+STREAM_INBOXES = "_INBOX.s"
+# The kinds of bus identities: an app's sidecar, a worker, the CLI.
+SIDECAR, WORKER, CLI = "a", "w", "c"
+
+
+def inbox_prefix(kind: str, ns: str, app: str = "") -> str:
+    """The reply inboxes of one identity (nats-py's ``inbox_prefix``)."""
+    if kind == SIDECAR:
+        return f"{INBOX}.{SIDECAR}.{ns}.{app}"
+    return f"{INBOX}.{kind}.{ns}"

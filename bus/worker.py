@@ -29,6 +29,8 @@ from bus.errors import BusTimeout, RemoteError
 
 log = logging.getLogger("l8.bus.worker")
 
+_INBOX = subjects.INBOX + "."
+
 Handler = Callable[[str, bytes, RequestContext], Awaitable["bytes | Reply"]]
 
 
@@ -222,7 +224,12 @@ class WorkerHost:
         await self._send(msg.reply, reply.data, reply.headers, route)
 
     async def _send(self, to: str, data: bytes, headers: dict[str, str] | None, route: Route) -> None:
-        if not to:
+        if not to.startswith(_INBOX):
+            # A reply goes to the requester's inbox only: a request naming another subject as its
+            # reply would make this process publish there under its own rights (a request as
+            # another app, say), so it gets no answer.
+            if to:
+                log.debug("%s: no reply to %.64s, which is not an inbox", route.name, to)
             return
         try:
             await self._bus.nc.publish(to, data, headers=headers)
@@ -238,11 +245,14 @@ class WorkerHost:
         the handler, which the host still drains on stop."""
         ctx = self._context(route, subject, headers, timeout)
         gate = route.gate or self._sem
-        try:
-            async with asyncio.timeout(max(0.0, ctx.remaining())):
-                await gate.acquire()
-        except TimeoutError:
-            raise BusTimeout(subject, timeout) from None
+        if gate.locked():
+            try:
+                async with asyncio.timeout(max(0.0, ctx.remaining())):
+                    await gate.acquire()
+            except TimeoutError:
+                raise BusTimeout(subject, timeout) from None
+        else:
+            await gate.acquire()  # a free slot: taken at once, no timer needed
         task = asyncio.create_task(self._run_local(route, ctx, data))
         route.tasks.add(task)
         task.add_done_callback(functools.partial(_release, route, gate))

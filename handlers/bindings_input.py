@@ -79,6 +79,9 @@ class _Events:
     async def fetch(self, max_messages: int, timeout: float) -> list[Received]:
         return [_Event(self._name, r) for r in await self._sub.fetch(max_messages, timeout)]
 
+    async def keep_alive(self) -> None:
+        await self._sub.keep_alive()
+
     async def close(self) -> None:
         await self._sub.close()
 

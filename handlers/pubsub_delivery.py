@@ -141,7 +141,7 @@ class DeliveryLoop:
         sub = await self._bridge.subscribe(
             spec.topic, spec.app, max_in_flight=window, ordered=spec.ordered and not spec.bulk
         )
-        keeper = asyncio.create_task(self._keep_leases(), name=f"l8-lease-{self.component}-{spec.topic}")
+        keeper = asyncio.create_task(self._keep_leases(sub), name=f"l8-lease-{self.component}-{spec.topic}")
         self._report(spec, "delivering", "")
         log.info(
             "delivering %s (%s, concurrency %d%s)",
@@ -205,7 +205,7 @@ class DeliveryLoop:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: a delivery failed unexpectedly", self._what, exc_info=task.exception())
 
-    async def _keep_leases(self) -> None:
+    async def _keep_leases(self, sub: Subscription) -> None:
         lease = self._bridge.limits.lease_seconds
         if not lease:
             return
@@ -215,6 +215,10 @@ class DeliveryLoop:
             held = list(self._held)
             if held:
                 await asyncio.gather(*(r.touch() for r in held), return_exceptions=True)
+            try:
+                await sub.keep_alive()
+            except L8Error as exc:
+                log.debug("%s: keeping the subscription alive failed: %s", self._what, exc)
 
     async def _hand_back(self, batch: Sequence[Received]) -> None:
         for received in batch:
@@ -298,14 +302,14 @@ class DeliveryLoop:
                 await self._settle(received, Verdict.RETRY, why or "the target asked to retry")
 
     async def _deliver_one(self, received: Received) -> None:
-        event_id = received.ref
+        delivery: Delivery | None = None
         try:
             delivery = await self._prepare(received)
             if delivery is None:
                 return
-            event_id = delivery.event.id
             await self._offer([delivery])
         except Exception as exc:
+            event_id = delivery.event.id if delivery is not None else received.ref
             if received in self._held:
                 await self._poison(received, event_id, f"{type(exc).__name__}: {exc}")
             else:

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,7 +138,8 @@ def wrap(
     event.setdefault("traceid", tp)
     if ttl is not None:
         event["expiration"] = _rfc3339(time.time() + ttl)
-    headers[HDR_TRACEPARENT] = tp
+    # No traceparent header: the envelope carries it, and a message without headers costs less to
+    # every broker client that reads it.
     body = _dumps(event)
     if len(body) > limit:
         raise InvalidArgument(
@@ -183,22 +184,73 @@ class MalformedEvent(InvalidArgument):
     pass
 
 
-@dataclass(slots=True)
-class Event:
-    """An event as the app sees it: the envelope's attributes and the data as bytes."""
+_UNSET: Any = object()
 
-    id: str
-    source: str
-    type: str
-    specversion: str
-    datacontenttype: str
-    data: bytes
-    topic: str
-    pubsubname: str
-    extensions: dict[str, Any] = field(default_factory=dict)
-    traceparent: str | None = None
-    expires_at: float | None = None
-    envelope: dict[str, Any] = field(default_factory=dict)
+
+class Event:
+    """An event as the app sees it: the envelope's attributes and the data as bytes.
+
+    The data of a JSON event and the extensions are worked out from the envelope when first read:
+    a pub/sub worker routes most events without either, and the app's sidecar reads them once.
+    """
+
+    __slots__ = (
+        "_data",
+        "_extensions",
+        "datacontenttype",
+        "envelope",
+        "expires_at",
+        "id",
+        "pubsubname",
+        "source",
+        "specversion",
+        "topic",
+        "traceparent",
+        "type",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        source: str,
+        type: str,
+        specversion: str,
+        datacontenttype: str,
+        data: bytes | None,
+        topic: str,
+        pubsubname: str,
+        extensions: dict[str, Any] | None = None,
+        traceparent: str | None = None,
+        expires_at: float | None = None,
+        envelope: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.source = source
+        self.type = type
+        self.specversion = specversion
+        self.datacontenttype = datacontenttype
+        self._data = _UNSET if data is None else data
+        self.topic = topic
+        self.pubsubname = pubsubname
+        self._extensions = _UNSET if extensions is None else extensions
+        self.traceparent = traceparent
+        self.expires_at = expires_at
+        self.envelope = envelope if envelope is not None else {}
+
+    @property
+    def data(self) -> bytes:
+        if self._data is _UNSET:
+            value = self.envelope.get("data")
+            self._data = _dumps(value) if value is not None else b""
+        data: bytes = self._data
+        return data
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        if self._extensions is _UNSET:
+            self._extensions = {k: v for k, v in self.envelope.items() if k not in _CORE}
+        found: dict[str, Any] = self._extensions
+        return found
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
@@ -234,6 +286,7 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str, raw_
     if not isinstance(envelope, dict):
         raise MalformedEvent("the message is not a JSON object")
     content_type = str(envelope.get("datacontenttype") or "")
+    data: bytes | None
     if "data_base64" in envelope:
         try:
             data = base64.b64decode(envelope["data_base64"])
@@ -244,7 +297,7 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str, raw_
     elif isinstance(envelope["data"], str) and not is_json_type(content_type):
         data = envelope["data"].encode()
     else:
-        data = _dumps(envelope["data"])
+        data = None  # JSON, serialized again when read
     expiration = envelope.get("expiration")
     found = envelope.get("traceparent")
     return Event(
@@ -258,7 +311,6 @@ def decode(raw: bytes, headers: Mapping[str, str], pubsub: str, topic: str, raw_
         # topic's handler, and the app's handler lookup goes by (pubsub, topic, path).
         topic=topic,
         pubsubname=pubsub,
-        extensions={k: v for k, v in envelope.items() if k not in _CORE},
         traceparent=traceparent or (found if isinstance(found, str) else None),
         expires_at=_parse_time(expiration) if isinstance(expiration, str) else None,
         envelope=envelope,

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from bus.subjects import TOKEN
 from runtime import __version__
 from runtime.config import API_NAMES, Config, ConfigError, load_config
 
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     subs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     subs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+    users = sub.add_parser(
+        "nats-users", help="print the nats-server users and permissions of an external bus (docs/security.md)"
+    )
+    users.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
+    users.add_argument("--namespace", help="the namespace on the bus (namespace)")
+    users.add_argument("--sidecar", action="append", default=[], help="an app whose sidecars run no handlers")
+    users.add_argument("--sidecar-with-workers", action="append", default=[], help="an app whose sidecars run handlers")
+    users.add_argument("--worker", action="append", default=[], help="a user for `l8 worker` and `l8 wasm`")
+    users.add_argument("--reader", action="append", default=[], help="a user for `l8 subscriptions`")
+
     conf = sub.add_parser("config", help="convert configs")
     conf_sub = conf.add_subparsers(dest="config_command", required=True)
     layotto = conf_sub.add_parser("from-layotto", help="print an l8 config made from a Layotto JSON config")
@@ -108,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("app", {})["id"] = args.app_id
     if getattr(args, "app_port", None) is not None:
         overrides.setdefault("app", {})["callback"] = f"127.0.0.1:{args.app_port}"
-    if args.bus:
+    if getattr(args, "bus", None):
         overrides.setdefault("bus", {})["url"] = args.bus
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
@@ -120,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["namespace"] = args.namespace
     if getattr(args, "concurrency", None):
         overrides["concurrency"] = args.concurrency
-    if args.log_level:
+    if getattr(args, "log_level", None):
         overrides["log_level"] = args.log_level
     if args.command == "worker" and args.http_port is not None:
         overrides.setdefault("server", {})["worker_http"] = f"127.0.0.1:{args.http_port}"
@@ -239,6 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "subscriptions":
         return _subscriptions(config, args.json)
+    if args.command == "nats-users":
+        from runtime.bus_identity import render_users
+
+        for app in (*args.sidecar, *args.sidecar_with_workers):
+            if not TOKEN.match(app):
+                print(f"l8: {app[:64]!r} is not an app id (letters, digits, '_' and '-')", file=sys.stderr)
+                return 2
+        print(
+            render_users(
+                config,
+                sidecars=args.sidecar,
+                sidecars_with_workers=args.sidecar_with_workers,
+                workers=args.worker,
+                readers=args.reader,
+            ),
+            end="",
+        )
+        return 0
     if args.command == "asyncapi":
         from runtime.asyncapi import render
 

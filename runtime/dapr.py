@@ -15,7 +15,7 @@ import grpc
 
 from bridges.errors import Code
 from runtime import native
-from runtime.forward import Forwarder, FrontError, abort, forwarding_handler
+from runtime.forward import Forwarder, FrontError, abort, forwarding_handler, parse
 from runtime.metadata import Metadata
 
 SERVICE = "dapr.proto.runtime.v1.Dapr"
@@ -88,7 +88,7 @@ def dapr_service(
     async def set_metadata(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         from dapr.proto.runtime.v1 import metadata_pb2
 
-        req = metadata_pb2.SetMetadataRequest.FromString(request)
+        req = await parse(metadata_pb2.SetMetadataRequest, request, context)
         try:
             metadata.set(req.key, req.value)
         except FrontError as exc:

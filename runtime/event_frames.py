@@ -3,7 +3,7 @@
 One event: the broker message's bytes as they came, with the few facts the target needs in
 headers: ``l8-topic`` (the subscription's topic), ``l8-path`` (the route picked by the worker's
 rules), ``l8-raw`` and ``l8-id`` for a raw payload (so the target uses the id the worker logged),
-``traceparent`` and ``l8-attempt``. A bulk batch: the same headers plus ``l8-bulk`` (the count),
+and ``traceparent``. A bulk batch: the same headers plus ``l8-bulk`` (the count),
 and a payload of entries ``u8 flags | u16 id length | id | u32 data length | data`` (flag 1: raw).
 Names that are not plain printable ASCII travel base64url-encoded under a ``-b64`` header.
 
@@ -25,7 +25,6 @@ from handlers.pubsub_envelope import HDR_RAW, Event, MalformedEvent, decode
 HDR_TOPIC = "l8-topic"
 HDR_PATH = "l8-path"
 HDR_ID = "l8-id"
-HDR_ATTEMPT = "l8-attempt"
 HDR_BULK = "l8-bulk"
 HDR_WHY = "l8-why"
 _B64 = "-b64"
@@ -70,7 +69,6 @@ def request(batch: Sequence[Delivery], topic: str, timeout: float, bulk: bool) -
             headers[HDR_ID] = event.id
         if event.traceparent and event.traceparent.isascii() and event.traceparent.isprintable():
             headers[HDR_TRACEPARENT] = event.traceparent
-        headers[HDR_ATTEMPT] = str(received.attempt)
         return received.data, headers
     headers[HDR_BULK] = str(len(batch))
     parts: list[bytes] = []

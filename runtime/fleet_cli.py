@@ -96,8 +96,13 @@ async def run_wasm(args: argparse.Namespace, config: Config) -> int:
         except OSError as exc:
             print(f"l8: wasm deploy: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-    bus = Bus(config.bus.servers, name="l8-wasm")
+    from runtime import bus_identity
+
+    # Deploying code is an operator's act: `l8 wasm` is a worker of the namespace on the bus.
+    identity = bus_identity.of(config, bus_identity.WORKER)
     try:
+        auth = await bus_identity.auth_for(config, identity, config.bus.servers)
+        bus = Bus(config.bus.servers, name="l8-wasm", auth=auth, inbox_prefix=identity.inbox)
         await bus.start()
     except Exception as exc:
         print(f"l8: wasm {args.verb}: cannot reach the bus at {config.bus.url}: {exc}", file=sys.stderr)

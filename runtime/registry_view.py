@@ -82,7 +82,12 @@ def rows_of(notices: dict[str, bytes]) -> list[dict[str, Any]]:
 
 
 async def collect(config: Config) -> list[dict[str, Any]]:
-    bus = Bus(bus_servers(config), name="l8-subscriptions", connect_timeout=3.0)
+    from runtime import bus_identity
+
+    servers = bus_servers(config)
+    identity = bus_identity.of(config, bus_identity.CLI)
+    auth = await bus_identity.auth_for(config, identity, servers)
+    bus = Bus(servers, name="l8-subscriptions", connect_timeout=3.0, auth=auth, inbox_prefix=identity.inbox)
     await bus.start()
     try:
         board = Board(bus, f"l8_{config.namespace}_subscriptions")

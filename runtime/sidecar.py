@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from bridges.registry import BridgeEnv
-from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, credentials, subjects
+from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, subjects
 from bus.auth import redact
 from bus.board import Board
 from bus.stream import serve_streams
 from handlers.base import guarded
 from handlers.pubsub_registry import Deliveries
+from runtime import bus_identity
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.auth import http_context
@@ -116,20 +114,9 @@ class Sidecar:
                 await self.grpc.set_serving(self.health.ready)
             self._log_ready()
 
-    def _bus_auth(self) -> BusAuth:
-        cfg = self.config
-        if self.embedded is not None:
-            return self.embedded.credentials or BusAuth()
-        auth = cfg.bus.auth()
-        if not cfg.bus.has_auth and _loopback(cfg.bus.servers):
-            # A local worker joins the embedded bus of the sidecar whose data dir it shares.
-            local = credentials.read(Path(cfg.data_dir) / "nats")
-            if local is not None:
-                auth = replace(auth, user=local.user, password=local.password)
-        return auth
-
     async def _start(self) -> None:
         cfg = self.config
+        identity = bus_identity.of(cfg, bus_identity.SIDECAR if self.serve else bus_identity.WORKER, self.apis)
         if cfg.bus.embedded:
             self.embedded = EmbeddedNats(
                 Path(cfg.data_dir) / "nats",
@@ -137,20 +124,33 @@ class Sidecar:
                 monitor_port=cfg.bus.monitor_port,
                 name=cfg.app.id,
                 auth=cfg.bus.embedded_auth,
+                users=bus_identity.embedded_users(cfg, identity),
             )
             await self.embedded.start()
             servers = [self.embedded.url]
+            auth = self.embedded.credentials or BusAuth()
         else:
             servers = cfg.bus.servers
+            auth = await bus_identity.auth_for(cfg, identity, servers)
         role = "sidecar" if self.serve else "worker"
         self.bus = Bus(
-            servers, name=f"l8-{role}:{cfg.app.id}", start_timeout=cfg.bus.connect_timeout, auth=self._bus_auth()
+            servers,
+            name=f"l8-{role}:{cfg.app.id}",
+            start_timeout=cfg.bus.connect_timeout,
+            auth=auth,
+            inbox_prefix=identity.inbox,
         )
         await self.bus.start()
         self.health.set("bus", Status.UP)
         self.bus.add_status_listener(self._bus_status)
         self.health.listeners.append(self._readiness_changed)
-        env = BridgeEnv(self.bus.nc, cfg.namespace, cfg.app.id, on_reopen=self.bus.add_reopen_listener)
+        env = BridgeEnv(
+            self.bus.nc,
+            cfg.namespace,
+            cfg.app.id,
+            on_reopen=self.bus.add_reopen_listener,
+            request=self.bus.replies.request,
+        )
         self.components = Components(cfg, env, self.health)
         await self.components.start(self.apis)
         self.workers = WorkerHost(
@@ -367,16 +367,3 @@ async def _stop_deliveries(deliveries: Deliveries, left: float) -> None:
 
 async def _close(channel: AppChannel, left: float) -> None:
     await channel.close()
-
-
-def _loopback(servers: list[str]) -> bool:
-    for url in servers:
-        host = urlsplit(url).hostname or ""
-        if host == "localhost":
-            continue
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return False
-        except ValueError:
-            return False
-    return bool(servers)

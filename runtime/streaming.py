@@ -104,9 +104,11 @@ def stream_handler(forwarder: Forwarder, streams: Streams, messages: Messages) -
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            first = await anext(requests)
+            first = _decode(messages.request, await anext(requests))
         except StopAsyncIteration:
             return
+        except Exception:  # protobuf's DecodeError; the message classes are untyped
+            await abort(context, Code.INVALID_ARGUMENT, _UNDECODABLE)
         if first.WhichOneof("subscribe_topic_events_request_type") != "initial_request":
             await abort(context, Code.INVALID_ARGUMENT, "the first message of a subscription must be initial_request")
         init = first.initial_request
@@ -122,11 +124,13 @@ def stream_handler(forwarder: Forwarder, streams: Streams, messages: Messages) -
             await abort(context, exc.code, exc.message)
         except L8Error as exc:
             await abort(context, exc.code, str(exc))
-        reader = asyncio.create_task(_read(requests, session))
+        reader = asyncio.create_task(_read(requests, session, messages.request))
         try:
             yield messages.response(initial_response=messages.initial_response())
             async for event in session.events():
                 yield messages.response(event_message=messages.event(event))
+            if reader.done() and not reader.cancelled() and reader.result():
+                await abort(context, Code.INVALID_ARGUMENT, _UNDECODABLE)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -135,14 +139,28 @@ def stream_handler(forwarder: Forwarder, streams: Streams, messages: Messages) -
 
     return grpc.stream_stream_rpc_method_handler(
         subscribe,
-        request_deserializer=messages.request.FromString,
+        # Bytes in, decoded here: a message that is not one answers INVALID_ARGUMENT, where the
+        # framework's own decoding would answer UNKNOWN.
+        request_deserializer=None,
         response_serializer=lambda msg: msg.SerializeToString(),
     )
 
 
-async def _read(requests: AsyncIterator[Any], session: StreamSession) -> None:
+_UNDECODABLE = "a message of the subscription is not a valid SubscribeTopicEventsRequest"
+
+
+def _decode(request: Any, raw: bytes) -> Any:
+    return request.FromString(raw)
+
+
+async def _read(requests: AsyncIterator[bytes], session: StreamSession, request: Any) -> bool:
+    """Read the client's acknowledgements; True when one could not be decoded (the stream ends)."""
     try:
-        async for req in requests:
+        async for raw in requests:
+            try:
+                req = _decode(request, raw)
+            except Exception:  # protobuf's DecodeError
+                return True
             kind = req.WhichOneof("subscribe_topic_events_request_type")
             if kind == "event_processed":
                 session.processed(req.event_processed.id, req.event_processed.status.status)
@@ -153,3 +171,4 @@ async def _read(requests: AsyncIterator[Any], session: StreamSession) -> None:
     finally:
         # The client stopped sending: it can settle nothing more, so the stream ends.
         session.close()
+    return False

@@ -3,9 +3,11 @@
 A supervised task that crashes is logged with its traceback and its health indicator goes DOWN
 with the error as the reason; unless it was started with ``restart=False`` it is started again
 after a backoff that doubles up to ``max_backoff``, and the task itself reports UP once it works
-again (``Health.set``). Delivery loops, watchers, committers and keep-alives register here with
-``spawn``; the delivery manager (runtime/subscriber.py) is stopped first in the shutdown order
-(runtime/sidecar.py ``_stop``).
+again (``Health.set``). Watchers, committers and keep-alives register here with ``spawn``. Delivery
+loops do not: each pub/sub component's ``Deliveries`` (handlers/pubsub_registry.py) restarts its own
+loops with backoff and reports them to the same ``Health`` (``<component>-delivery``), since a loop's
+restart must follow the registry (a withdrawn subscription is not started again); they are stopped
+first in the shutdown order (runtime/sidecar.py ``_steps``).
 
 ``Budget`` spreads one overall shutdown timeout over the steps of an ordered shutdown: each step
 gets what is left, a step that overruns is cut and logged, and the next one still runs.

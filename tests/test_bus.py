@@ -173,7 +173,7 @@ async def test_the_embedded_server_starts_healthy_and_stops_by_pid(tmp_path: Pat
     assert pid is not None and alive(pid)
     # It requires the credentials it generated in its data dir, readable by their owner only.
     assert server.credentials is not None
-    for path in (tmp_path / "nats" / "credentials.json", tmp_path / "nats" / "nats-server.conf"):
+    for path in (tmp_path / "nats" / "credentials.json", tmp_path / "nats" / "users.conf"):
         assert path.stat().st_mode & 0o777 == 0o600
     assert server.credentials.password not in Path(f"/proc/{pid}/cmdline").read_text()
     stranger = Bus([server.url], start_timeout=1, connect_timeout=0.5)

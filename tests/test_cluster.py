@@ -1,8 +1,9 @@
 """l8 on a 3-node NATS cluster (configs/cluster.yaml, JetStream R3): sidecars and workers started
 together on a fresh cluster create their buckets and streams, and SIGKILL of the node that leads
-the state bucket under write load loses no acknowledged write while service resumes. The time to
-resume is printed, not asserted (the machine is shared); the test only waits with a generous bound.
-The pub/sub half of the load test comes with the event routing rework."""
+the state bucket under write load loses no acknowledged write while service resumes. The same
+for pub/sub: SIGKILL of the node that leads the event stream under publish load, every acknowledged
+event delivered, delivery resuming. The time to resume is printed, not asserted (the machine is
+shared); the tests only wait with a generous bound."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from handlers.proto import runtime_pb2 as pb
 from runtime.config import load_config
 from runtime.sidecar import Sidecar
 from tests.conftest import native_stub, unique
+from tests.pubsub_app import AppServer, RecordingApp
 from tests.servers import Cluster, start_cluster
 
 CONFIG = Path(__file__).parent.parent / "configs" / "cluster.yaml"
@@ -151,3 +153,87 @@ async def test_sigkill_of_the_leading_node_under_state_load_loses_no_acknowledge
             assert got.data == value, f"acknowledged write {key} lost"
     finally:
         await channel.close()
+
+
+async def _stream_leader(sidecar: Sidecar, stream: str) -> str:
+    assert sidecar.bus is not None
+    info = json.loads((await sidecar.bus.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)).data)
+    return str(info["cluster"]["leader"])
+
+
+async def test_sigkill_of_the_node_leading_the_event_stream_under_pubsub_load_loses_no_acknowledged_event(
+    cluster: Cluster, started: list[Sidecar]
+) -> None:
+    ns, app_id, topic = unique("ns"), unique("app"), unique("orders")
+    app = await AppServer(RecordingApp()).start()
+    try:
+        subscription = [{"pubsub": "pubsub", "topic": topic, "concurrency": 64}]
+        sidecars = [
+            Sidecar(config(url, ns, app_id, app={"id": app_id, "callback": app.address}, subscriptions=subscription))
+            for url in cluster.urls
+        ]
+        started.extend(sidecars)
+        await asyncio.gather(*(s.start() for s in sidecars))
+        victim = int((await _stream_leader(sidecars[0], f"L8_EVT_{ns}_pubsub")).removeprefix("n"))
+        acked: set[bytes] = set()
+        after_kill: set[bytes] = set()
+        stop = asyncio.Event()
+        killed_at: list[float] = []
+        delivered_at: dict[bytes, float] = {}
+
+        async def record() -> None:
+            seen = 0
+            while True:
+                async with app.app.changed:
+                    await app.app.changed.wait_for(lambda n=seen: len(app.app.deliveries) > n)
+                for d in app.app.deliveries[seen:]:
+                    delivered_at.setdefault(d.data, time.monotonic())
+                seen = len(app.app.deliveries)
+
+        async def publisher(s: int) -> None:
+            channel, stub = native_stub(sidecars[s])
+            n = 0
+            try:
+                while not stop.is_set():
+                    data = f"s{s}-{n}".encode()
+                    began = time.monotonic()
+                    try:
+                        await stub.PublishEvent(
+                            pb.PublishEventRequest(pubsub_name="pubsub", topic=topic, data=data), timeout=10
+                        )
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.05)  # failover: not acknowledged, so free to be lost
+                    else:
+                        acked.add(data)
+                        if killed_at and began > killed_at[0]:
+                            after_kill.add(data)
+                    n += 1
+            finally:
+                await channel.close()
+
+        recorder = asyncio.create_task(record())
+        publishers = [asyncio.create_task(publisher(s)) for s in range(3)]
+        try:
+            await asyncio.sleep(1.5)  # load before the kill
+            cluster.kill(victim)
+            killed_at.append(time.monotonic())
+            deadline = time.monotonic() + 90
+            while len([d for d in after_kill if delivered_at.get(d, 0) > killed_at[0]]) < 50:
+                assert time.monotonic() < deadline, f"delivery did not resume: {len(after_kill)} published after"
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.gather(*publishers)
+        deadline = time.monotonic() + 120
+        while not acked <= set(delivered_at):
+            assert time.monotonic() < deadline, f"acknowledged events never delivered: {len(acked - set(delivered_at))}"
+            await asyncio.sleep(0.1)
+        recorder.cancel()
+        first = min(delivered_at[d] for d in after_kill) - killed_at[0]
+        print(f"node n{victim} (the event stream's leader) killed; {len(acked)} events acknowledged, all delivered")
+        print(f"seconds from the kill to the first delivery of an event published after it: {first:.2f}")
+    finally:
+        await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
+        started.clear()
+        await app.stop()
+        cluster.start_node(victim)

@@ -64,6 +64,9 @@ class CronBinding:
         if env.nats is None:
             raise ValueError(f"{self._what}: the cron binding needs the bus connection")
         self._nc: Client = env.nats
+        self._request = env.request or env.nats.request
+        self._on_reopen = env.on_reopen
+        self._listening = False
         self.stream = f"L8_CRON_{env.namespace}_{name}"
         self._root = f"l8.{env.namespace}.cron.{name}"
         self._ack_wait = float(_int(metadata, "ackWaitSeconds", 30, 1, 86400, self._what))
@@ -95,7 +98,18 @@ class CronBinding:
             max_msgs_per_subject=self._max_pending,
             duplicate_window=_DUPLICATE_WINDOW,
         )
-        await ensure_stream(self._nc, config, self._timeout, f"{self._what}: opening stream {self.stream}")
+        await ensure_stream(self._nc, config, self._timeout, self._what)
+        if self._on_reopen is not None and not self._listening:
+            self._listening = True
+            self._on_reopen(self._reopened)
+
+    async def _reopened(self) -> None:
+        """The bus connection was opened anew: the fetch inboxes listen again."""
+        for sub in list(self._subs):
+            try:
+                await sub.open()
+            except Exception as exc:
+                log.warning("%s: no fetch inbox after the reopen: %s", self._what, exc)
 
     async def stop(self) -> None:
         for sub in list(self._tickers):
@@ -141,7 +155,7 @@ class CronBinding:
         }
         what = f"{self._what}: the tick of {rfc3339(at)}"
         with map_nats_errors(what):
-            reply = await self._nc.request(subject, b"", timeout=self._timeout, headers=headers)
+            reply = await self._request(subject, b"", timeout=self._timeout, headers=headers)
             check_pub_ack(reply.data, what)
 
 
@@ -179,6 +193,9 @@ class CronSubscription:
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Received]:
         return [_Tick(r) for r in await self._pull.fetch(max_messages, timeout)]
+
+    async def keep_alive(self) -> None:
+        await self._pull.keep_alive()
 
     async def close(self) -> None:
         ticker, self._ticker = self._ticker, None

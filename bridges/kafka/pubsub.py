@@ -151,6 +151,13 @@ class KafkaPubSub:
         if admin is not None:
             await admin.close()
 
+    async def ping(self) -> None:
+        """A metadata round trip to the brokers (the admin client's describe_cluster)."""
+        if self._admin is None:
+            raise BackendUnavailable(f"pubsub {self.name!r} is not started")
+        with map_kafka_errors(f"pubsub {self.name!r}: brokers {self._brokers}"):
+            await self._admin.describe_cluster()
+
     def _check(self, topic: str, data: bytes) -> None:
         if self._producer is None:
             raise BackendUnavailable(f"pubsub {self.name!r} is not started")
@@ -308,7 +315,7 @@ class KafkaReceived:
         return f"partition {self._part.tp.partition} offset {self.offset}"
 
     async def touch(self) -> None:
-        await self._sub.keep_alive()
+        """Nothing per message: the member holds its partitions while it polls (``keep_alive``)."""
 
 
 class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]

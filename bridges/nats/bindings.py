@@ -94,6 +94,9 @@ class NatsBinding:
         self._nc: Client | None = None if self._url else env.nats
         self._own = bool(self._url)
         self._subs: set[Any] = set()
+        # The bus's connection may be opened anew, without this binding's subscriptions.
+        self._on_reopen = None if self._own else env.on_reopen
+        self._listening = False
 
     def features(self) -> frozenset[str]:
         return frozenset()
@@ -122,7 +125,17 @@ class NatsBinding:
                 num_replicas=self._replicas,
                 max_age=self._max_age or None,
             )
-            await ensure_stream(self._nc, config, self._timeout, f"{self._what}: opening stream {self.stream}")
+            await ensure_stream(self._nc, config, self._timeout, self._what)
+        if self._on_reopen is not None and not self._listening:
+            self._listening = True
+            self._on_reopen(self._reopened)
+
+    async def _reopened(self) -> None:
+        for sub in list(self._subs):
+            try:
+                await sub.open()
+            except Exception as exc:
+                log.warning("%s: no subscription to %s after the reopen: %s", self._what, self.subject, exc)
 
     async def stop(self) -> None:
         for sub in list(self._subs):
@@ -265,6 +278,9 @@ class CoreSubscription:
         self._next_report = 0.0
 
     async def open(self) -> None:
+        """Subscribe (again, after the connection was opened anew)."""
+        if self._closed:
+            return
         with map_nats_errors(f"{self._what}: subscribing to {self._subject}"):
             self._sub = await self._nc.subscribe(
                 self._subject, queue=self._group, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
@@ -325,6 +341,9 @@ class CoreSubscription:
             except TimeoutError:
                 continue
         return []
+
+    async def keep_alive(self) -> None:
+        return None  # nothing to keep: core NATS holds no lease
 
     async def close(self) -> None:
         if self._closed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +42,22 @@ OPEN_PATIENCE = 60.0
 async def open_bucket(
     nc: Client, bucket: str, replicas: int, timeout: float, what: str, *, atomic: bool = False
 ) -> None:
+    await when_ready(
+        lambda: _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic),
+        f"{what}: opening bucket {bucket}",
+        f"{what}: bucket {bucket}",
+    )
+
+
+async def when_ready(attempt: Callable[[], Awaitable[None]], doing: str, what: str) -> None:
+    """Run ``attempt`` until JetStream answers it (for up to ``OPEN_PATIENCE`` seconds): while it
+    has no meta leader yet, or a stream no leader, it says it is not ready or nobody answers."""
     deadline = time.monotonic() + OPEN_PATIENCE
     delay = 0.1
     while True:
-        with map_nats_errors(f"{what}: opening bucket {bucket}"):
+        with map_nats_errors(doing):
             try:
-                await _open_bucket(nc, bucket, replicas, timeout, what, atomic=atomic)
+                await attempt()
                 return
             except nats.js.errors.APIError as exc:
                 if exc.err_code != JETSTREAM_NOT_READY and exc.code != 503:
@@ -54,9 +65,7 @@ async def open_bucket(
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 pass
         if time.monotonic() + delay > deadline:
-            raise BackendUnavailable(
-                f"{what}: bucket {bucket}: JetStream did not become available in {OPEN_PATIENCE:g}s"
-            )
+            raise BackendUnavailable(f"{what}: JetStream did not become available in {OPEN_PATIENCE:g}s")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 

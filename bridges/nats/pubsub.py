@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from bridges.errors import BackendUnavailable, InvalidArgument, L8Error
+from bridges.nats.buckets import when_ready
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.protocols import PubSubLimits, Received
 from bridges.registry import BridgeEnv
@@ -148,7 +149,14 @@ class JetStreamSubscription:
         self._unsettled: set[_Received] = set()
         self._closed = False
 
+    @property
+    def topic(self) -> str:
+        return self._topic
+
     async def open(self) -> None:
+        """Listen on the fetch inbox (again, after the connection was opened anew)."""
+        if self._closed:
+            return
         self._sub = await self._nc.subscribe(
             self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
@@ -200,6 +208,16 @@ class JetStreamSubscription:
             waited = 0 if len(self._buf) > before else waited + 1
         return self._take(n)
 
+    async def keep_alive(self) -> None:
+        """A pull may deliver after the fetch that sent it returned: what waits in the buffer for the
+        next fetch is held too, so its lease is renewed like that of a message handed out."""
+        for msg in list(self._buf):
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # the next fetch or the broker's redelivery sorts it out
+                log.debug("renewing a buffered message of %r failed: %s", self._topic, exc)
+                return
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -222,16 +240,21 @@ class JetStreamSubscription:
 
 async def ensure_stream(nc: Client, config: StreamConfig, timeout: float, what: str) -> None:
     """Create the stream ``config`` names unless it exists (as it is, whatever its config)."""
-    assert config.name is not None
+    name = config.name
+    assert name is not None
     js = nc.jetstream(timeout=timeout)
-    with map_nats_errors(what):
+
+    async def open_stream() -> None:
         try:
-            await js.stream_info(config.name)
+            await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(config)
             except nats.js.errors.BadRequestError:
-                await js.stream_info(config.name)  # another runtime created it first
+                await js.stream_info(name)  # another runtime created it first
+
+    # On a fresh cluster JetStream has no leader for a few seconds: wait as buckets do.
+    await when_ready(open_stream, f"{what}: opening stream {name}", f"{what}: stream {name}")
 
 
 async def pull_subscription(
@@ -291,6 +314,9 @@ class JetStreamPubSub:
         self._deliver_policy = DeliverPolicy.ALL if policy == "all" else DeliverPolicy.NEW
         self.limits = PubSubLimits(features=frozenset({"TTL", "ORDERED", "BULK"}), lease_seconds=self._ack_wait)
         self._subs: set[JetStreamSubscription] = set()
+        self._request = env.request or env.nats.request
+        self._on_reopen = env.on_reopen
+        self._listening = False
         self._publish_sem = asyncio.Semaphore(_PUBLISH_PARALLELISM)
 
     def features(self) -> frozenset[str]:
@@ -309,8 +335,26 @@ class JetStreamPubSub:
             max_bytes=self._max_bytes,
             allow_msg_ttl=True,
         )
-        await ensure_stream(self._nc, config, self._timeout, f"pub/sub {self.name!r}: opening stream {self.stream}")
+        await ensure_stream(self._nc, config, self._timeout, f"pub/sub {self.name!r}")
         self.limits.max_message_bytes = self._nc.max_payload - _HEADER_ROOM
+        if self._on_reopen is not None and not self._listening:
+            self._listening = True
+            self._on_reopen(self._reopened)
+
+    async def _reopened(self) -> None:
+        """The bus connection was opened anew without the fetch inboxes' subscriptions: take them
+        again (the durable consumers live on the server and keep their place)."""
+        for sub in list(self._subs):
+            try:
+                await sub.open()
+            except Exception as exc:
+                log.warning("pub/sub %r: no fetch inbox for %r after the reopen: %s", self.name, sub.topic, exc)
+
+    async def ping(self) -> None:
+        """Stream info, which needs the stream's leader: it fails while events cannot be stored."""
+        js = self._nc.jetstream(timeout=self._timeout)
+        with map_nats_errors(f"pub/sub {self.name!r}: stream {self.stream}"):
+            await js.stream_info(self.stream)
 
     async def stop(self) -> None:
         for sub in list(self._subs):
@@ -326,7 +370,7 @@ class JetStreamPubSub:
             hdrs[HDR_TTL] = f"{ttl}s"
         what = f"pub/sub {self.name!r}: publish to {topic!r}"
         with map_nats_errors(what):
-            reply = await self._nc.request(self.subject(topic), data, timeout=self._timeout, headers=hdrs)
+            reply = await self._request(self.subject(topic), data, timeout=self._timeout, headers=hdrs)
             check_pub_ack(reply.data, what)
 
     async def publish_batch(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str | None]:

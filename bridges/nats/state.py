@@ -38,6 +38,7 @@ class NatsKvStateStore:
         if env.nats is None:
             raise ValueError("the nats.kv state store needs the bus connection")
         self._nc: Client = env.nats
+        self._request = env.request or env.nats.request
         self.name = name
         self.bucket = keys.bucket_name(metadata.get("bucket") or f"l8_{env.namespace}_{name}")
         self._stream = f"KV_{self.bucket}"
@@ -67,9 +68,7 @@ class NatsKvStateStore:
 
     async def _last(self, key: str) -> tuple[int, str | None, bytes, dict[str, str]] | None:
         """Sequence, KV operation, data and headers of the key's last message, or None."""
-        msg = await self._nc.request(
-            f"$JS.API.DIRECT.GET.{self._stream}.{self._subject(key)}", b"", timeout=self._timeout
-        )
+        msg = await self._request(f"$JS.API.DIRECT.GET.{self._stream}.{self._subject(key)}", b"", timeout=self._timeout)
         headers = msg.headers or {}
         status = headers.get(HDR_STATUS)
         if status is not None:
@@ -117,9 +116,7 @@ class NatsKvStateStore:
                     batch.append((self._subject(op.key), b"", headers))
             if len(batch) == 1:
                 subject, data, headers = batch[0]
-                check_pub_ack(
-                    (await self._nc.request(subject, data, timeout=self._timeout, headers=headers)).data, what
-                )
+                check_pub_ack((await self._request(subject, data, timeout=self._timeout, headers=headers)).data, what)
                 return
             batch_id = uuid.uuid4().hex
             last = len(batch)
@@ -130,7 +127,7 @@ class NatsKvStateStore:
                     await self._nc.publish(subject, data, headers=headers)
                 else:
                     headers["Nats-Batch-Commit"] = "1"
-                    reply = await self._nc.request(subject, data, timeout=self._timeout, headers=headers)
+                    reply = await self._request(subject, data, timeout=self._timeout, headers=headers)
                     check_pub_ack(reply.data, what)
 
     async def _expected_for(self, op: StateSet) -> str | None:
@@ -158,7 +155,7 @@ class NatsKvStateStore:
         return headers
 
     async def _write(self, key: str, data: bytes, headers: dict[str, str]) -> None:
-        reply = await self._nc.request(self._subject(key), data, timeout=self._timeout, headers=headers or None)
+        reply = await self._request(self._subject(key), data, timeout=self._timeout, headers=headers or None)
         check_pub_ack(reply.data, f"state store {self.name!r}: write {key!r}")
 
 

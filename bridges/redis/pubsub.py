@@ -109,7 +109,8 @@ def _id_order(msg_id: bytes) -> tuple[int, int]:
 class RedisPubSub:
     """A ``PubSub`` on Redis Streams. Metadata: ``url``, ``maxLen`` (``XADD MAXLEN ~``; 0 keeps
     everything), ``processingTimeout`` (idle time after which a dead consumer's messages are taken
-    over, default 60s), ``redeliverInterval`` (how often to look for them, default half of that),
+    over, default 60s), ``redeliverInterval`` (how often to look for them, default half of that
+    and at most 5s),
     ``maxConnections``, ``maxMessageBytes``."""
 
     def __init__(self, name: str, metadata: dict[str, str], env: BridgeEnv) -> None:
@@ -121,7 +122,8 @@ class RedisPubSub:
         except ValueError:
             raise InvalidArgument(f"metadata 'maxLen' must be a whole number, got {metadata['maxLen']!r}") from None
         self.processing_timeout = _seconds(metadata, "processingTimeout", 60.0)
-        self.claim_interval = _seconds(metadata, "redeliverInterval", self.processing_timeout / 2)
+        # Also how soon a consumer takes what another handed back on close: a few seconds at most.
+        self.claim_interval = _seconds(metadata, "redeliverInterval", min(self.processing_timeout / 2, 5.0))
         self._consumer_prefix = f"{env.app_id}-{socket.gethostname()}-{os.getpid()}"
         self.limits = PubSubLimits(
             max_message_bytes=int(metadata.get("maxMessageBytes", str(1 << 20))),
@@ -512,6 +514,10 @@ class RedisSubscription:
         if time.monotonic() >= deadline:
             return await self._due(max_messages)
         return None
+
+    async def keep_alive(self) -> None:
+        """Nothing to do: a task of this subscription refreshes what it holds (it reads no more than
+        it hands out)."""
 
     async def close(self) -> None:
         if self._closed:
