@@ -499,3 +499,54 @@ def test_cron_schedules_read_as_daprs_cron_binding_reads_them() -> None:
     ):
         with pytest.raises(ValueError, match=why):
             Schedule.parse(bad)
+
+
+async def test_on_the_embedded_bus_an_app_behind_a_front_only_sidecar_gets_its_input_binding_events(
+    tmp_path: Path, apps: Any
+) -> None:
+    """The bus's permissions (bus/permissions.py) let a worker read a NATS binding's subject and a
+    sidecar its app's binding events; here a worker publishes, another app's front asks it to."""
+    from runtime.config import Config
+
+    ns, data_dir = unique("ns"), str(tmp_path / "data")
+    components = {"feed": {"kind": "bindings", "type": "nats", "metadata": {"subject": f"in.{uuid.uuid4().hex[:8]}"}}}
+    ports = {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"}
+    host = Sidecar(
+        Config.model_validate(
+            {
+                "app": {"id": unique("host")},
+                "namespace": ns,
+                "data_dir": data_dir,
+                "server": ports,
+                "components": components,
+            }
+        )
+    )
+    await host.start()
+    front = None
+    try:
+        assert host.embedded is not None
+        app = await apps(["feed"])
+        front = Sidecar(
+            Config.model_validate(
+                {
+                    "app": {"id": unique("front"), "callback": app.address},
+                    "namespace": ns,
+                    "data_dir": data_dir,
+                    "bus": {"url": host.embedded.url},
+                    "workers": "none",
+                    "server": ports,
+                    "components": components,
+                }
+            )
+        )
+        await front.start()
+        await delivering(front, "feed")
+        channel, stub = native_stub(front)
+        async with channel:
+            await stub.InvokeBinding(pb.InvokeBindingRequest(name="feed", operation="publish", data=b"hello"))
+        await app.app.wait_for(lambda a: [s.data for s in a.ok()] == [b"hello"], "the event on the embedded bus")
+    finally:
+        if front is not None:
+            await front.stop()
+        await host.stop()
