@@ -161,13 +161,23 @@ class NatsObjectFileStore:
                     info["headers"] = {k: [v] for k, v in metadata.items()}
                 replaced = await self._replace_info(name, info, what)
         except BaseException:
-            for future in pending:
-                future.cancel()
-            await asyncio.shield(self._purge(subject))
+            # Chunks already sent may still be stored after a purge that overtook them: wait for
+            # their acks (a bounded time) so the purge comes after every one of them.
+            await asyncio.shield(self._discard(subject, list(pending)))
             raise
         if replaced:
             await self._purge(self._chunk_subject(replaced))
         return FileInfo(name, size, mtime, dict(metadata))
+
+    async def _discard(self, subject: str, pending: list[asyncio.Future[Any]]) -> None:
+        if pending:
+            await asyncio.wait(pending, timeout=self._timeout)
+            for future in pending:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved, so that a failed ack is not logged as unhandled
+                else:
+                    future.cancel()
+        await self._purge(subject)
 
     async def _publish_chunk(self, subject: str, data: bytes, digest: Any, pending: deque[asyncio.Future[Any]]) -> int:
         digest.update(data)
