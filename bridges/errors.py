@@ -14,18 +14,14 @@ L8Error (INTERNAL)
 └── BackendUnavailable (UNAVAILABLE)      the backend could not be reached; safe to retry
 
 An error may carry a ``reason``: Dapr's name for the failure (``DAPR_STATE_ILLEGAL_KEY``...), which
-the fronts put in a ``google.rpc.ErrorInfo``. Until bus error replies have a header of their own
-for it, the reason travels in front of the message as ``{{REASON}} `` (``str()`` of the error, which
-is what the worker host sends), and the fronts take it off again (``split_reason``).
+the fronts put in a ``google.rpc.ErrorInfo``. The worker host sends it in the error reply's
+``l8-reason`` header (bus/codec.py).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from typing import ClassVar
-
-_REASON = re.compile(r"^\{\{([A-Z][A-Z0-9_]{0,63})\}\} ")
 
 
 class Code(enum.StrEnum):
@@ -74,18 +70,6 @@ class L8Error(Exception):
         super().__init__(*args)
         if reason:
             self.reason = reason
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        return f"{{{{{self.reason}}}}} {text}" if self.reason else text
-
-
-def split_reason(message: str) -> tuple[str, str]:
-    """(reason, message) of an error message that may carry a reason in front."""
-    found = _REASON.match(message)
-    if found is None:
-        return "", message
-    return found.group(1), message[found.end() :]
 
 
 class InvalidArgument(L8Error):

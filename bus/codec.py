@@ -2,11 +2,13 @@
 
 The caller's identity is not a header: it is the last token of the subject (bus/subjects.py). A
 request carries its deadline (``l8-timeout``, milliseconds left when it was sent) and, when there
-is one, the W3C ``traceparent``; an error reply carries ``l8-code`` and ``l8-message``.
+is one, the W3C ``traceparent``; an error reply carries ``l8-code`` and ``l8-message``, and
+``l8-reason`` when the error names its failure (Dapr's reason, e.g. ``DAPR_STATE_ILLEGAL_KEY``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -14,6 +16,8 @@ HDR_TIMEOUT = "l8-timeout"  # milliseconds left when the request was sent
 HDR_TRACEPARENT = "traceparent"  # W3C trace context, passed through untouched
 HDR_CODE = "l8-code"  # error replies: the status code name
 HDR_MESSAGE = "l8-message"  # error replies: what went wrong
+HDR_REASON = "l8-reason"  # error replies: the failure's name, for Dapr's ErrorInfo (optional)
+REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 # Header values must be one line of ASCII; an error message is cut to fit what a reply can carry.
 _MAX_MESSAGE = 2000
@@ -71,6 +75,9 @@ def context_from_headers(
     )
 
 
-def error_headers(code: str, message: str) -> dict[str, str]:
+def error_headers(code: str, message: str, reason: str = "") -> dict[str, str]:
     clean = " ".join(message.split())[:_MAX_MESSAGE]
-    return {HDR_CODE: code, HDR_MESSAGE: clean.encode("ascii", "backslashreplace").decode("ascii")}
+    headers = {HDR_CODE: code, HDR_MESSAGE: clean.encode("ascii", "backslashreplace").decode("ascii")}
+    if reason and REASON.fullmatch(reason):
+        headers[HDR_REASON] = reason
+    return headers

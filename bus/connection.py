@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from bus import subjects
 from bus.auth import BusAuth, redact, redact_all
-from bus.codec import HDR_CODE, HDR_MESSAGE, Reply
+from bus.codec import HDR_CODE, HDR_MESSAGE, HDR_REASON, Reply
 from bus.errors import (
     BusClosed,
     BusTimeout,
@@ -246,7 +246,7 @@ class Bus:
         if hdrs is not None:
             code = hdrs.get(HDR_CODE)
             if code is not None:
-                raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""))
+                raise RemoteError(code, hdrs.get(HDR_MESSAGE, ""), hdrs.get(HDR_REASON, ""))
         return msg
 
     async def exchange(

@@ -52,12 +52,14 @@ class PayloadTooLarge(BusError):
 
 
 class RemoteError(BusError):
-    """An error a worker sent back; ``code`` is the name of a status code (``INVALID_ARGUMENT``...)."""
+    """An error a worker sent back; ``code`` is the name of a status code (``INVALID_ARGUMENT``...),
+    ``reason`` Dapr's name for the failure when the worker gave one."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 class StreamBroken(BusError):

@@ -81,15 +81,16 @@ class WorkerHost:
     def bus(self) -> Bus:
         return self._bus
 
-    def add(self, api: str, component: str, handler: Handler) -> None:
-        """A handler of requests to one component; added before ``start()``."""
+    def add(self, api: str, component: str, handler: Handler) -> Route:
+        """A handler of requests to one component; added before ``start()``. Its route is returned,
+        so that the component can ``leave`` it again."""
         if self._started:
             raise RuntimeError("handlers are added before the worker host starts")
         group = subjects.queue_group(self._ns, api, component)
-        self._routes.append(
-            Route(subjects.request_wildcard(self._ns, api, component), group, handler, f"{api}/{component}", group)
-        )
+        route = Route(subjects.request_wildcard(self._ns, api, component), group, handler, f"{api}/{component}", group)
+        self._routes.append(route)
         self._handlers.append((api, component))
+        return route
 
     @property
     def routes(self) -> list[tuple[str, str]]:
@@ -200,7 +201,7 @@ class WorkerHost:
         except Exception as exc:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
-                raise RemoteError(code, str(exc)) from None
+                raise RemoteError(code, str(exc), getattr(exc, "reason", "") or "") from None
             log.exception("handler for %s failed", ctx.subject)
             raise RemoteError("INTERNAL", f"{type(exc).__name__}: {exc}") from None
         reply = result if isinstance(result, Reply) else Reply(result)
@@ -219,7 +220,7 @@ class WorkerHost:
         except _Expired:
             return  # the caller has already given up; answering would only add load
         except RemoteError as exc:
-            await self._send(msg.reply, b"", error_headers(exc.code, exc.message), route)
+            await self._send(msg.reply, b"", error_headers(exc.code, exc.message, exc.reason), route)
             return
         await self._send(msg.reply, reply.data, reply.headers, route)
 

@@ -51,6 +51,27 @@ def short(value: str, limit: int = QUOTE_LIMIT) -> str:
     return repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
+def check_metadata(
+    metadata: Mapping[str, str],
+    what: str,
+    *,
+    entries: int = limits.MAP_ENTRIES,
+    key_chars: int = limits.MAP_KEY,
+    value_chars: int = limits.MAP_VALUE,
+) -> dict[str, str]:
+    """Request metadata within its ranges, as a plain dict; INVALID_ARGUMENT naming what is wrong."""
+    if len(metadata) > entries:
+        raise InvalidArgument(f"{what}: metadata holds at most {entries} entries; got {len(metadata)}")
+    for key, value in metadata.items():
+        if not key:
+            raise InvalidArgument(f"{what}: a metadata key is empty")
+        if len(key) > key_chars:
+            raise InvalidArgument(f"{what}: metadata key {short(key)} is over {key_chars} characters")
+        if len(value) > value_chars:
+            raise InvalidArgument(f"{what}: metadata {short(key)} is over {value_chars} characters")
+    return dict(metadata)
+
+
 class KeyPrefix:
     """The ``keyPrefix`` rule of a component: ``appid`` (default), ``name``, ``none`` or a literal."""
 

@@ -90,7 +90,7 @@ class BindingSource:
     """An input binding as an ``EventSource`` for the delivery loops of its component."""
 
     def __init__(self, component: str, binding: InputBinding) -> None:
-        self.component = component
+        self.component = self.name = component
         self._binding = binding
         self.limits = PubSubLimits(lease_seconds=binding.lease_seconds)
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridges.errors import L8Error
 from bridges.protocols import EventSource, Received
 
 log = logging.getLogger("l8.handlers.pubsub")
+
+# Told of every event a settler gives up on: (its bridge, its topic, "dead_lettered" or "dropped").
+# The runtime's metrics set it when they are on; None costs nothing.
+on_given_up: Callable[[EventSource, str, str], None] | None = None
 
 
 class Verdict(enum.Enum):
@@ -67,4 +72,6 @@ class Settler:
                 await received.retry(self.backoff.delay(received.attempt))
                 return Verdict.RETRY
         await received.drop()
+        if on_given_up is not None:
+            on_given_up(self.bridge, received.topic, "dead_lettered" if self.dead_letter_topic else "dropped")
         return Verdict.DROP

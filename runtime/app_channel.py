@@ -1,10 +1,13 @@
 """The channel from a sidecar to its app: what l8 asks of an app, whatever protocol the app speaks.
 
-A sidecar calls its app for invocations (``on_invoke``), to learn the app's topic subscriptions
-(``list_subscriptions``) and to push events (``on_event``, ``on_bulk_event``). Each app protocol is
-one implementation of ``AppChannel``: Dapr's ``AppCallback`` over gRPC (runtime/app_dapr.py) today;
-Layotto's AppCallback and HTTP apps implement the same Protocol. Channels connect lazily and
-reconnect by themselves, so l8 starts before its app and keeps working across app restarts.
+A sidecar calls its app for invocations (``on_invoke``, and ``call_grpc`` for proxied gRPC calls),
+to learn the app's topic subscriptions and input bindings, to push events (``on_event``,
+``on_bulk_event``, ``on_binding_event``) and to probe its health. Each app protocol is one
+implementation of ``AppChannel``: Dapr's ``AppCallback`` over gRPC (runtime/app_dapr.py),
+Layotto's (runtime/app_layotto.py) and HTTP apps as daprd calls them (runtime/app_http.py);
+``open_app`` is the one factory, and with no protocol configured it returns a channel that learns
+which one the app speaks (runtime/app_detect.py). Channels connect lazily and reconnect by
+themselves, so l8 starts before its app and keeps working across app restarts.
 
 Errors: a call the app answered with an error raises ``AppCallError`` with the app's status code; an
 app that cannot be reached raises ``AppUnavailable``, so callers can tell "the app said no" from
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 Metadata = list[tuple[str, "str | bytes"]]
 
 SUCCESS, RETRY, DROP = 0, 1, 2  # an app's verdict on an event, as Dapr and Layotto number them
+# Beside an HTTP app's answer to an invocation: its HTTP status (daprd's header name), which the
+# fronts answer with.
+HTTP_STATUS = "dapr-http-status"
 
 
 class AppCallError(Exception):
@@ -77,11 +83,30 @@ class BindingAnswer:
     parallel: bool = False
 
 
+PROTOCOLS = ("grpc", "layotto", "http")  # app.protocol: Dapr's gRPC AppCallback, Layotto's, HTTP
+
+
 class AppChannel(Protocol):
     """What a sidecar needs of its app; one implementation per app protocol."""
 
     @property
     def address(self) -> str: ...
+
+    @property
+    def protocol(self) -> str:
+        """One of PROTOCOLS; "" while a detecting channel has not learned it yet."""
+        ...
+
+    async def call_grpc(
+        self, method: str, request: bytes, *, timeout: float, metadata: Metadata
+    ) -> tuple[bytes, Metadata]:
+        """gRPC proxying: call the app's own unary ``method`` (``/pkg.Service/Method``) with the
+        caller's bytes; an app that is no gRPC server raises AppCallError(UNIMPLEMENTED)."""
+        ...
+
+    async def health(self, *, timeout: float) -> tuple[bool, str]:
+        """One probe of the app's health: (healthy, why not)."""
+        ...
 
     async def on_invoke(self, request: bytes, *, timeout: float, metadata: Metadata) -> tuple[bytes, Metadata]:
         """Pass Dapr's ``common.v1.InvokeRequest`` bytes to the app; its ``InvokeResponse`` bytes
@@ -116,9 +141,33 @@ class AppChannel(Protocol):
     async def close(self) -> None: ...
 
 
-def open_app(address: str, max_message_bytes: int = 16 << 20, api_token: str | None = None) -> AppChannel:
-    """The channel to the app at ``address`` (host:port); ``api_token`` (APP_API_TOKEN) goes to the
-    app as ``dapr-api-token`` metadata on every call."""
+def open_app(
+    address: str,
+    max_message_bytes: int = 16 << 20,
+    api_token: str | None = None,
+    *,
+    protocol: str | None = "grpc",
+    bindings: Sequence[str] = (),
+    health_path: str = "/healthz",
+) -> AppChannel:
+    """The channel to the app at ``address`` (host:port) speaking ``protocol`` (one of PROTOCOLS;
+    None: learn it from the app). ``api_token`` (APP_API_TOKEN) goes to the app as
+    ``dapr-api-token`` on every call; ``bindings`` are the input bindings an HTTP app is asked about
+    (``OPTIONS /<name>``); ``health_path`` is an HTTP app's health check."""
+    if protocol is None:
+        from runtime.app_detect import DetectedApp
+
+        return DetectedApp(address, max_message_bytes, api_token, bindings=bindings, health_path=health_path)
+    if protocol == "http":
+        from runtime.app_http import HttpApp
+
+        return HttpApp(address, max_message_bytes, api_token, bindings=bindings, health_path=health_path)
+    if protocol == "layotto":
+        from runtime.app_layotto import LayottoGrpcApp
+
+        return LayottoGrpcApp(address, max_message_bytes, api_token)
+    if protocol != "grpc":
+        raise ValueError(f"app protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     from runtime.app_dapr import DaprGrpcApp
 
     return DaprGrpcApp(address, max_message_bytes, api_token)

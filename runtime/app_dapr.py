@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 
-from runtime import errors
-from runtime.app_channel import AppCallError, AppSubscription, AppUnavailable, BindingAnswer, BulkEntry, Metadata
-from runtime.auth import app_token_interceptors
+from runtime.app_channel import AppSubscription, BindingAnswer, BulkEntry, Metadata
+from runtime.app_grpc import GrpcConnection, translate
 
 if TYPE_CHECKING:
     from handlers.pubsub_envelope import Event
@@ -29,65 +28,38 @@ CLOUDEVENT_JSON = "application/cloudevents+json"
 EVENT_TYPE = "com.dapr.event.sent"
 
 
-def _translate(exc: grpc.aio.AioRpcError, address: str) -> AppCallError:
-    code = errors.code_of_grpc(exc.code())
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return AppUnavailable(f"the app at {address} is unavailable: {exc.details() or ''}".strip())
-    return AppCallError(code, exc.details() or "")
-
-
 class DaprGrpcApp:
     def __init__(self, address: str, max_message_bytes: int = 16 << 20, api_token: str | None = None) -> None:
-        self._address = address
-        self._max = max_message_bytes
-        # runtime/auth.py: APP_API_TOKEN on every call to the app, as one channel interceptor.
-        self._interceptors = app_token_interceptors(api_token) or None
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
-        self._invoke: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] | None = None
+        self._conn = GrpcConnection(address, max_message_bytes, api_token)
         self._bulk_alpha = False
 
     @property
     def address(self) -> str:
-        return self._address
+        return self._conn.address
 
-    def _open(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                self._address,
-                interceptors=self._interceptors,
-                options=[
-                    ("grpc.max_receive_message_length", self._max),
-                    ("grpc.max_send_message_length", self._max),
-                    # Reconnect quickly when the app comes back after a restart.
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 1000),
-                    # Channels to one target share connections (and their reconnect backoff) by
-                    # default: a channel refused while the app was starting would then fail the
-                    # first calls of every other channel fast. Each channel connects on its own.
-                    ("grpc.use_local_subchannel_pool", 1),
-                ],
-            )
-        return self._channel
+    @property
+    def protocol(self) -> str:
+        return "grpc"
 
     def _stub(self, name: str) -> Any:
-        stub = self._stubs.get(name)
-        if stub is None:
-            from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+        from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
-            stub = self._stubs[name] = getattr(appcallback_pb2_grpc, f"{name}Stub")(self._open())
-        return stub
+        return self._conn.stub(getattr(appcallback_pb2_grpc, f"{name}Stub"))
 
     async def on_invoke(self, request: bytes, *, timeout: float, metadata: Metadata) -> tuple[bytes, Metadata]:
-        if self._invoke is None:
-            self._invoke = self._open().unary_unary(ON_INVOKE)
+        return await self._conn.unary(ON_INVOKE, request, timeout=timeout, metadata=metadata)
+
+    async def call_grpc(
+        self, method: str, request: bytes, *, timeout: float, metadata: Metadata
+    ) -> tuple[bytes, Metadata]:
+        return await self._conn.unary(method, request, timeout=timeout, metadata=metadata)
+
+    async def health(self, *, timeout: float) -> tuple[bool, str]:
         try:
-            call = self._invoke(request, timeout=timeout, metadata=metadata)
-            reply: bytes = await call
-            answered = await call.initial_metadata()
+            await self._stub("AppCallbackHealthCheck").HealthCheck(empty_pb2.Empty(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self._address) from None
-        return reply, list(answered or ())
+            return False, translate(exc, self.address).message or exc.code().name
+        return True, ""
 
     async def list_subscriptions(self, *, timeout: float) -> list[AppSubscription] | None:
         try:
@@ -95,7 +67,7 @@ class DaprGrpcApp:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self.address) from None
         found = []
         for sub in resp.subscriptions:
             bulk = sub.bulk_subscribe
@@ -120,7 +92,7 @@ class DaprGrpcApp:
                 topic_event_request(event, path), timeout=timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self.address) from None
         status: int = resp.status
         return status
 
@@ -139,7 +111,7 @@ class DaprGrpcApp:
             if self._bulk_alpha:
                 resp = await self._stub("AppCallbackAlpha").OnBulkTopicEventAlpha1(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self.address) from None
         return {s.entry_id: s.status for s in resp.statuses}
 
     async def list_input_bindings(self, *, timeout: float) -> list[str] | None:
@@ -148,7 +120,7 @@ class DaprGrpcApp:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self.address) from None
         return list(resp.bindings)
 
     async def on_binding_event(
@@ -160,7 +132,7 @@ class DaprGrpcApp:
         try:
             resp = await self._stub("AppCallback").OnBindingEvent(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self.address) from None
         return BindingAnswer(
             store_name=resp.store_name,
             states=tuple((item.key, item.value) for item in resp.states),
@@ -170,11 +142,7 @@ class DaprGrpcApp:
         )
 
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        self._stubs.clear()
-        self._invoke = None
-        if channel is not None:
-            await channel.close()
+        await self._conn.close()
 
 
 def event_fields(event: Event, path: str) -> dict[str, Any]:

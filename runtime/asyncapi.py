@@ -106,7 +106,7 @@ async def app_subscriptions(config: Config, timeout: float = 2.0) -> list[AppSub
         return []
     from runtime.app_channel import AppCallError, open_app
 
-    channel = open_app(config.app.callback)
+    channel = open_app(config.app.callback, protocol=config.app.protocol)
     try:
         return await channel.list_subscriptions(timeout=timeout) or []
     except AppCallError:

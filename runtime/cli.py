@@ -9,11 +9,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.subjects import TOKEN
 from runtime import __version__
-from runtime.config import API_NAMES, Config, ConfigError, load_config
+from runtime.config import API_NAMES, DEFAULT_CONFIG, Config, ConfigError, load_config
 
 log = logging.getLogger("l8")
 T = TypeVar("T")
@@ -44,7 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the sidecar: gRPC and HTTP servers plus in-process handler workers")
     run.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
     run.add_argument("--app-id", help="the app's id (app.id)")
-    run.add_argument("--app-port", type=_port("--app-port"), help="the app's gRPC callback port on 127.0.0.1")
+    run.add_argument("--app-port", type=_port("--app-port"), help="the app's port on 127.0.0.1 (gRPC or HTTP)")
+    run.add_argument(
+        "--app-protocol",
+        choices=["grpc", "layotto", "http"],
+        help="how l8 calls the app (app.protocol); unset: l8 learns it",
+    )
+    run.add_argument("--enable-app-health-check", action="store_true", help="probe the app (app.health_check.enabled)")
+    run.add_argument("--app-health-check-path", help="an HTTP app's probe path (app.health_check.path)")
+    run.add_argument(
+        "--app-health-probe-interval", type=_positive("--app-health-probe-interval"), help="seconds between probes"
+    )
+    run.add_argument(
+        "--app-health-probe-timeout", type=_positive("--app-health-probe-timeout"), help="milliseconds a probe may take"
+    )
+    run.add_argument("--app-health-threshold", type=_positive("--app-health-threshold"), help="failures to unhealthy")
     run.add_argument("--grpc-port", type=_port("--grpc-port"), help="gRPC port (server.grpc)")
     run.add_argument("--http-port", type=_port("--http-port"), help="HTTP port (server.http)")
     run.add_argument("--bus", help="NATS URLs, comma separated, or 'embedded' (bus.url)")
@@ -70,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     from runtime.fleet_cli import add_wasm_parser
 
     add_wasm_parser(sub)
+
+    from runtime.dump_cli import add_dump_parser
+
+    add_dump_parser(sub)
 
     spec = sub.add_parser("asyncapi", help="print an AsyncAPI document of the configured topics and subscriptions")
     spec.add_argument("--config", help="config file (default: the packaged configs/default.yaml)")
@@ -119,6 +138,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("app", {})["id"] = args.app_id
     if getattr(args, "app_port", None) is not None:
         overrides.setdefault("app", {})["callback"] = f"127.0.0.1:{args.app_port}"
+    if getattr(args, "app_protocol", None):
+        overrides.setdefault("app", {})["protocol"] = args.app_protocol
+    health = {
+        key: value
+        for key, value in (
+            ("enabled", True if getattr(args, "enable_app_health_check", False) else None),
+            ("path", getattr(args, "app_health_check_path", None)),
+            ("interval", getattr(args, "app_health_probe_interval", None)),
+            ("timeout", (lambda ms: ms / 1000 if ms else None)(getattr(args, "app_health_probe_timeout", None))),
+            ("threshold", getattr(args, "app_health_threshold", None)),
+        )
+        if value is not None
+    }
+    if health:
+        overrides.setdefault("app", {})["health_check"] = health
     if getattr(args, "bus", None):
         overrides.setdefault("bus", {})["url"] = args.bus
     if getattr(args, "data_dir", None):
@@ -146,12 +180,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
+async def _serve(
+    config: Config, *, serve: bool, wasm: bool = False, reload_from: tuple[Path, Callable[[], Config]] | None = None
+) -> int:
     from bus import BusError
     from runtime.components import ComponentError
+    from runtime.plugins import PluginError
     from runtime.sidecar import Sidecar
 
-    sidecar = Sidecar(config, serve=serve)
+    sidecar = Sidecar(config, serve=serve, reload_from=reload_from)
     fleet: Any = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -169,7 +206,7 @@ async def _serve(config: Config, *, serve: bool, wasm: bool = False) -> int:
     stopping_error = starting.exception()
     if stopping_error is not None:
         stopping.cancel()
-        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError)):
+        if isinstance(stopping_error, (ComponentError, OSError, BusError, ConfigError, PluginError)):
             log.error("%s", stopping_error)
             return 1
         raise stopping_error
@@ -226,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"l8 {__version__}")
         return 0
+    if args.command == "dump":
+        from runtime.dump_cli import run_dump
+
+        return run_dump(args)
     if args.command == "config":
         from runtime.layotto_config import convert_file
 
@@ -289,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         if not config.apis() and not args.wasm:
             print("l8: config error: workers: a worker needs at least one api in --handlers", file=sys.stderr)
             return 2
-        return _run_loop(_serve(config, serve=False, wasm=args.wasm))
-    return _run_loop(_serve(config, serve=True))
+        return _run_loop(_serve(config, serve=False, wasm=args.wasm, reload_from=_reload_from(args)))
+    return _run_loop(_serve(config, serve=True, reload_from=_reload_from(args)))
+
+
+def _reload_from(args: argparse.Namespace) -> tuple[Path, Callable[[], Config]]:
+    """The config file, and how to read it again with the same flags (``reload.watch``)."""
+    return Path(args.config) if args.config else DEFAULT_CONFIG, lambda: config_from_args(args)
 
 
 if __name__ == "__main__":

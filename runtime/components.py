@@ -65,6 +65,27 @@ class Components:
         finally:
             await self._close_resolving()
 
+    async def start_one(self, name: str, comp: ComponentConfig, config: Config) -> Served:
+        """Start one more component while the process runs (runtime/reload.py); the caller serves it,
+        and it is not in ``served`` until then."""
+        self._config = config  # its secret references name the stores of the config it came with
+        try:
+            await self._start_one(name, comp)
+        finally:
+            await self._close_resolving()
+        return self.served.pop()
+
+    def adopt(self, served: Served) -> None:
+        """``served`` is this process's from now on (stopped with the rest)."""
+        self.served = [s for s in self.served if s.name != served.name] + [served]
+
+    def release(self, name: str) -> Served | None:
+        """Take ``name`` out of ``served`` (the caller stops it)."""
+        for i, served in enumerate(self.served):
+            if served.name == name:
+                return self.served.pop(i)
+        return None
+
     async def _start_one(self, name: str, comp: ComponentConfig) -> None:
         self._health.set(name, Status.INIT)
         bridge: Any = None
@@ -121,6 +142,10 @@ class Components:
             served = self.served.pop()
             await _stop_quietly(served.name, served.bridge)
         self.redactor.uninstall()
+
+
+async def stop_quietly(name: str, bridge: Any) -> None:
+    await _stop_quietly(name, bridge)
 
 
 async def _stop_quietly(name: str, bridge: Any) -> None:

@@ -19,6 +19,7 @@ from bus.auth import BusAuth, redact
 from bus.subjects import TOKEN
 from handlers import limits
 from runtime.function_config import FunctionConfig, WasmConfig
+from runtime.ops_config import DumpConfig, FlowControlConfig, MetricsConfig, ReloadConfig, TracingConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -61,10 +62,31 @@ def _address(value: str, field: str) -> str:
     return value
 
 
+class AppHealthConfig(_Model):
+    """Dapr's app health check: probe the app, and hold its events and calls while it fails."""
+
+    enabled: bool = False
+    path: str = Field(default="/healthz", min_length=1, max_length=1024, description="an HTTP app's probe path")
+    interval: float = Field(default=5.0, gt=0, le=3600, description="seconds between probes")
+    timeout: float = Field(default=0.5, gt=0, le=600, description="seconds one probe may take")
+    threshold: int = Field(default=3, ge=1, le=1000, description="failed probes in a row that make it unhealthy")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "?# ") or not v.isprintable():
+            raise ValueError(f"{v[:64]!r} is not a path (it starts with '/' and holds no '?', '#' or spaces)")
+        return v
+
+
 class AppConfig(_Model):
     id: str = "l8-app"
-    # The app's AppCallback gRPC server, host:port; l8 calls it for events and invocations.
+    # The app's server, host:port (Dapr's or Layotto's AppCallback over gRPC, or HTTP); l8 calls it
+    # for events and invocations.
     callback: str | None = None
+    # grpc (Dapr's AppCallback), layotto (Layotto's AppCallback) or http; unset, l8 learns it from the app.
+    protocol: Literal["grpc", "layotto", "http"] | None = None
+    health_check: AppHealthConfig = Field(default_factory=AppHealthConfig)
     # Sent to the app as metadata dapr-api-token on every callback; unset, APP_API_TOKEN.
     api_token_file: str | None = None
 
@@ -349,6 +371,14 @@ class Config(_Model):
     # WebAssembly functions run by this sidecar (runtime/function_config.py, docs/wasm-abi.md).
     functions: list[FunctionConfig] = Field(default_factory=list)
     wasm: WasmConfig = Field(default_factory=WasmConfig)
+    # Operability (runtime/ops_config.py): spans over OTLP, /metrics, rate limits, request dumps,
+    # API plugins ("package.module:factory"), and applying a changed config file while l8 runs.
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    flow_control: FlowControlConfig | None = None
+    dump: DumpConfig | None = None
+    plugins: list[str] = Field(default_factory=list, max_length=100)
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
 
     @field_validator("namespace")
     @classmethod

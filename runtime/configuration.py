@@ -187,14 +187,16 @@ class ConfigurationHub:
     async def open(
         self,
         request: pb.SubscribeConfigurationRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[Any, Any] | None,
         deliver: Deliver,
         end: End,
         *,
         contents: bool = True,
+        traceparent: str | None = None,
     ) -> Subscription:
         """A live subscription whose first message is already delivered; FrontError if refused.
-        Without ``contents`` the first message's items carry only keys and versions."""
+        Without ``contents`` the first message's items carry only keys and versions. Without a
+        gRPC ``context`` (an HTTP subscribe) the read takes the bus's default timeout."""
         if self._stopped:
             raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
         component = self._forwarder.component(API, request.store_name)
@@ -202,9 +204,12 @@ class ConfigurationHub:
         sub = Subscription(component, request, deliver, end)
         self._by_component.setdefault(component, set()).add(sub)
         try:
-            timeout = self._forwarder.timeout(context)
+            if context is not None:
+                timeout, traceparent = self._forwarder.timeout(context), self._forwarder.traceparent(context)
+            else:
+                timeout = self._forwarder.default_timeout
             op = "subscribe" if contents else "versions"
-            reply = await self._subscribe(component, request, timeout, self._forwarder.traceparent(context), op)
+            reply = await self._subscribe(component, request, timeout, traceparent, op)
             if sub.closed:
                 raise FrontError(Code.UNAVAILABLE, "l8 is shutting down")
             sub.activate(reply)

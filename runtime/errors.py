@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from bridges.errors import Code, split_reason
+from bridges.errors import Code
 from bus.errors import (
     BusClosed,
     BusError,
@@ -58,6 +58,28 @@ def code_of_grpc(status: grpc.StatusCode) -> Code:
     return _BY_GRPC.get(status, Code.UNKNOWN)
 
 
+# An HTTP app's status as a gRPC caller sees it (daprd's CodeFromHTTPStatus): 2xx is OK.
+_BY_HTTP_APP = {
+    408: Code.CANCELLED,
+    500: Code.UNKNOWN,
+    400: Code.INTERNAL,
+    504: Code.DEADLINE_EXCEEDED,
+    404: Code.NOT_FOUND,
+    409: Code.ALREADY_EXISTS,
+    403: Code.PERMISSION_DENIED,
+    401: Code.UNAUTHENTICATED,
+    429: Code.RESOURCE_EXHAUSTED,
+    501: Code.UNIMPLEMENTED,
+    503: Code.UNAVAILABLE,
+}
+
+
+def code_of_http_app(status: int) -> Code:
+    if 200 <= status < 300:
+        return Code.OK
+    return _BY_HTTP_APP.get(status, Code.UNKNOWN)
+
+
 DOMAIN = "dapr.io"
 DETAILS_KEY = "grpc-status-details-bin"
 
@@ -71,11 +93,11 @@ def from_bus_error(exc: BusError, what: str) -> tuple[Code, str]:
 def failure(exc: BusError, what: str) -> tuple[Code, str, str]:
     """``from_bus_error`` and the reason a worker gave, if any."""
     if isinstance(exc, RemoteError | StreamBroken):
-        reason, message = split_reason(exc.message)
+        reason = getattr(exc, "reason", "")
         try:
-            return Code(exc.code), message, reason
+            return Code(exc.code), exc.message, reason
         except ValueError:
-            return Code.UNKNOWN, message, reason
+            return Code.UNKNOWN, exc.message, reason
     return (*_bus_failure(exc, what), "")
 
 

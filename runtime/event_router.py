@@ -17,7 +17,7 @@ from bus import Bus, BusError, subjects
 from bus.errors import BusClosed, BusTimeout, NoResponders, PayloadTooLarge, RemoteError
 from handlers.pubsub_delivery import Delivery, Outcome
 from handlers.pubsub_specs import Spec
-from runtime import event_frames
+from runtime import event_frames, observe
 
 log = logging.getLogger("l8.runtime.events")
 
@@ -61,6 +61,8 @@ class BusRouter:
         except LookupError as exc:
             return [(Outcome.UNREACHABLE, str(exc))] * len(batch)
         payload, headers = event_frames.request(batch, spec.topic, spec.timeout, spec.bulk)
+        if observe.OBSERVER is not None:
+            observe.inject(headers)  # the delivery's span (runtime/observe.py), parent of the target's
         try:
             reply = await self._bus.exchange(subject, payload, timeout=spec.timeout, headers=headers)
         except NoResponders:

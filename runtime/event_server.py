@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from bridges.errors import Code, InvalidArgument
 from bus import Reply, RequestContext, Route, WorkerHost, subjects
+from bus.worker import Handler
 from handlers import bindings_input
 from handlers.pubsub_delivery import Outcome
 from handlers.pubsub_envelope import Event, MalformedEvent
@@ -142,8 +143,11 @@ class EventServer:
         app: AppChannel | None,
         *,
         concurrency: int = 256,
+        wrap: Callable[[Handler], Handler] | None = None,
         answers: Answers | None = None,
     ) -> None:
+        # ``wrap`` puts the observer's span around each event's handling (runtime/observe.py).
+        self._wrap: Callable[[Handler], Handler] = wrap or (lambda handler: handler)
         self._host = host
         self._ns = namespace
         self.app_id = app_id
@@ -164,7 +168,7 @@ class EventServer:
             Route(
                 f"{stem}.*.*",
                 stem,
-                self._on_push,
+                self._wrap(self._on_push),
                 f"events of {self.app_id}",
                 local=stem,
                 caller_in_subject=False,
@@ -177,7 +181,7 @@ class EventServer:
                 Route(
                     f"{stem}.*.*",
                     stem,
-                    self._on_binding,
+                    self._wrap(self._on_binding),
                     f"binding events of {self.app_id}",
                     local=stem,
                     caller_in_subject=False,
@@ -263,7 +267,7 @@ class EventServer:
                 route = Route(
                     subject,
                     subject,
-                    self._on_stream,
+                    self._wrap(self._on_stream),
                     f"stream {pubsub}/{topic} of {self.app_id}",
                     local=subject,
                     caller_in_subject=False,

@@ -12,6 +12,8 @@ either end that hears nothing from the other for ``bus.stream``'s idle time give
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +46,26 @@ async def _component(forwarder: Forwarder, message: bytes, context: grpc.aio.Ser
         await abort(context, exc.code, exc.message)
 
 
+CANCEL_GRACE = 0.25  # seconds an ended upload waits to learn whether its client went away instead
+
+
+async def _not_cancelled(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Raise CancelledError when the client went away rather than finished sending.
+
+    grpc.aio ends the request stream of a call the client cancelled (or whose connection broke) as
+    if the client had finished (measured: most cancelled uploads end that way), and cancels the
+    handler a moment later, when the call's close reaches the loop; committing in between would make
+    a torn upload visible. So an ended upload waits until the call ends or ``CANCEL_GRACE`` passes:
+    a call that ends meanwhile was cancelled (a finished one ends only after its answer).
+    """
+    ended = asyncio.Event()
+    context.add_done_callback(lambda _context: ended.set())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ended.wait(), CANCEL_GRACE)
+    if context.cancelled() or ended.is_set():
+        raise asyncio.CancelledError()
+
+
 def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
     async def put(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         first = await anext(aiter(requests), None)
@@ -71,6 +93,7 @@ def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
             await opened.send(first)
             async for message in requests:
                 await opened.send(message)
+            await _not_cancelled(context)
             return await opened.result()
         except BusError as exc:
             await abort(context, *errors.from_bus_error(exc, what))

@@ -13,7 +13,7 @@ from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT, request_headers
 from bus.connection import ENVELOPE
 from bus.subjects import request_subject
 from handlers import limits
-from runtime import errors
+from runtime import errors, observe
 from runtime.config import Config
 from runtime.routing import Malformed, bytes_field, name_field
 
@@ -57,6 +57,13 @@ class Forwarder:
         for name, comp in config.components.items():
             self._components[comp.kind] = (*self._components.get(comp.kind, ()), name)
         self._subjects: dict[tuple[str, str, str], str] = {}
+
+    def set_components(self, config: Config) -> None:
+        """The components requests may name, from a config applied while l8 runs (runtime/reload.py)."""
+        found: dict[str, tuple[str, ...]] = {}
+        for name, comp in config.components.items():
+            found[comp.kind] = (*found.get(comp.kind, ()), name)
+        self._components = found
 
     @property
     def bus(self) -> Bus:
@@ -159,8 +166,15 @@ class Forwarder:
             )
         timeout = self.timeout(context)
         started = time.monotonic()
+        observer = observe.OBSERVER
         try:
-            return await self._bus.call(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
+            if observer is None:
+                return await self._bus.call(subject, payload, timeout=timeout, headers=self.headers(timeout, context))
+            data: bytes = await observer.call(
+                self._bus, subject, payload, timeout=timeout, headers=self.headers(timeout, context),
+                api=resource[0], component=resource[1],
+            )  # fmt: skip
+            return data
         except BusError as exc:
             code, message, reason = errors.failure(exc, what)
             if code is Code.DEADLINE_EXCEEDED:
@@ -185,10 +199,17 @@ class Forwarder:
             raise FrontError(
                 Code.INVALID_ARGUMENT, f"the request is {len(payload)} bytes; the bus carries at most {limit}"
             )
+        observer = observe.OBSERVER
         try:
-            return await self._bus.call(
-                subject, payload, timeout=timeout, headers=request_headers(timeout, traceparent)
-            )
+            if observer is None:
+                return await self._bus.call(
+                    subject, payload, timeout=timeout, headers=request_headers(timeout, traceparent)
+                )
+            found: bytes = await observer.call(
+                self._bus, subject, payload, timeout=timeout, headers=request_headers(timeout, traceparent),
+                api=resource[0], component=resource[1],
+            )  # fmt: skip
+            return found
         except BusError as exc:
             code, message, reason = errors.failure(exc, what)
             raise FrontError(code, message, reason, resource) from None

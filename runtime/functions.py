@@ -31,7 +31,7 @@ from bus.codec import HDR_TRACEPARENT, request_headers
 from bus.subjects import invoke_queue, invoke_stem, invoke_subject, invoke_wildcard, request_subject
 from handlers.functions import Function, FunctionSpec, ModuleError
 from handlers.wasm.host import DispatchError
-from runtime import errors
+from runtime import errors, observe
 from runtime.config import Config
 from runtime.invoke import CALLEE_APP_ID, CALLER_APP_ID, metadata_of
 
@@ -52,8 +52,15 @@ class BusDispatcher:
         return await self._call(invoke_subject(self._ns, target, app_id), payload, timeout, "app", target)
 
     async def _call(self, subject: str, payload: bytes, timeout: float, api: str, component: str) -> bytes:
+        observer = observe.OBSERVER
         try:
-            return await self._bus.call(subject, payload, timeout=timeout, headers=request_headers(timeout))
+            if observer is None:
+                return await self._bus.call(subject, payload, timeout=timeout, headers=request_headers(timeout))
+            data: bytes = await observer.call(
+                self._bus, subject, payload, timeout=timeout, headers=request_headers(timeout), api=api,
+                component=component,
+            )  # fmt: skip
+            return data
         except BusError as exc:
             code, message = errors.from_bus_error(exc, f"{api} {component!r}")
             raise DispatchError(code.value, message) from None
@@ -103,10 +110,13 @@ class FunctionHost:
     def route(self) -> Route:
         """The route of the function's invocations, in the queue group an app's sidecars would join;
         its own bound is the function's concurrency."""
+        observer = observe.OBSERVER
+        name = f"function/{self.name}"
+        handler = self.serve if observer is None else observer.route(lambda ctx: name, self.serve)
         return Route(
             invoke_wildcard(self._ns, self.name),
             invoke_queue(self._ns, self.name),
-            self.serve,
+            handler,
             f"invocations of function {self.name}",
             local=invoke_stem(self._ns, self.name),
             gate=asyncio.Semaphore(self.function.spec.limits.concurrency),

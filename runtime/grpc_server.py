@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,10 +13,15 @@ from runtime import auth, configuration, dapr, file, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
+from runtime.grpc_proxy import GrpcProxy
 from runtime.invoke import Invoker, grpc_handler
 from runtime.metadata import Metadata
 from runtime.sequencer import SegmentCache, next_id_handler
 from runtime.streaming import Streams
+
+if TYPE_CHECKING:
+    from runtime.front_hooks import Hooks
+    from runtime.plugins import Plugin
 
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 _REFLECTION_METHOD = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
@@ -62,8 +67,12 @@ class GrpcServer:
         streams: Streams | None = None,
         metadata: Metadata | None = None,
         shutdown: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         self._config = config
+        self._hooks = hooks if hooks is not None and hooks.any else None
+        self._plugins = list(plugins)
         self._metadata = metadata or Metadata(config, streams.announcer.report if streams else None)
         self._shutdown = shutdown
         self._forwarder = forwarder
@@ -107,14 +116,29 @@ class GrpcServer:
 
             native_special["SubscribeTopicEvents"] = stream_handler(self._forwarder, self._streams, native_messages())
             dapr_special["SubscribeTopicEventsAlpha1"] = stream_handler(self._forwarder, self._streams, dapr_messages())
+        generic: list[grpc.GenericRpcHandler] = [
+            native.native_service(self._forwarder, native_special),
+            dapr.dapr_service(self._forwarder, self._metadata, dapr_special, self._shutdown),
+            lifecycle.lifecycle_service(self._forwarder),
+        ]
+        plugin_services: list[str] = []
+        for plugin in self._plugins:
+            generic.extend(plugin.handlers())
+            plugin_services.extend(plugin.services)
+        if self._hooks is not None:
+            # Flow control, spans, metrics and the dump around every method (runtime/front_hooks.py).
+            from runtime.front_hooks import GrpcHooks
+
+            server.add_generic_rpc_handlers((GrpcHooks(generic, self._hooks),))
+        else:
+            server.add_generic_rpc_handlers(tuple(generic))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers(
             (
-                native.native_service(self._forwarder, native_special),
-                dapr.dapr_service(self._forwarder, self._metadata, dapr_special, self._shutdown),
-                lifecycle.lifecycle_service(self._forwarder),
+                # Last: a call with dapr-app-id to any service l8 does not serve goes to that app.
+                GrpcProxy(self._invoker),
             )
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers(
             (
                 _LazyReflection(
@@ -122,6 +146,7 @@ class GrpcServer:
                         native.SERVICE,
                         dapr.SERVICE,
                         lifecycle.SERVICE,
+                        *plugin_services,
                         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                         REFLECTION_SERVICE,
                     )

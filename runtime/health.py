@@ -94,8 +94,11 @@ class HealthMonitor:
     async def probe_once(self) -> None:
         if self._bus is not None and not self._bus():
             self._health.set("bus", Status.DOWN, "the bus is not connected")
-        results = await asyncio.gather(*(self._probe(name, ping) for name, ping in self._probes.items()))
-        for name, reason in zip(self._probes, results, strict=True):
+        probes = dict(self._probes)  # components may come and go while the probes run (runtime/reload.py)
+        results = await asyncio.gather(*(self._probe(name, ping) for name, ping in probes.items()))
+        for name, reason in zip(probes, results, strict=True):
+            if name not in self._probes:
+                continue
             if self._bus is not None and not self._bus() and reason:
                 reason = f"{reason} (the bus is not connected)"
             self._health.set(name, Status.DOWN if reason else Status.UP, reason or "")

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -35,8 +35,8 @@ from bus.connection import ENVELOPE
 from bus.errors import BusTimeout, NoResponders, RemoteError
 from bus.subjects import TOKEN, invoke_queue, invoke_stem, invoke_subject, invoke_wildcard
 from handlers import limits
-from runtime import errors
-from runtime.app_channel import AppCallError, AppChannel
+from runtime import errors, observe
+from runtime.app_channel import HTTP_STATUS, AppCallError, AppChannel
 from runtime.forward import FrontError, abort
 from runtime.routing import Malformed, bytes_field, string_field
 
@@ -72,6 +72,10 @@ NOT_METADATA = frozenset(
 )
 
 Metadata = list[tuple[str, str | bytes]]
+# gRPC proxying: a request on the invoke subject with this header is the caller's own gRPC call,
+# bytes as they came, for the app's method of that name (not an InvokeRequest).
+HDR_GRPC_METHOD = "l8-grpc-method"
+_GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _printable(value: str) -> bool:
@@ -162,8 +166,10 @@ class Invoker:
         timeout: float | None,
         metadata: dict[str, str],
         traceparent: str | None,
+        grpc_method: bool = False,
     ) -> Invocation:
-        """Send ``request`` (``InvokeRequest`` bytes for ``method``) to a sidecar of ``app_id``."""
+        """Send ``request`` (``InvokeRequest`` bytes for ``method``) to a sidecar of ``app_id``; with
+        ``grpc_method``, ``request`` is a proxied gRPC call's message for the app's ``method``."""
         subject = self.subject(app_id)
         if not method:
             raise FrontError(Code.INVALID_ARGUMENT, f"the method name is empty: say which method of {app_id!r} to call")
@@ -183,6 +189,12 @@ class Invoker:
                 )
         timeout = self.default_timeout if timeout is None else max(timeout, 0.001)
         headers = {**metadata, HDR_TIMEOUT: str(max(1, int(timeout * 1000)))}
+        if grpc_method:
+            if not _GRPC_METHOD.match(method):
+                raise FrontError(
+                    Code.INVALID_ARGUMENT, f"{quote(method)} is not a gRPC method name (/package.Service/Method)"
+                )
+            headers[HDR_GRPC_METHOD] = method
         if traceparent and len(traceparent) <= limits.TRACEPARENT:
             headers[HDR_TRACEPARENT] = traceparent
         size = len(request) + sum(len(k) + len(v) + 4 for k, v in metadata.items())
@@ -193,8 +205,15 @@ class Invoker:
                 f"the invocation is {size} bytes with its metadata; the bus carries at most {limit}",
             )
         started = time.monotonic()
+        observer = observe.OBSERVER
         try:
-            reply = await self._bus.exchange(subject, request, timeout=timeout, headers=headers)
+            if observer is None:
+                reply = await self._bus.exchange(subject, request, timeout=timeout, headers=headers)
+            else:
+                reply = await observer.call(
+                    self._bus, subject, request, timeout=timeout, headers=headers, api="app", component=app_id,
+                    exchange=True,
+                )  # fmt: skip
         except NoResponders:
             raise FrontError(
                 Code.UNAVAILABLE,
@@ -243,9 +262,41 @@ def grpc_handler(invoker: Invoker) -> grpc.RpcMethodHandler:
             await abort(context, exc.code, exc.message)
         if result.metadata:
             await context.send_initial_metadata(result.metadata)
+        status = http_status_of(result.metadata)
+        if status is not None and not 200 <= status < 300:
+            await _abort_http(context, status, result.data)
         return result.data
 
     return grpc.unary_unary_rpc_method_handler(call)
+
+
+def http_status_of(metadata: Metadata) -> int | None:
+    """The status an HTTP app answered with (``dapr-http-status`` beside its reply), if any."""
+    for key, value in metadata:
+        if key == HTTP_STATUS and isinstance(value, str) and value.isdigit() and len(value) == 3:
+            return int(value)
+    return None
+
+
+async def _abort_http(context: grpc.aio.ServicerContext[Any, Any], status: int, reply: bytes) -> NoReturn:
+    """An HTTP app's error status, as daprd gives it to gRPC callers: the code it maps to, the
+    status text, and an ErrorInfo with the status and the start of the app's answer."""
+    from http import HTTPStatus
+
+    from handlers.proto import runtime_pb2 as pb
+
+    code = errors.code_of_http_app(status)
+    try:
+        text = HTTPStatus(status).phrase
+    except ValueError:
+        text = f"HTTP {status}"
+    try:
+        body = pb.InvokeResponse.FromString(reply).data.value.decode(errors="replace")
+    except Exception:  # protobuf's DecodeError: a reply that is not one carries no detail
+        body = ""
+    details = errors.status_details(code, text, text, {"http.code": str(status), "http.error_message": body[:63]})
+    await context.abort(errors.grpc_status(code), text, ((errors.DETAILS_KEY, details),))
+    raise AssertionError("abort returns only by raising")  # pragma: no cover
 
 
 # ---- target side ----
@@ -277,8 +328,14 @@ class InvokeHandler:
             metadata.append((CALLER_APP_ID, ctx.app_id))
         if ctx.traceparent and _printable(ctx.traceparent):
             metadata.append((HDR_TRACEPARENT, ctx.traceparent))
+        grpc_method = ctx.headers.get(HDR_GRPC_METHOD) if ctx.headers else None
         try:
-            reply, answered = await self._channel.on_invoke(payload, timeout=remaining, metadata=metadata)
+            if grpc_method is not None:
+                reply, answered = await self._channel.call_grpc(
+                    grpc_method, payload, timeout=remaining, metadata=metadata
+                )
+            else:
+                reply, answered = await self._channel.on_invoke(payload, timeout=remaining, metadata=metadata)
         except AppCallError as exc:
             raise _AppAnswered(*self._app_error(exc, remaining)) from None
         headers, _ = metadata_headers(answered)

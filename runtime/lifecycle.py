@@ -36,8 +36,10 @@ KINDS = {
     "secrets": "secrets",
     "bindings": "bindings",
 }
-# Kinds whose components take a new configuration at run time.
-APPLIES = ("hello",)
+# Kinds whose components take a new configuration at run time: hello components apply it in place
+# (their bridge's ``apply``), the others are rebuilt with it by the worker that takes the call
+# (runtime/reload.py), requests in flight finishing on the old one.
+APPLIES = ("hello", "state", "pubsub", "configuration", "lock", "sequencer", "file", "secrets", "bindings")
 
 
 def lifecycle_service(forwarder: Forwarder) -> grpc.GenericRpcHandler:

@@ -32,6 +32,10 @@ class Metadata:
     attributes: dict[str, str] = field(default_factory=dict)
     # The WebAssembly functions this sidecar runs, with their state (runtime/functions.py's rows).
     functions: Callable[[], list[dict[str, Any]]] | None = None
+    # The protocol the app speaks (app.protocol, or what l8 learned from the app; "" not yet).
+    app_protocol: Callable[[], str] | None = None
+    # The API plugins this sidecar serves (runtime/plugins.py).
+    plugins: Callable[[], list[dict[str, Any]]] | None = None
 
     def set(self, key: str, value: str) -> None:
         """SetMetadata: INVALID_ARGUMENT for an empty, long or reserved key or a long value."""
@@ -49,7 +53,7 @@ class Metadata:
             raise FrontError(Code.INVALID_ARGUMENT, f"metadata key {key[:64]!r} is l8's own")
         self.attributes[key] = value
 
-    _reserved = frozenset({"namespace", "daprRuntimeVersion", "appCommand"})
+    _reserved = frozenset({"namespace", "daprRuntimeVersion", "appCommand", "l8.plugins"})
 
     def capabilities(self, name: str, kind: str, type_: str) -> list[str]:
         live = self.running().get(name)
@@ -67,7 +71,10 @@ class Metadata:
         ]
 
     def extended(self) -> dict[str, str]:
-        return {**self.attributes, "namespace": self.config.namespace, "daprRuntimeVersion": f"l8-{__version__}"}
+        found = {**self.attributes, "namespace": self.config.namespace, "daprRuntimeVersion": f"l8-{__version__}"}
+        if self.plugins is not None:
+            found["l8.plugins"] = ",".join(p["name"] for p in self.plugins())
+        return found
 
     async def subscriptions(self, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """As Dapr's /v1.0/metadata lists them, with l8's delivery state beside each."""
@@ -84,10 +91,19 @@ class Metadata:
         """Dapr's HTTP answer (``GET /v1.0/metadata``); the gRPC one is built from the same parts."""
         app = self.config.app
         rows = await self._rows()
-        connection: dict[str, Any] = {"protocol": "grpc", "maxConcurrency": self.config.concurrency}
+        protocol = (self.app_protocol() if self.app_protocol is not None else "") or app.protocol or "grpc"
+        connection: dict[str, Any] = {"protocol": protocol, "maxConcurrency": self.config.concurrency}
         if app.callback:
             host, _, port = app.callback.rpartition(":")
             connection.update(port=int(port), channelAddress=host)
+        check = app.health_check
+        if check.enabled:
+            connection["health"] = {
+                "healthCheckPath": check.path,
+                "healthProbeInterval": f"{check.interval:g}s",
+                "healthProbeTimeout": f"{check.timeout * 1000:g}ms",
+                "healthThreshold": check.threshold,
+            }
         return {
             "id": app.id,
             "runtimeVersion": f"l8-{__version__}",
@@ -100,6 +116,7 @@ class Metadata:
             "httpEndpoints": [],
             "appConnectionProperties": connection,
             **({"functions": self.functions()} if self.functions is not None else {}),
+            **({"plugins": self.plugins()} if self.plugins is not None else {}),
         }
 
 

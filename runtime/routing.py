@@ -70,3 +70,26 @@ def name_field(buf: bytes, path: tuple[int, ...]) -> str:
     for number in path[:-1]:
         buf = bytes_field(buf, number)
     return string_field(buf, path[-1])
+
+
+def count_field(buf: bytes, number: int) -> int:
+    """How many values of length-delimited field ``number`` (a repeated message) ``buf`` holds."""
+    pos = 0
+    end = len(buf)
+    count = 0
+    while pos < end:
+        tag, pos = _varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 2:
+            length, pos = _varint(buf, pos)
+            count += field == number
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise Malformed(f"unsupported wire type {wire}")
+    return count

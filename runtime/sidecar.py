@@ -23,22 +23,22 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridges.registry import BridgeEnv
 from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, subjects
 from bus.auth import redact
 from bus.board import Board
-from bus.stream import serve_streams
-from handlers.base import guarded
 from handlers.pubsub_registry import Deliveries
 from runtime import bus_identity
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
+from runtime.app_health import AppHealth, Gated
 from runtime.auth import http_context
 from runtime.binding_events import BindingAnswers
-from runtime.components import Components
+from runtime.components import Components, Served
 from runtime.config import Config
+from runtime.configuration_push import AppPush
 from runtime.event_router import BusRouter
 from runtime.event_server import EventServer
 from runtime.forward import Forwarder
@@ -48,6 +48,8 @@ from runtime.http import HttpServer, Limits
 from runtime.http import Router as HttpRouter
 from runtime.invoke import InvokeHandler, Invoker
 from runtime.metadata import Metadata
+from runtime.operability import Operability
+from runtime.reload import LiveComponents
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
@@ -61,7 +63,15 @@ log = logging.getLogger("l8")
 class Sidecar:
     """``serve=False`` runs handlers only (a worker); ``start``/``stop`` are idempotent."""
 
-    def __init__(self, config: Config, *, serve: bool = True, apis: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        serve: bool = True,
+        apis: list[str] | None = None,
+        reload_from: tuple[Path, Callable[[], Config]] | None = None,
+    ) -> None:
+        """``reload_from``: the config file and how to load it again, for ``reload.watch``."""
         self.config = config
         self.serve = serve
         self.apis = config.apis() if apis is None else apis
@@ -74,6 +84,8 @@ class Sidecar:
         self.workers: WorkerHost | None = None
         self.app_channel: AppChannel | None = None
         self.event_channel: AppChannel | None = None
+        self.app_health: AppHealth | None = None
+        self.config_push: AppPush | None = None
         self.invocations: Route | None = None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
@@ -86,6 +98,12 @@ class Sidecar:
         # Set by Dapr's Shutdown (gRPC or POST /v1.0/shutdown); `l8 run` stops when it is.
         self.shutdown_requested = asyncio.Event()
         self.functions: SidecarFunctions | None = None
+        # Tracing, metrics, flow control, the request dump and plugins (runtime/operability.py).
+        self.ops = Operability(config)
+        # Components on routes of their own, changeable while l8 runs (runtime/reload.py).
+        self.live = LiveComponents(self, *(reversed(reload_from) if reload_from else ()))
+        self.forwarder: Forwarder | None = None
+        self.probes: dict[str, Any] = {}
         self.started_in: float | None = None
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -117,6 +135,8 @@ class Sidecar:
     async def _start(self) -> None:
         cfg = self.config
         identity = bus_identity.of(cfg, bus_identity.SIDECAR if self.serve else bus_identity.WORKER, self.apis)
+        ops = self.ops
+        await ops.start(self.worker_id)
         if cfg.bus.embedded:
             self.embedded = EmbeddedNats(
                 Path(cfg.data_dir) / "nats",
@@ -161,16 +181,17 @@ class Sidecar:
             local_dispatch=cfg.bus.local_dispatch and self.serve,
         )
         for served in self.components.served:
-            streams = getattr(served.handler, "streams", None)
-            handler = guarded(served.handler)
-            self.workers.add(served.api, served.name, serve_streams(self.bus, handler, streams) if streams else handler)
+            await self.live.serve(served)
         await self.workers.start()
-        await self._start_watchers()
-        await self._start_deliveries()
+        for served in self.components.served:
+            await self.start_watcher(served)
+        for served in self.components.served:
+            await self.deliver(served)
         bus = self.bus
+        self.probes = self.components.probes()
         self.monitor = HealthMonitor(
             self.health,
-            self.components.probes(),
+            self.probes,
             bus=lambda: bus.connected,
             interval=cfg.health.interval,
             timeout=cfg.health.timeout,
@@ -178,7 +199,9 @@ class Sidecar:
         self.supervisor.spawn("health-probes", self.monitor.run)
         if not self.serve:
             if cfg.server.worker_http is not None:
-                await self._start_http("server.worker_http", cfg.server.worker_http, probes_router(cfg, self.health))
+                router = probes_router(cfg, self.health, ops.hooks.metrics)
+                await self._start_http("server.worker_http", cfg.server.worker_http, router)
+            await self.live.start()
             return
         if cfg.functions:
             # Imported only when functions are configured: wasmtime is large to load.
@@ -189,38 +212,71 @@ class Sidecar:
         app_token = cfg.app.api_token()
         if cfg.app.callback is not None:
             # Only a sidecar that can reach its app answers the app's invocations and events; one
-            # without joins no queue group, so callers never wait on it.
-            self.app_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
+            # without joins no queue group, so callers never wait on it. Events and subscription
+            # discovery get a channel of their own: asking a starting app for its subscriptions
+            # must not put the invocations' connection into backoff (nor must its health probes).
+            self.app_channel = ops.app(self._open_app(app_token))
+            self.event_channel = ops.app(self._open_app(app_token))
+            check = cfg.app.health_check
+            if check.enabled:
+                self.app_health = AppHealth(
+                    self._open_app(app_token), interval=check.interval, timeout=check.timeout, threshold=check.threshold
+                )
+                await self.app_health.start()
+                self.app_channel = Gated(self.app_channel, self.app_health)
+                self.event_channel = Gated(self.event_channel, self.app_health)
             handler = InvokeHandler(cfg.app.id, self.app_channel)
-            self.invocations = await self.workers.serve(handler.route(cfg.namespace, cfg.concurrency))
-            # Events and subscription discovery get a channel of their own: asking a starting app
-            # for its subscriptions must not put the invocations' connection into backoff.
-            self.event_channel = open_app(cfg.app.callback, cfg.server.max_message_bytes, app_token)
-        forwarder = Forwarder(self.bus, cfg)
+            route = handler.route(cfg.namespace, cfg.concurrency)
+            span_name = f"CallLocal/{cfg.app.id}"
+            route.handler = ops.route(lambda ctx: span_name, route.handler)
+            self.invocations = await self.workers.serve(route)
+        forwarder = self.forwarder = Forwarder(self.bus, cfg)
         self.events = EventServer(
             self.workers,
             cfg.namespace,
             cfg.app.id,
             self.event_channel,
             concurrency=cfg.concurrency,
+            wrap=ops.events_wrap(),
             answers=BindingAnswers(forwarder).carry_out,
         )
         await self.events.start()
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
+        await ops.start_plugins(self.bus, forwarder, self.components.served, self.app_channel)
         self.metadata = Metadata(
             cfg,
             self.announcer.report,
             lambda: {s.name: s.bridge.features() for s in live},
             functions=self.functions.rows if self.functions is not None else None,
+            app_protocol=(lambda: channel.protocol) if (channel := self.event_channel) is not None else None,
+            plugins=ops.plugin_rows if ops.plugins else None,
         )
         self.grpc = GrpcServer(
-            cfg, forwarder, invoker, Streams(self.announcer, self.events), self.metadata, self.shutdown_requested.set
+            cfg,
+            forwarder,
+            invoker,
+            Streams(self.announcer, self.events),
+            self.metadata,
+            self.shutdown_requested.set,
+            hooks=ops.hooks,
+            plugins=ops.plugins,
         )
         await self.grpc.start()
+        if self.app_channel is not None:
+            # Dapr's HTTP configuration subscribe sends the changes to the app as invocations.
+            self.config_push = AppPush(self.grpc.configuration, self.app_channel, cfg.bus.request_timeout)
         router = http_router(
-            cfg, self.health, forwarder, invoker, self.metadata, self.grpc.configuration, self.shutdown_requested.set
+            cfg,
+            self.health,
+            forwarder,
+            invoker,
+            self.metadata,
+            self.grpc.configuration,
+            self.shutdown_requested.set,
+            self.config_push,
+            hooks=ops.hooks,
         )
         await self._start_http("server.http", cfg.server.http, router)
         if self.embedded is not None:
@@ -228,30 +284,44 @@ class Sidecar:
             (Path(cfg.data_dir) / "bus-url").write_text(self.embedded.url + "\n")
         # Last: events flow to the app only once everything they may call back into is up.
         await self.announcer.start()
+        await self.live.start()
 
-    async def _start_deliveries(self) -> None:
-        """The pub/sub and input binding handlers of this process deliver the subscriptions
-        announced on the bus: a pub/sub handler its broker's topics, an input binding's handler
-        (``source``) the binding's events."""
-        assert self.components is not None and self.bus is not None
-        sources = []
-        for served in self.components.served:
-            # Looked up by attribute: a handler may be wrapped (runtime/secretrefs.py's Redacting).
-            registry = getattr(served.handler, "registry", None)
-            source = served.bridge if served.api == "pubsub" else getattr(served.handler, "source", None)
-            if registry is not None and source is not None:
-                sources.append((served.name, source, registry))
-        if not sources:
-            return
-        self.board = Board(
-            self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
+    def _open_app(self, app_token: str | None) -> AppChannel:
+        cfg = self.config
+        assert cfg.app.callback is not None
+        return open_app(
+            cfg.app.callback,
+            cfg.server.max_message_bytes,
+            app_token,
+            protocol=cfg.app.protocol,
+            bindings=tuple(cfg.components_of("bindings")),
+            health_path=cfg.app.health_check.path,
         )
-        router = BusRouter(self.bus, self.config.namespace)
-        for name, source, registry in sources:
-            deliveries = Deliveries(name, source, router, self.board, self.worker_id, self._health_of)
-            registry.deliveries = deliveries
-            self.deliveries.append(deliveries)
-            await deliveries.start()
+
+    async def deliver(self, served: Served) -> None:
+        """This process delivers the subscriptions announced on the bus for ``served``, if it has
+        events: a pub/sub component its broker's topics, an input binding (its handler's
+        ``source``) the binding's events."""
+        assert self.bus is not None
+        # Looked up by attribute: a handler may be wrapped (runtime/secretrefs.py's Redacting).
+        registry = getattr(served.handler, "registry", None)
+        source = served.bridge if served.api == "pubsub" else getattr(served.handler, "source", None)
+        if registry is None or source is None:
+            return
+        if self.board is None:
+            self.board = Board(
+                self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
+            )
+        router = self.ops.router(BusRouter(self.bus, self.config.namespace), served.name, served_type(self, served))
+        deliveries = Deliveries(served.name, source, router, self.board, self.worker_id, self._health_of)
+        registry.deliveries = deliveries
+        self.deliveries.append(deliveries)
+        await deliveries.start()
+
+    async def stop_deliveries_of(self, name: str) -> None:
+        for deliveries in [d for d in self.deliveries if d.component == name]:
+            self.deliveries.remove(deliveries)
+            await deliveries.stop(timeout=min(10.0, self.config.shutdown_timeout))
 
     def _health_of(self, name: str, up: bool, reason: str) -> None:
         self.health.set(name, Status.UP if up else Status.DOWN, reason)
@@ -284,14 +354,13 @@ class Sidecar:
         self._serving_updates.add(task)
         task.add_done_callback(self._serving_updates.discard)
 
-    async def _start_watchers(self) -> None:
-        """Handlers that push changes (configuration) publish them for every front on the bus."""
-        assert self.components is not None and self.bus is not None
-        for served in self.components.served:
-            watch = getattr(served.handler, "watch", None)
-            if watch is not None:
-                subject = subjects.changes_subject(self.config.namespace, served.api, served.name)
-                await watch(functools.partial(self.bus.publish, subject))
+    async def start_watcher(self, served: Served) -> None:
+        """A handler that pushes changes (configuration) publishes them for every front on the bus."""
+        assert self.bus is not None
+        watch = getattr(served.handler, "watch", None)
+        if watch is not None:
+            subject = subjects.changes_subject(self.config.namespace, served.api, served.name)
+            await watch(functools.partial(self.bus.publish, subject))
 
     async def stop(self) -> None:
         async with self._lock:
@@ -306,7 +375,9 @@ class Sidecar:
 
     def _steps(self) -> list[tuple[str, Callable[[float], Awaitable[None]]]]:
         """The shutdown in order; each step gets the time left in the budget."""
-        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = []
+        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = [
+            ("the config watch", lambda left: self.live.stop())
+        ]
         if (announcer := self.announcer) is not None:
             steps.append(("the subscriptions' announcement", lambda left: announcer.stop()))
         # Deliveries next: stop fetching, let the targets answer what is in flight, hand back the rest.
@@ -315,8 +386,12 @@ class Sidecar:
             steps.append(("the app's events", lambda left: events.stop(min(10.0, left))))
         if (grpc_server := self.grpc) is not None:
             steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
+        if self.ops.plugins:
+            steps.append(("plugins", lambda left: self.ops.stop_plugins()))
         if (http := self.http) is not None:
             steps.append(("the HTTP server", lambda left: http.stop()))
+        if (push := self.config_push) is not None:
+            steps.append(("configuration changes to the app", lambda left: push.stop()))
         if (host := self.workers) is not None and (invocations := self.invocations) is not None:
             steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
         if (functions := self.functions) is not None:
@@ -324,6 +399,8 @@ class Sidecar:
         if (workers := self.workers) is not None:
             steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
         steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))
+        if (app_health := self.app_health) is not None:
+            steps.append(("the app's health check", lambda left: app_health.stop()))
         if (components := self.components) is not None:
             steps.append(("components", lambda left: components.stop()))
         steps.extend(
@@ -333,6 +410,8 @@ class Sidecar:
             steps.append(("the bus connection", lambda left: bus.stop(min(5.0, left))))
         if (embedded := self.embedded) is not None:
             steps.append(("the embedded nats-server", lambda left: embedded.stop(min(5.0, left))))
+        # Last: the spans of the shutdown itself are exported too.
+        steps.append(("tracing, metrics and the dump", lambda left: self.ops.stop(min(5.0, left))))
         return steps
 
     async def _stop(self) -> None:
@@ -367,3 +446,8 @@ async def _stop_deliveries(deliveries: Deliveries, left: float) -> None:
 
 async def _close(channel: AppChannel, left: float) -> None:
     await channel.close()
+
+
+def served_type(sidecar: Sidecar, served: Served) -> str:
+    comp = sidecar.config.components.get(served.name)
+    return comp.type if comp is not None else ""

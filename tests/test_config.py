@@ -54,6 +54,9 @@ def test_env_references_are_substituted_with_their_defaults(tmp_path: Path, monk
         ("bus: {url: 'http://x'}\n", "bus.url"),
         ("workers: [state, nope]\n", "workers"),
         ("app: {id: 'a b'}\n", "app.id"),
+        ("app: {protocol: soap}\n", "app.protocol"),
+        ("app: {health_check: {path: 'healthz'}}\n", "app.health_check.path"),
+        ("app: {health_check: {threshold: 0}}\n", "app.health_check.threshold"),
     ],
 )
 def test_bad_config_names_the_file_and_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -73,6 +76,8 @@ def test_bad_config_names_the_file_and_the_field(tmp_path: Path, text: str, fiel
         (["run", "--grpc-port", "70000"], "--grpc-port: '70000' is not a port number"),
         (["run", "--workers", "nope"], "workers: unknown api 'nope'"),
         (["worker"], "a worker joins an existing bus"),
+        (["run", "--app-protocol", "soap"], "invalid choice: 'soap'"),
+        (["run", "--app-health-probe-timeout", "0"], "--app-health-probe-timeout: '0' is not a whole number"),
     ],
 )
 def test_l8_exits_non_zero_at_once_on_bad_config(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -95,3 +100,31 @@ def test_a_taken_port_stops_l8_with_a_message_naming_the_setting(tmp_path: Path)
         )
     assert out.returncode != 0
     assert "server.http: cannot listen on" in out.stderr
+
+
+def test_the_app_flags_set_the_protocol_and_the_health_check_in_daprs_units() -> None:
+    from runtime.cli import _parser, config_from_args
+
+    args = _parser().parse_args(
+        [
+            "run",
+            "--app-port",
+            "3000",
+            "--app-protocol",
+            "http",
+            "--enable-app-health-check",
+            "--app-health-check-path",
+            "/ready",
+            "--app-health-probe-interval",
+            "2",
+            "--app-health-probe-timeout",
+            "250",
+            "--app-health-threshold",
+            "4",
+        ]
+    )
+    app = config_from_args(args).app
+    assert (app.callback, app.protocol) == ("127.0.0.1:3000", "http")
+    check = app.health_check
+    assert (check.enabled, check.path, check.interval, check.timeout, check.threshold) == (True, "/ready", 2, 0.25, 4)
+    assert config_from_args(_parser().parse_args(["run"])).app.protocol is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,11 @@ COMPONENTS = {
     "configstore": {"kind": "configuration", "type": "nats.kv"},
     "lockstore": {"kind": "lock", "type": "nats.kv"},
     "pubsub": {"kind": "pubsub", "type": "nats.jetstream"},
+    "secretstore": {
+        "kind": "secrets",
+        "type": "env",
+        "metadata": {"prefixes": "L8TEST_SECRET_", "deniedSecrets": "L8TEST_SECRET_HIDDEN"},
+    },
 }
 
 
@@ -48,8 +54,10 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-async def env(nats_server: Server) -> AsyncIterator[Env]:
-    sidecar = Sidecar(sidecar_config(nats_server.url, COMPONENTS))
+async def env(nats_server: Server, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    os.environ.update(L8TEST_SECRET_A="alpha", L8TEST_SECRET_HIDDEN="never")
+    disk = {"kind": "bindings", "type": "local.dir", "metadata": {"root": str(tmp_path_factory.mktemp("disk"))}}
+    sidecar = Sidecar(sidecar_config(nats_server.url, {**COMPONENTS, "disk": disk}))
     await sidecar.start()
     e = Env(sidecar)
     yield e
@@ -307,11 +315,52 @@ async def test_configuration_get_answers_items_by_key_and_unsubscribe_ends_a_grp
     )
 
 
-async def test_configuration_subscribe_over_http_says_it_needs_an_http_app_channel(env: Env) -> None:
+async def test_configuration_subscribe_over_http_without_an_app_answers_that_there_is_no_app_channel(
+    env: Env,
+) -> None:
     message = error_of(
-        await env.http("GET", "/v1.0/configuration/configstore/subscribe?key=a"), 501, "ERR_CONFIGURATION_SUBSCRIBE"
+        await env.http("GET", "/v1.0/configuration/configstore/subscribe?key=a"), 500, "ERR_APP_CHANNEL_NIL"
     )
-    assert "HTTP app channel" in message
+    assert "no app callback" in message
+    error_of(await env.http("GET", "/v1.0/configuration/nope/subscribe"), 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+
+
+# ---- secrets ----
+
+
+async def test_secrets_are_read_one_and_in_bulk_with_daprs_shapes(env: Env) -> None:
+    got = await env.http("GET", "/v1.0/secrets/secretstore/L8TEST_SECRET_A")
+    assert got.status == 200 and got.json() == {"L8TEST_SECRET_A": "alpha"}
+    bulk = await env.http("GET", "/v1.0/secrets/secretstore/bulk")
+    assert bulk.status == 200 and bulk.json()["L8TEST_SECRET_A"] == {"L8TEST_SECRET_A": "alpha"}
+    assert "L8TEST_SECRET_HIDDEN" not in bulk.json()
+
+
+async def test_secret_errors_answer_daprs_codes_and_statuses(env: Env) -> None:
+    error_of(await env.http("GET", "/v1.0/secrets/nostore/x"), 401, "ERR_SECRET_STORE_NOT_FOUND")
+    error_of(await env.http("GET", "/v1.0/secrets/secretstore/L8TEST_SECRET_HIDDEN"), 403, "ERR_PERMISSION_DENIED")
+    error_of(await env.http("GET", "/v1.0/secrets/secretstore/L8TEST_SECRET_MISSING"), 500, "ERR_SECRET_GET")
+
+
+# ---- output bindings ----
+
+
+async def test_an_output_binding_is_invoked_with_data_metadata_and_operation(env: Env) -> None:
+    name = unique("f") + ".json"
+    created = await env.http(
+        "POST", "/v1.0/bindings/disk", {"operation": "create", "data": {"a": 1}, "metadata": {"fileName": name}}
+    )
+    assert created.status == 200, created.body
+    assert created.headers["metadata.filename"] == name
+    got = await env.http("PUT", "/v1.0/bindings/disk", {"operation": "get", "metadata": {"fileName": name}})
+    assert got.status == 200 and json.loads(got.body) == {"a": 1}
+
+
+async def test_output_binding_errors_answer_daprs_codes(env: Env) -> None:
+    error_of(await env.http("POST", "/v1.0/bindings/nope", {"operation": "create"}), 500, "ERR_INVOKE_OUTPUT_BINDING")
+    error_of(await env.http("POST", "/v1.0/bindings/disk", b"[1, 2"), 400, "ERR_MALFORMED_REQUEST")
+    error_of(await env.http("POST", "/v1.0/bindings/disk", {"operation": 7}), 400, "ERR_MALFORMED_REQUEST")
+    error_of(await env.http("POST", "/v1.0/bindings/disk", {"operation": "fly"}), 400, "ERR_INVOKE_OUTPUT_BINDING")
 
 
 # ---- lock ----

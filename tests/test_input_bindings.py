@@ -5,6 +5,7 @@ source, then what each source and an app's answer do, and the input l8 refuses."
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import uuid
@@ -550,3 +551,29 @@ async def test_on_the_embedded_bus_an_app_behind_a_front_only_sidecar_gets_its_i
         if front is not None:
             await front.stop()
         await host.stop()
+
+
+async def test_an_http_app_gets_its_input_binding_events_posted_to_the_bindings_route(
+    nats_server: Server, make_sidecar: SidecarFactory
+) -> None:
+    """The HTTP app channel (runtime/app_http.py) on the same road: OPTIONS finds the binding, each
+    event is a POST /orders-in, a 2xx answer settles it."""
+    from tests.test_app_http import start_app
+
+    subject = f"ext.{uuid.uuid4().hex[:8]}"
+    app = start_app(unique("fa"))
+    try:
+        comp = {"kind": "bindings", "type": "nats", "metadata": {"subject": subject, "stream": f"EXT_{subject[4:]}"}}
+        sidecar = await make_sidecar(
+            sidecar_config(nats_server.url, {"orders-in": comp}, app={"id": unique("http"), "callback": app.address})
+        )
+        await delivering(sidecar, "orders-in")
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(subject, b'{"order": 8}', headers={"source-id": "s8"})
+        finally:
+            await nc.close()
+        [event] = await until(lambda: app.seen("binding"), "the POST")
+        assert json.loads(event["body"]) == {"order": 8} and event["headers"]["source-id"] == "s8"
+    finally:
+        stop_pid(app.proc)

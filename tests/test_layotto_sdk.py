@@ -1,6 +1,7 @@
 """Layotto's published Node SDK (npm ``layotto``, installed by scripts/test) runs unchanged against
 `l8 run`: hello, state, publish, invoke, configuration, lock and sequencer. The invocation target
-is an app written with the Dapr SDK's ``App`` (Layotto apps come with the app channels)."""
+is an app written with the Dapr SDK's ``App``; the SDK's subscriber ``Server`` as an app is in
+tests/test_app_sdks.py."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 BATCH_WAIT = 0.0002  # seconds the first answer of a batch may wait for the calls after it
 
-_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], contextvars.Context]
 _Done = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 
 
@@ -42,7 +43,8 @@ class Lanes:
         if self._closed:
             raise RuntimeError("the lanes are closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((future, fn, args))
+        # The caller's context goes along, so the host calls a call makes carry its trace context.
+        self._queue.put((future, fn, args, contextvars.copy_context()))
         return future
 
     async def close(self) -> None:
@@ -74,9 +76,9 @@ class Lanes:
             done: _Done = []
             began = time.perf_counter()
             while True:
-                future, fn, args = job
+                future, fn, args, context = job
                 try:
-                    done.append((future, fn(*args), None))
+                    done.append((future, context.run(fn, *args), None))
                 except BaseException as exc:  # handed to the caller, who decides what it means
                     done.append((future, None, exc))
                 if time.perf_counter() - began > BATCH_WAIT:

@@ -18,11 +18,12 @@ import re
 from bridges.errors import Code
 from handlers.proto import runtime_pb2 as pb
 from runtime import errors
+from runtime.app_channel import HTTP_STATUS
 from runtime.dapr_http.errors import malformed
 from runtime.dapr_http.router import Params, Route, route
 from runtime.forward import FrontError
 from runtime.http import Request, Response
-from runtime.invoke import NOT_METADATA, Invoker, metadata_headers
+from runtime.invoke import NOT_METADATA, Invoker, http_status_of, metadata_headers
 
 PROTOBUF = "application/x-protobuf"
 _VERBS = tuple(name for name, _ in pb.HTTPExtension.Verb.items() if name != "NONE")
@@ -78,10 +79,14 @@ class InvokeRoutes:
         except FrontError as exc:
             return _error(exc.code, exc.message)
         answer = pb.InvokeResponse.FromString(result.data)
-        headers = {k: v for k, v in result.metadata if isinstance(v, str) and k not in NOT_METADATA}
+        # An HTTP app's own status comes back as it answered, as daprd passes it on.
+        status = http_status_of(result.metadata) or 200
+        headers = {
+            k: v for k, v in result.metadata if isinstance(v, str) and k not in NOT_METADATA and k != HTTP_STATUS
+        }
         if answer.data.type_url:
             headers["content-type"] = PROTOBUF
-            return Response(200, answer.data.SerializeToString(), headers)
+            return Response(status, answer.data.SerializeToString(), headers)
         if answer.content_type:
             headers["content-type"] = answer.content_type
-        return Response(200, answer.data.value, headers)
+        return Response(status, answer.data.value, headers)

@@ -3,6 +3,7 @@ own, so ``%2F`` inside a key or a method never splits it (and ``%2E%2E`` is no p
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Router:
 
     def add(self, *routes: Route) -> None:
         self._routes.extend(routes)
+
+    def wrap(self, wrap: Callable[[Route], Handler]) -> None:
+        """Give every route the handler ``wrap(route)`` makes of it (the fronts' hooks, once)."""
+        self._routes = [dataclasses.replace(r, handler=wrap(r)) for r in self._routes]
 
     def _match(self, parts: list[str], route: Route) -> Params | None:
         segments = route.segments
