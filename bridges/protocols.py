@@ -149,6 +149,18 @@ class Subscription(Protocol):
         ...
 
 
+class EventSource(Protocol):
+    """What a delivery loop consumes (handlers/pubsub_delivery.py): a broker's topics, or the events
+    of an input binding. ``limits.lease_seconds`` says how often held messages need ``touch``;
+    ``publish`` carries dead letters only. Every ``PubSub`` is one."""
+
+    limits: PubSubLimits
+
+    async def publish(self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None) -> None: ...
+
+    async def subscribe(self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False) -> Subscription: ...
+
+
 class PubSub(Component, Protocol):
     """A broker. Subscribers of one ``group`` share the topic's messages (each goes to one of
     them); every group gets its own copy of every message. ``ordered`` subscriptions get each
@@ -356,6 +368,21 @@ class OutputBinding(Component, Protocol):
         """Run ``operation`` within ``timeout`` seconds; a reply over ``max_reply`` bytes is refused
         with ResourceExhausted rather than read whole."""
         ...
+
+
+@runtime_checkable
+class InputBinding(Component, Protocol):
+    """An external system l8 takes events from (an input binding).
+
+    ``subscribe`` reads the binding's events for ``group``: each event goes to one subscriber of a
+    group, every group gets every event (where the system can tell groups apart). Each event is a
+    ``Received`` whose ``data`` is the event's data and whose ``headers`` are its metadata, as the
+    app is to get them; settling works as for pub/sub (what a binding cannot keep, such as core
+    NATS messages, it says in its docs). ``lease_seconds`` is ``PubSubLimits.lease_seconds``."""
+
+    lease_seconds: float | None
+
+    async def subscribe(self, group: str, *, max_in_flight: int, ordered: bool = False) -> Subscription: ...
 
 
 # ---- hello (Layotto's demo) ----

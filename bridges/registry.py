@@ -70,6 +70,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "http": "bridges.http.bindings:HttpBinding",
         "redis": "bridges.redis.bindings:RedisBinding",
         "local.dir": "bridges.localfs.bindings:LocalDirBinding",
+        "cron": "bridges.cron.bindings:CronBinding",
     },
     "hello": {
         "helloworld": "bridges.helloworld.hello:HelloWorld",
@@ -92,6 +93,10 @@ FEATURES: dict[tuple[str, str], frozenset[str]] = {
     ("pubsub", "nats.jetstream"): frozenset({"TTL", "ORDERED", "BULK"}),
     ("hello", "helloworld"): frozenset({"APPLY_CONFIGURATION"}),
 }
+
+# The bindings types that are also input bindings (bridges/protocols.py ``InputBinding``), with the
+# metadata key that makes a component of the type one: a sidecar announces only those.
+INPUTS: dict[str, str] = {"nats": "subject", "kafka": "topics", "cron": "schedule"}
 
 KINDS = ("state", "pubsub", "invoke", "configuration", "lock", "sequencer", "file", "secrets", "bindings", "hello")
 

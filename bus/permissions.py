@@ -3,9 +3,9 @@ bus, not a header, tell who sent a request (docs/security.md).
 
 - An app's sidecar publishes only requests and invocations whose last token is its own app id (or
   the name of one of its functions, which act as app ids), subscribes only to its own inbox, its
-  app's invocations and events and the configuration changes every front hears; it may answer what
-  it received (``allow_responses``) and send to the handler's end of a stream (``_INBOX.s.>``). It
-  has no access to JetStream's API, KV or Object Store subjects: only workers touch those.
+  app's invocations and events (its input bindings' too) and the configuration changes every front
+  hears; it may answer what it received (``allow_responses``) and send to the handler's end of a
+  stream (``_INBOX.s.>``). It has no access to JetStream's API, KV or Object Store subjects: only workers touch those.
 - A worker serves and publishes anything of its namespace (requests, events routed to apps, the
   changes it pushes), uses JetStream, and answers any inbox.
 - The CLI (``l8 subscriptions``) reads the subscription registry's bucket and nothing else.
@@ -69,13 +69,16 @@ def sidecar(ns: str, ids: Sequence[str], apis: Sequence[str]) -> Permissions:
             f"{subjects.invoke_wildcard(ns, target)}",
             f"{subjects.event_stem(ns, target, 'event')}.>",
             f"{subjects.event_stem(ns, target, 'stream')}.>",
+            f"{subjects.event_stem(ns, target, 'binding')}.>",
         ]
     subscribe.append(f"l8.{ns}.changes.>")
     return Permissions(_unique(publish), _unique(subscribe), responses=True)
 
 
 def worker(ns: str, publish_also: Iterable[str] = ()) -> Permissions:
-    """A worker of namespace ``ns``; ``publish_also``: subjects of its NATS output bindings."""
+    """A worker of namespace ``ns``; ``publish_also``: subjects of its NATS bindings, which it
+    publishes to (output) and reads (input)."""
+    bindings = tuple(publish_also)
     publish = (
         f"l8.{ns}.>",
         "$JS.API.>",
@@ -84,9 +87,14 @@ def worker(ns: str, publish_also: Iterable[str] = ()) -> Permissions:
         "$KV.>",
         "$O.>",
         f"{subjects.INBOX}.>",
-        *publish_also,
+        *bindings,
     )
-    subscribe = (f"l8.{ns}.>", f"{subjects.inbox_prefix(subjects.WORKER, ns)}.>", f"{subjects.STREAM_INBOXES}.>")
+    subscribe = (
+        f"l8.{ns}.>",
+        f"{subjects.inbox_prefix(subjects.WORKER, ns)}.>",
+        f"{subjects.STREAM_INBOXES}.>",
+        *bindings,
+    )
     return Permissions(_unique(publish), subscribe)
 
 

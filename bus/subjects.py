@@ -12,8 +12,11 @@ header that anyone could forge:
   app's sidecars, which push them to the app (queue group: the subject). Only workers publish here.
 - ``l8.<ns>.app.<target>.stream.<pubsub>.<topic key>``: events for the app's streaming
   subscriptions, answered only by the sidecars that hold such a stream.
+- ``l8.<ns>.app.<target>.binding.<binding>.<key>``: input binding events routed by the bindings
+  workers to an app's sidecars (queue group: the subject's stem).
 - ``l8.<ns>.evt.<pubsub>.<topic>``: topics of NATS-backed pub/sub components; the JetStream
-  bridge owns that name (bridges/nats/pubsub.py), since bridges do not import the bus.
+  bridge owns that name (bridges/nats/pubsub.py), since bridges do not import the bus. Likewise
+  ``l8.<ns>.cron.<binding>.<app>``, the ticks of cron bindings (bridges/cron/bindings.py).
 - ``l8.<ns>.changes.<api>.<component>``: changes a component's workers push to every front
   (configuration).
 

@@ -52,7 +52,12 @@ def short(value: str, limit: int = QUOTE_LIMIT) -> str:
 
 
 def check_metadata(
-    metadata: Mapping[str, str], what: str, *, entries: int = 64, key_chars: int = 256, value_chars: int = 4096
+    metadata: Mapping[str, str],
+    what: str,
+    *,
+    entries: int = limits.MAP_ENTRIES,
+    key_chars: int = limits.MAP_KEY,
+    value_chars: int = limits.MAP_VALUE,
 ) -> dict[str, str]:
     """Request metadata within its ranges, as a plain dict; INVALID_ARGUMENT naming what is wrong."""
     if len(metadata) > entries:

@@ -21,17 +21,18 @@ from datetime import UTC, datetime
 
 from bridges.errors import InvalidArgument, Unimplemented
 from bridges.protocols import FileInfo, FileStore
-from handlers.base import ChunkStream, RequestInfo, check_metadata, short
+from handlers import limits
+from handlers.base import ChunkStream, RequestInfo, short
 from handlers.proto import runtime_pb2 as pb
 
 CHUNK = 128 << 10  # bytes of data per GetFileResponse
-MAX_NAME = 1024
-MAX_SEGMENT = 255
-MAX_PAGE = 1000
+MAX_NAME = limits.FILE_NAME
+MAX_SEGMENT = limits.FILE_SEGMENT
+MAX_PAGE = limits.FILE_PAGE
 DEFAULT_MAX_FILE = 1 << 30
 RESERVED = ".l8"  # first segments that bridges keep for themselves (temporary uploads, metadata)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_META_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_META_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def check_name(name: str, what: str = "name", *, directory: bool = False) -> str:
@@ -60,7 +61,10 @@ def check_name(name: str, what: str = "name", *, directory: bool = False) -> str
 
 
 def check_file_metadata(metadata: Mapping[str, str], what: str) -> dict[str, str]:
-    out = check_metadata(metadata, what, entries=32, key_chars=128, value_chars=1024)
+    limits.check_map(
+        metadata, f"{what}: metadata", limits.FILE_META_ENTRIES, limits.FILE_META_KEY, limits.FILE_META_VALUE
+    )
+    out = dict(metadata)
     for key, value in out.items():
         if not _META_KEY.match(key):
             raise InvalidArgument(f"{what}: metadata key {short(key)} may use only letters, digits, '_', '.' and '-'")

@@ -37,6 +37,15 @@ BULK = 1000
 TTL_SECONDS = 2**31 - 1  # ttlInSeconds: about 68 years, which every backend's expiry arithmetic holds
 LOCK_EXPIRE_SECONDS = 86_400  # a day keeps a forgotten lock from living forever
 MAX_IN_FLIGHT = 10_000  # maxInFlight of a streaming subscription (checked by runtime/subscriber.py)
+# ---- files, secrets, bindings ----
+FILE_NAME = 1024  # a file's name (a directory prefix, a ListFile marker): it becomes a path or an object name
+FILE_SEGMENT = 255  # one '/'-separated part of a file name: what file systems take as one name
+FILE_META_ENTRIES = 32  # metadata of one file, stored beside it
+FILE_META_KEY = 128
+FILE_META_VALUE = 1024
+FILE_PAGE = 1000  # files in one ListFile answer
+SECRET_KEY = 512  # a secret's name
+BINDING_TARGETS = 64  # output bindings one answer to an input binding event sends to
 
 # name -> (limit, unit, what it bounds): the README's table is checked against this one.
 TABLE: dict[str, tuple[int, str, str]] = {
@@ -58,6 +67,14 @@ TABLE: dict[str, tuple[int, str, str]] = {
     "TTL_SECONDS": (TTL_SECONDS, "seconds", "ttlInSeconds"),
     "LOCK_EXPIRE_SECONDS": (LOCK_EXPIRE_SECONDS, "seconds", "lock expire"),
     "MAX_IN_FLIGHT": (MAX_IN_FLIGHT, "events", "maxInFlight of a streaming subscription"),
+    "FILE_NAME": (FILE_NAME, "bytes", "file name, directory prefix or ListFile marker"),
+    "FILE_SEGMENT": (FILE_SEGMENT, "bytes", "one '/'-separated segment of a file name"),
+    "FILE_META_ENTRIES": (FILE_META_ENTRIES, "entries", "metadata of one file"),
+    "FILE_META_KEY": (FILE_META_KEY, "bytes", "a key of a file's metadata"),
+    "FILE_META_VALUE": (FILE_META_VALUE, "bytes", "a value of a file's metadata"),
+    "FILE_PAGE": (FILE_PAGE, "files", "page_size of ListFile"),
+    "SECRET_KEY": (SECRET_KEY, "bytes", "secret name"),
+    "BINDING_TARGETS": (BINDING_TARGETS, "bindings", "output bindings of one answer to an input binding event"),
 }
 
 
@@ -79,15 +96,21 @@ def check_count(items: Sized, limit: int, what: str) -> None:
         raise InvalidArgument(f"{what} holds {len(items)} items; at most {limit} are allowed")
 
 
-def check_map(values: Mapping[str, str], what: str, entries: int = MAP_ENTRIES) -> None:
+def check_map(
+    values: Mapping[str, str],
+    what: str,
+    entries: int = MAP_ENTRIES,
+    key_bytes: int = MAP_KEY,
+    value_bytes: int = MAP_VALUE,
+) -> None:
     """A metadata-like map: at most ``entries`` entries of bounded keys and values."""
     if not values:
         return
     if len(values) > entries:
         raise InvalidArgument(f"{what} has {len(values)} entries; at most {entries} are allowed")
     for key, value in values.items():
-        check_size(key, MAP_KEY, f"{what}: a key")
-        check_size(value, MAP_VALUE, f"{what}: the value of {quote(key)}")
+        check_size(key, key_bytes, f"{what}: a key")
+        check_size(value, value_bytes, f"{what}: the value of {quote(key)}")
 
 
 def check_range(value: int, low: int, high: int, what: str) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridges.errors import L8Error
-from bridges.protocols import PubSub, Received, Subscription
+from bridges.protocols import EventSource, Received, Subscription
 from handlers.pubsub_envelope import Event, MalformedEvent, decode
 from handlers.pubsub_settle import Backoff, Settler, Verdict
 from handlers.pubsub_specs import Spec
@@ -99,7 +99,7 @@ class _RetryLog:
 
 
 class DeliveryLoop:
-    def __init__(self, component: str, spec: Spec, bridge: PubSub, router: Router, report: Reporter) -> None:
+    def __init__(self, component: str, spec: Spec, bridge: EventSource, router: Router, report: Reporter) -> None:
         self.component = component
         self.spec = spec
         self._bridge = bridge

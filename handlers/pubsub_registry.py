@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from bridges.protocols import PubSub
+from bridges.protocols import EventSource
 from handlers.pubsub_delivery import DeliveryLoop, Router
 from handlers.pubsub_specs import Spec, SpecError
 
@@ -78,7 +78,7 @@ class Deliveries:
     def __init__(
         self,
         component: str,
-        bridge: PubSub,
+        bridge: EventSource,
         router: Router,
         board: Board,
         worker_id: str,

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridges.errors import L8Error
-from bridges.protocols import PubSub, Received
+from bridges.protocols import EventSource, Received
 
 log = logging.getLogger("l8.handlers.pubsub")
 
 # Told of every event a settler gives up on: (its bridge, its topic, "dead_lettered" or "dropped").
 # The runtime's metrics set it when they are on; None costs nothing.
-on_given_up: Callable[[PubSub, str, str], None] | None = None
+on_given_up: Callable[[EventSource, str, str], None] | None = None
 
 
 class Verdict(enum.Enum):
@@ -37,7 +37,7 @@ class Settler:
 
     def __init__(
         self,
-        bridge: PubSub,
+        bridge: EventSource,
         *,
         dead_letter_topic: str | None,
         max_deliveries: int = 0,

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from bridges.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from bridges.protocols import SecretStore
-from handlers.base import RequestInfo, check_metadata, short
+from handlers import limits
+from handlers.base import RequestInfo, short
 from handlers.proto import runtime_pb2 as pb
 
-MAX_KEY = 512
+MAX_KEY = limits.SECRET_KEY
 SCOPES = "scopes."
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SCOPE_KEYS = ("defaultAccess", "allowedSecrets", "deniedSecrets")
@@ -90,11 +91,11 @@ class SecretsHandler:
         key = req.key
         if not key:
             raise InvalidArgument(f"the secret's key is empty; secret store {self.component!r} needs a name")
-        if len(key) > MAX_KEY:
-            raise InvalidArgument(f"secret key {short(key)} is over {MAX_KEY} characters")
+        if limits.size(key) > MAX_KEY:
+            raise InvalidArgument(f"secret key {short(key)} is over {MAX_KEY} bytes")
         if _CONTROL.search(key):
             raise InvalidArgument(f"secret key {short(key)} holds a control character")
-        check_metadata(req.metadata, f"secret {short(key)}")
+        limits.check_map(req.metadata, f"secret {short(key)}: metadata")
         if not self._scope_of(ctx.app_id).allows(key):
             raise PermissionDenied(
                 f"app {ctx.app_id!r} may not read secret {short(key)} of secret store {self.component!r}"
@@ -107,7 +108,7 @@ class SecretsHandler:
 
     async def bulk_get(self, payload: bytes, ctx: RequestInfo) -> bytes:
         req = pb.GetBulkSecretRequest.FromString(payload)
-        check_metadata(req.metadata, f"secret store {self.component!r}")
+        limits.check_map(req.metadata, f"secret store {self.component!r}: metadata")
         scope = self._scope_of(ctx.app_id)
         resp = pb.GetBulkSecretResponse()
         for name, values in sorted((await self.store.bulk()).items()):

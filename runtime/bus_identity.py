@@ -59,7 +59,8 @@ def of(config: Config, role: str, apis: Sequence[str] = ()) -> Identity:
 
 
 def bindings_subjects(config: Config) -> list[str]:
-    """The subjects of NATS output bindings on the bus's own server: its workers publish there."""
+    """The subjects of NATS bindings on the bus's own server: its workers publish there (output)
+    and read them (input)."""
     return [
         c.metadata["subject"]
         for c in config.components_of("bindings").values()

@@ -1,9 +1,12 @@
 """The sidecar's end of event routing: events the pub/sub workers route to this app arrive here and
 go to the app (``OnTopicEvent`` / ``OnBulkTopicEvent`` through its app channel) or to one of its
-open streaming subscriptions; the verdict goes back to the worker, which settles with the broker.
+open streaming subscriptions, and input bindings' events go to ``OnBindingEvent``, whose answer
+``answers`` carries out (runtime/binding_events.py); the verdict goes back to the worker, which
+settles with the broker or the binding.
 
 Every sidecar of the app answers ``l8.<ns>.app.<app>.event.<pubsub>.<topic key>`` in one queue group,
-so replicas share the events; a streaming subscription's events come on
+so replicas share the events (binding events likewise on ``l8.<ns>.app.<app>.binding.<name>.<key>``);
+a streaming subscription's events come on
 ``l8.<ns>.app.<app>.stream.<pubsub>.<topic key>``, answered only by the sidecars that hold a stream
 for that topic. An app that cannot be reached, or a stream that closes before it answered, gives
 the event back unanswered (the worker holds it and offers it again), never as a failed delivery.
@@ -14,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bridges.errors import Code, InvalidArgument
 from bus import Reply, RequestContext, Route, WorkerHost, subjects
 from bus.worker import Handler
+from handlers import bindings_input
 from handlers.pubsub_delivery import Outcome
 from handlers.pubsub_envelope import Event, MalformedEvent
 from runtime import event_frames
-from runtime.app_channel import DROP, SUCCESS, AppCallError, AppChannel, AppUnavailable, BulkEntry
+from runtime.app_channel import DROP, SUCCESS, AppCallError, AppChannel, AppUnavailable, BindingAnswer, BulkEntry
 
 log = logging.getLogger("l8.runtime.events")
+
+# (binding, the app's answer, seconds left) -> the verdict on the event
+Answers = Callable[[str, BindingAnswer, float], Awaitable[tuple[Outcome, str]]]
 
 
 def _outcome_of_status(status: int) -> Outcome:
@@ -34,6 +41,10 @@ def _outcome_of_status(status: int) -> Outcome:
     if status == DROP:
         return Outcome.DROP
     return Outcome.RETRY  # RETRY and any status l8 does not know
+
+
+def _one(verdict: tuple[Outcome, str]) -> tuple[list[Outcome], str]:
+    return [verdict[0]], verdict[1]
 
 
 def _outcome_of_error(exc: AppCallError) -> tuple[Outcome, str]:
@@ -133,6 +144,7 @@ class EventServer:
         *,
         concurrency: int = 256,
         wrap: Callable[[Handler], Handler] | None = None,
+        answers: Answers | None = None,
     ) -> None:
         # ``wrap`` puts the observer's span around each event's handling (runtime/observe.py).
         self._wrap: Callable[[Handler], Handler] = wrap or (lambda handler: handler)
@@ -141,7 +153,9 @@ class EventServer:
         self.app_id = app_id
         self._app = app
         self._concurrency = concurrency
+        self._answers = answers
         self._push: Route | None = None
+        self._bindings: Route | None = None
         self._streams: dict[tuple[str, str], _Streams] = {}
         self._lock = asyncio.Lock()
         self._stopped = False
@@ -161,12 +175,28 @@ class EventServer:
                 gate=asyncio.Semaphore(self._concurrency),
             )
         )
+        if self._answers is not None:
+            stem = subjects.event_stem(self._ns, self.app_id, "binding")
+            self._bindings = await self._host.serve(
+                Route(
+                    f"{stem}.*.*",
+                    stem,
+                    self._wrap(self._on_binding),
+                    f"binding events of {self.app_id}",
+                    local=stem,
+                    caller_in_subject=False,
+                    gate=asyncio.Semaphore(self._concurrency),
+                )
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopped = True
         push, self._push = self._push, None
         if push is not None:
             await self._host.leave(push, timeout)
+        bindings, self._bindings = self._bindings, None
+        if bindings is not None:
+            await self._host.leave(bindings, timeout)
         async with self._lock:
             streams, self._streams = list(self._streams.values()), {}
         for entry in streams:
@@ -210,6 +240,19 @@ class EventServer:
         missing = any(e.entry_id not in statuses for e in entries)
         why = "the app gave no status for some entries" if missing else "the app did not take every entry"
         return Reply(*event_frames.answer(outcomes, why))
+
+    # ---- input bindings ----
+
+    async def _on_binding(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
+        app, answers = self._app, self._answers
+        assert app is not None and answers is not None
+        # One event, never bulk: the payload is the binding's frame as the worker fetched it.
+        name, data, metadata = bindings_input.read(payload)
+        try:
+            answer = await app.on_binding_event(name, data, metadata, timeout=max(0.001, ctx.remaining()))
+        except AppCallError as exc:
+            return Reply(*event_frames.answer(*_one(_outcome_of_error(exc))))
+        return Reply(*event_frames.answer(*_one(await answers(name, answer, max(0.001, ctx.remaining())))))
 
     # ---- streams ----
 

@@ -76,13 +76,21 @@ class Metadata:
             found["l8.plugins"] = ",".join(p["name"] for p in self.plugins())
         return found
 
-    async def subscriptions(self) -> list[dict[str, Any]]:
+    async def subscriptions(self, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """As Dapr's /v1.0/metadata lists them, with l8's delivery state beside each."""
-        return [_subscription_row(row) for row in await self.report()] if self.report is not None else []
+        return [_subscription_row(row) for row in rows or await self._rows() if not _is_binding(row)]
+
+    async def input_bindings(self, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The app's input bindings and how they are delivered (l8's own field)."""
+        return [_binding_row(row) for row in rows or await self._rows() if _is_binding(row)]
+
+    async def _rows(self) -> list[dict[str, Any]]:
+        return await self.report() if self.report is not None else []
 
     async def describe(self) -> dict[str, Any]:
         """Dapr's HTTP answer (``GET /v1.0/metadata``); the gRPC one is built from the same parts."""
         app = self.config.app
+        rows = await self._rows()
         protocol = (self.app_protocol() if self.app_protocol is not None else "") or app.protocol or "grpc"
         connection: dict[str, Any] = {"protocol": protocol, "maxConcurrency": self.config.concurrency}
         if app.callback:
@@ -103,7 +111,8 @@ class Metadata:
             "actors": [],
             "components": self.components(),
             "extended": self.extended(),
-            "subscriptions": await self.subscriptions(),
+            "subscriptions": await self.subscriptions(rows),
+            "inputBindings": await self.input_bindings(rows),
             "httpEndpoints": [],
             "appConnectionProperties": connection,
             **({"functions": self.functions()} if self.functions is not None else {}),
@@ -112,6 +121,19 @@ class Metadata:
 
 
 _TYPES = {"config": "DECLARATIVE", "app": "PROGRAMMATIC", "stream": "STREAMING"}
+
+
+def _is_binding(row: dict[str, Any]) -> bool:
+    return row.get("target") == "binding" or row.get("origin") == "binding"
+
+
+def _binding_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["pubsub"],
+        "state": row["state"],
+        "reason": row.get("reason", ""),
+        "workers": row.get("workers", []),
+    }
 
 
 def _subscription_row(row: dict[str, Any]) -> dict[str, Any]:

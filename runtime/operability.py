@@ -18,7 +18,7 @@ from runtime.config import Config
 from runtime.front_hooks import Hooks
 
 if TYPE_CHECKING:
-    from bridges.protocols import PubSub
+    from bridges.protocols import EventSource
     from bus import Bus
     from runtime.app_channel import AppChannel
     from runtime.components import Served
@@ -70,7 +70,7 @@ class Operability:
             if self.hooks.metrics is not None and pubsub_settle.on_given_up is None:
                 metrics = self.hooks.metrics
 
-                def given_up(bridge: PubSub, topic: str, how: str) -> None:
+                def given_up(bridge: EventSource, topic: str, how: str) -> None:
                     metrics.dead_lettered(str(getattr(bridge, "name", "")), topic, how)
 
                 pubsub_settle.on_given_up = given_up

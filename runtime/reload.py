@@ -28,7 +28,6 @@ from bus import RequestContext, Route, subjects
 from bus.stream import serve_streams
 from handlers.base import check_metadata, guarded
 from handlers.proto import lifecycle_pb2
-from handlers.pubsub import PubSubHandler
 from runtime.components import ComponentError, Served, stop_quietly
 from runtime.config import ComponentConfig, Config, ConfigError
 
@@ -194,8 +193,7 @@ class LiveComponents:
         """What a component does besides answering requests: watch its store, deliver its events."""
         sidecar = self._sidecar
         await sidecar.start_watcher(served)
-        if isinstance(served.handler, PubSubHandler):
-            await sidecar.deliver(served)
+        await sidecar.deliver(served)
 
     async def _replace(self, name: str, served: Served) -> None:
         sidecar = self._sidecar

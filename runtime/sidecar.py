@@ -1,7 +1,7 @@
 """Lifecycle of an l8 process: the sidecar (`l8 run`) and the worker (`l8 worker`).
 
 Start order: embedded bus → bus connection → components → worker host (handlers; the pub/sub
-handlers' deliveries) → watchers and the health probes (supervised) → the app's invocations and
+and input binding handlers' deliveries) → watchers and the health probes (supervised) → the app's invocations and
 events (when the app has a callback) → gRPC and HTTP servers (a worker: its health port, when it
 has one) → the announcement of the app's subscriptions, last, so events flow only once everything
 they may call back into is up.
@@ -29,13 +29,13 @@ from bridges.registry import BridgeEnv
 from bus import Bus, BusAuth, EmbeddedNats, Route, WorkerHost, subjects
 from bus.auth import redact
 from bus.board import Board
-from handlers.pubsub import PubSubHandler
 from handlers.pubsub_registry import Deliveries
 from runtime import bus_identity
 from runtime.actuator import http_router, probes_router, split_address
 from runtime.app_channel import AppChannel, open_app
 from runtime.app_health import AppHealth, Gated
 from runtime.auth import http_context
+from runtime.binding_events import BindingAnswers
 from runtime.components import Components, Served
 from runtime.config import Config
 from runtime.configuration_push import AppPush
@@ -186,8 +186,7 @@ class Sidecar:
         for served in self.components.served:
             await self.start_watcher(served)
         for served in self.components.served:
-            if isinstance(served.handler, PubSubHandler):
-                await self.deliver(served)
+            await self.deliver(served)
         bus = self.bus
         self.probes = self.components.probes()
         self.monitor = HealthMonitor(
@@ -231,6 +230,7 @@ class Sidecar:
             span_name = f"CallLocal/{cfg.app.id}"
             route.handler = ops.route(lambda ctx: span_name, route.handler)
             self.invocations = await self.workers.serve(route)
+        forwarder = self.forwarder = Forwarder(self.bus, cfg)
         self.events = EventServer(
             self.workers,
             cfg.namespace,
@@ -238,9 +238,9 @@ class Sidecar:
             self.event_channel,
             concurrency=cfg.concurrency,
             wrap=ops.events_wrap(),
+            answers=BindingAnswers(forwarder).carry_out,
         )
         await self.events.start()
-        forwarder = self.forwarder = Forwarder(self.bus, cfg)
         invoker = Invoker(self.bus, cfg.namespace, cfg.app.id, cfg.bus.request_timeout)
         self.announcer = Announcer(cfg, forwarder, self.event_channel)
         live = self.components.served
@@ -299,17 +299,22 @@ class Sidecar:
         )
 
     async def deliver(self, served: Served) -> None:
-        """This process's pub/sub handler of ``served`` delivers the subscriptions announced on the bus."""
+        """This process delivers the subscriptions announced on the bus for ``served``, if it has
+        events: a pub/sub component its broker's topics, an input binding (its handler's
+        ``source``) the binding's events."""
         assert self.bus is not None
+        # Looked up by attribute: a handler may be wrapped (runtime/secretrefs.py's Redacting).
+        registry = getattr(served.handler, "registry", None)
+        source = served.bridge if served.api == "pubsub" else getattr(served.handler, "source", None)
+        if registry is None or source is None:
+            return
         if self.board is None:
             self.board = Board(
                 self.bus, f"l8_{self.config.namespace}_subscriptions", lease=LEASE, replicas=self.config.bus.replicas
             )
-        handler = served.handler
-        assert isinstance(handler, PubSubHandler)
         router = self.ops.router(BusRouter(self.bus, self.config.namespace), served.name, served_type(self, served))
-        deliveries = Deliveries(served.name, served.bridge, router, self.board, self.worker_id, self._health_of)
-        handler.deliveries = deliveries
+        deliveries = Deliveries(served.name, source, router, self.board, self.worker_id, self._health_of)
+        registry.deliveries = deliveries
         self.deliveries.append(deliveries)
         await deliveries.start()
 

@@ -2,8 +2,10 @@
 
 They come from three places: the config's ``subscriptions``, the app's own declaration (asked at
 start, again and again until the app answers, and then now and then, so an app that restarts with
-other subscriptions is heard), and streaming subscriptions opened through the fronts. The
-``Announcer`` sends each pub/sub component's workers the full list of this sidecar's subscriptions
+other subscriptions is heard), and streaming subscriptions opened through the fronts. The app's
+input bindings (``list_input_bindings``, asked with its subscriptions) are announced the same way,
+to each binding's workers, as subscriptions of target kind ``binding`` (runtime/binding_events.py).
+The ``Announcer`` sends each component's workers the full list of this sidecar's subscriptions
 on it (op ``announce``, idempotent) whenever it changes and before its lease on the registry runs
 out, and withdraws it on stop. A subscription l8 cannot use is logged at ERROR and listed with the
 reason, never dropped silently.
@@ -26,6 +28,7 @@ from bus.subjects import request_subject
 from handlers.pubsub_specs import MAX_CONCURRENCY as MAX_SPEC_CONCURRENCY
 from handlers.pubsub_specs import Spec, SpecError, dead_letter_default, metadata_int
 from runtime.app_channel import AppCallError, AppChannel, AppSubscription
+from runtime.binding_events import spec_for_binding
 from runtime.config import Config, SubscriptionConfig
 from runtime.forward import Forwarder, FrontError
 
@@ -114,12 +117,14 @@ class Announcer:
         self._config = config
         self._forwarder = forwarder
         self._app = app
+        self._bindings = frozenset(forwarder.components("bindings"))
         self.app_id = app_id or config.app.id
         self._given = None if specs is None else list(specs)
         self.instance = uuid.uuid4().hex[:16]
         self._timeout = config.delivery_timeout
-        # origin -> (pubsub, target, topic) -> spec
-        self._specs: dict[str, dict[tuple[str, str, str], Spec]] = {"config": {}, "app": {}}
+        # origin -> (pubsub, target, topic) -> spec; "binding": the app's input bindings
+        self._specs: dict[str, dict[tuple[str, str, str], Spec]] = {"config": {}, "app": {}, "binding": {}}
+        self._announced: set[str] = set()  # every component announced to, withdrawn from on stop
         self._streams: dict[tuple[str, str, str], tuple[Spec, int]] = {}  # -> (spec, open streams)
         self.rejected: dict[tuple[str, str, str], dict[str, str]] = {}  # (origin, pubsub, topic) -> row
         self._dirty: set[str] = set()
@@ -133,7 +138,7 @@ class Announcer:
 
     def specs(self) -> list[Spec]:
         found: dict[tuple[str, str, str], Spec] = {}
-        for origin in ("app", "config"):  # the config's declaration wins over the app's
+        for origin in ("binding", "app", "config"):  # the config's declaration wins over the app's
             found.update(self._specs[origin])
         for key, (spec, _n) in self._streams.items():
             found.setdefault(key, spec)
@@ -230,18 +235,21 @@ class Announcer:
         if not self._started:
             return
         payload = orjson.dumps({"instance": self.instance})
-        for pubsub in sorted(set(self._forwarder.components("pubsub")) | self._pubsubs()):
+        for component in sorted({*self._forwarder.components("pubsub"), *self._pubsubs(), *self._announced}):
             with contextlib.suppress(FrontError):
-                await self._call(pubsub, "withdraw", payload, timeout=1.0)
+                await self._call(component, "withdraw", payload, timeout=1.0)
 
-    async def _call(self, pubsub: str, op: str, payload: bytes, timeout: float = _CALL_TIMEOUT) -> bytes:
-        # The announcer's app id is the caller token: workers take the subscriptions' owner from it.
-        subject = request_subject(self._forwarder.namespace, "pubsub", pubsub, op, self.app_id)
-        return await self._forwarder.call(subject, payload, timeout=timeout, what=f"pub/sub component {pubsub!r}")
+    async def _call(self, component: str, op: str, payload: bytes, timeout: float = _CALL_TIMEOUT) -> bytes:
+        # Component names are unique across kinds: an input binding's are the bindings api's. The
+        # announcer's app id is the caller token: workers take the subscriptions' owner from it.
+        api, noun = ("bindings", "binding") if component in self._bindings else ("pubsub", "pub/sub component")
+        subject = request_subject(self._forwarder.namespace, api, component, op, self.app_id)
+        return await self._forwarder.call(subject, payload, timeout=timeout, what=f"{noun} {component!r}")
 
     async def _announce(self, pubsub: str) -> bool:
         specs = [s.to_dict() for s in self.specs() if s.pubsub == pubsub]
         payload = orjson.dumps({"instance": self.instance, "specs": specs})
+        self._announced.add(pubsub)
         try:
             await self._call(pubsub, "announce", payload)
         except FrontError as exc:
@@ -277,6 +285,7 @@ class Announcer:
         while not self._stopped:
             try:
                 found = await self._app.list_subscriptions(timeout=5.0)
+                bindings = await self._app.list_input_bindings(timeout=5.0)
             except AppCallError as exc:
                 log.debug("the app's subscriptions: %s; asking again in %.1fs", exc.message, delay)
                 await asyncio.sleep(delay)
@@ -285,7 +294,17 @@ class Announcer:
             delay = _ASK_AGAIN[0]
             specs = [s for s in (self._accept("app", sub) for sub in found or ()) if s is not None]
             self._set("app", specs)
+            self._set("binding", [s for s in (self._accept_binding(name) for name in bindings or ()) if s is not None])
             await asyncio.sleep(_REFRESH)
+
+    def _accept_binding(self, name: str) -> Spec | None:
+        try:
+            spec = spec_for_binding(self._config, name)
+        except SpecError as exc:
+            self._reject("binding", name, name, str(exc))
+            return None
+        self.rejected.pop(("binding", name, name), None)
+        return spec
 
     # ---- what metadata shows ----
 

@@ -22,7 +22,7 @@ from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
 from tests.file_client import MB, digest_of, download, rss_mb, upload
 from tests.process import l8_running, start_worker, stop_all
-from tests.servers import Server, env_with
+from tests.servers import Server, env_with, free_port, stop_pid
 from tests.test_examples import run_example
 
 HERE = Path(__file__).parent
@@ -165,3 +165,48 @@ async def test_a_200_mb_file_streams_up_and_down_while_l8_grows_by_less_than_64_
             peak = rss_mb(l8.proc.pid, "VmHWM")
     assert got == (size, await digest_of(size))
     assert peak - before < 64, f"l8 grew from {before:.1f} MB to a peak of {peak:.1f} MB"
+
+
+async def test_an_app_written_with_the_dapr_sdk_takes_the_input_binding_events_of_the_example(
+    nats_server: Server, tmp_path: Path
+) -> None:
+    """examples/bindings_input_dapr.py as it is, beside `l8 run --app-port`: orders from NATS, cron ticks."""
+    port, subject = free_port(), f"orders.{unique('new')}"
+    config = {
+        "app": {"id": unique("app")},
+        "namespace": unique("ns"),
+        "bus": {"url": nats_server.url},
+        "components": {
+            "orders-in": {"kind": "bindings", "type": "nats", "metadata": {"subject": subject}},
+            "every-second": {"kind": "bindings", "type": "cron", "metadata": {"schedule": "@every 1s"}},
+        },
+    }
+    out_path = tmp_path / "app.out"
+    with open(out_path, "wb") as out:
+        app = subprocess.Popen(
+            [sys.executable, str(HERE.parent / "examples" / "bindings_input_dapr.py")],
+            env={**os.environ, "APP_PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    nc = await nats.connect(nats_server.url)
+    try:
+        with l8_running(config, "--app-port", str(port)):
+
+            def lines() -> list[str]:
+                return out_path.read_text().splitlines()
+
+            deadline = time.monotonic() + 60
+            sent = 0
+            while not (any(line.startswith("tick ") for line in lines()) and '{"order": 3}' in out_path.read_text()):
+                # Until the app's sidecar is delivering, core NATS messages find nobody: send again.
+                assert time.monotonic() < deadline, out_path.read_text()
+                await nc.publish(subject, b'{"order": %d}' % sent)
+                await nc.flush()
+                sent = min(sent + 1, 3)
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+        stop_pid(app)
+    ticks = [line.split()[1] for line in lines() if line.startswith("tick ")]
+    assert ticks and all(t.endswith("Z") for t in ticks), lines()

@@ -1,4 +1,5 @@
-"""An output binding to an HTTP server (aiohttp): ``get``, ``post``, ``put`` and ``delete``.
+"""An output binding to an HTTP server (aiohttp): ``get``, ``post``, ``put`` and ``delete``, and
+``create``, Dapr's other name for ``post``.
 
 Metadata: ``url`` (required, http or https), ``timeoutSeconds`` (default 30; every call is also cut
 to the caller's deadline), ``errorIfNot2XX`` (default true), ``maxConnections`` (default 64). A call's
@@ -31,7 +32,8 @@ from bridges.registry import BridgeEnv
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header names
 _FRAMING = {"host", "content-length", "transfer-encoding", "connection"}
-_OPS = {"get": "GET", "post": "POST", "put": "PUT", "delete": "DELETE"}
+# create: Dapr's name for POST, which apps' answers to input binding events use.
+_OPS = {"get": "GET", "post": "POST", "put": "PUT", "delete": "DELETE", "create": "POST"}
 
 
 class HttpBinding:

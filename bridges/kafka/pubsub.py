@@ -191,12 +191,15 @@ class KafkaPubSub:
             out.append((EXPIRES, str(int((time.time() + ttl) * 1000)).encode()))
         return out
 
-    async def publish(self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None) -> None:
+    async def publish(
+        self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None, key: bytes | None = None
+    ) -> None:
+        """``key``, the message key, picks the partition (the output binding's ``partitionKey``)."""
         self._check(topic, data)
         assert self._producer is not None
         await self.ensure_topic(topic)
         with map_kafka_errors(f"pubsub {self.name!r}: publish to {topic!r}"):
-            await self._producer.send_and_wait(topic, data, headers=self._headers(headers, ttl))
+            await self._producer.send_and_wait(topic, data, key=key, headers=self._headers(headers, ttl))
 
     async def publish_batch(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str | None]:
         if not topic:
@@ -226,14 +229,22 @@ class KafkaPubSub:
     async def subscribe(
         self, topic: str, group: str, *, max_in_flight: int, ordered: bool = False
     ) -> KafkaSubscription:
+        return await self.consume([topic], group, max_in_flight=max_in_flight, ordered=ordered)
+
+    async def consume(
+        self, topics: list[str], group: str, *, max_in_flight: int, ordered: bool = False, event_metadata: bool = False
+    ) -> KafkaSubscription:
+        """One group member reading ``topics``; with ``event_metadata`` each message's headers also
+        carry Dapr's ``__key``, ``__topic``, ``__partition``, ``__offset`` and ``__timestamp``."""
         if self._producer is None:
             raise BackendUnavailable(f"pubsub {self.name!r} is not started")
-        if not topic or not group:
+        if not topics or not all(topics) or not group:
             raise InvalidArgument("topic and group must not be empty")
         if max_in_flight < 1:
             raise InvalidArgument(f"max_in_flight must be at least 1, got {max_in_flight}")
-        await self.ensure_topic(topic)
-        sub = KafkaSubscription(self, topic, group, max_in_flight, ordered)
+        for topic in topics:
+            await self.ensure_topic(topic)
+        sub = KafkaSubscription(self, topics, group, max_in_flight, ordered, event_metadata)
         await sub.start()
         self._subs.add(sub)
         return sub
@@ -308,9 +319,13 @@ class KafkaReceived:
 
 
 class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, pubsub: KafkaPubSub, topic: str, group: str, max_in_flight: int, ordered: bool) -> None:
+    def __init__(
+        self, pubsub: KafkaPubSub, topics: list[str], group: str, max_in_flight: int, ordered: bool, metadata: bool
+    ) -> None:
         self._pubsub = pubsub
-        self.topic = topic
+        self.topics = topics
+        self.topic = ",".join(topics)  # for logs
+        self._event_metadata = metadata
         self.group = group
         self._max_in_flight = max_in_flight
         self._ordered = ordered
@@ -329,7 +344,7 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def start(self) -> None:
         with map_kafka_errors(f"pubsub {self._pubsub.name!r}: subscribing to {self.topic!r}"):
-            self._consumer.subscribe([self.topic], listener=self)
+            self._consumer.subscribe(self.topics, listener=self)
             await self._consumer.start()
         self._committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{self.topic}-{self.group}")
 
@@ -447,6 +462,8 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
                 if expires is not None and expires.isdigit() and int(expires) <= now_ms:
                     self._dirty.set()  # settled at fetch: the commit point moves past it
                     continue
+                if self._event_metadata:
+                    headers.update(_event_metadata(record))
                 msg = KafkaReceived(self, part, record.offset, record.value or b"", headers)
                 part.unsettled[record.offset] = msg
                 part.inflight += 1
@@ -535,3 +552,15 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self._retries.clear()
         with contextlib.suppress(KafkaError):
             await self._consumer.stop()
+
+
+def _event_metadata(record: Any) -> dict[str, str]:
+    found = {
+        "__topic": record.topic,
+        "__partition": str(record.partition),
+        "__offset": str(record.offset),
+        "__timestamp": str(record.timestamp),
+    }
+    if record.key is not None:
+        found["__key"] = record.key.decode(errors="replace")
+    return found

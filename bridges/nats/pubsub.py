@@ -63,7 +63,7 @@ def topic_of(token: str) -> str:
     return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
 
 
-def _durable(group: str, token: str) -> str:
+def durable_name(group: str, token: str) -> str:
     # Consumer names are limited in length and charset; the hash keeps (group, topic) pairs apart
     # whatever their spelling, the readable part helps whoever lists the consumers.
     digest = hashlib.sha256(f"{group}\0{token}".encode()).hexdigest()[:12]
@@ -238,6 +238,51 @@ class JetStreamSubscription:
                 log.debug("could not hand back a message of %r: %s", self._topic, exc)
 
 
+async def ensure_stream(nc: Client, config: StreamConfig, timeout: float, what: str) -> None:
+    """Create the stream ``config`` names unless it exists (as it is, whatever its config)."""
+    name = config.name
+    assert name is not None
+    js = nc.jetstream(timeout=timeout)
+
+    async def open_stream() -> None:
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await js.stream_info(name)  # another runtime created it first
+
+    # On a fresh cluster JetStream has no leader for a few seconds: wait as buckets do.
+    await when_ready(open_stream, f"{what}: opening stream {name}", f"{what}: stream {name}")
+
+
+async def pull_subscription(
+    nc: Client,
+    stream: str,
+    config: ConsumerConfig,
+    *,
+    topic: str,
+    owner: set[JetStreamSubscription],
+    timeout: float,
+    what: str,
+) -> JetStreamSubscription:
+    """A ``JetStreamSubscription`` on the durable consumer ``config``, created unless it exists."""
+    js = nc.jetstream(timeout=timeout)
+    with map_nats_errors(what):
+        try:
+            await js.add_consumer(stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            # A consumer made under another config whose fixed fields differ: deleting it would
+            # lose the group's place in the stream, so keep it as it is.
+            log.warning("consumer %s keeps its earlier config: %s", config.durable_name, exc.description)
+    assert config.durable_name is not None
+    sub = JetStreamSubscription(nc, stream, config.durable_name, topic, owner)
+    await sub.open()
+    owner.add(sub)
+    return sub
+
+
 class JetStreamPubSub:
     """A ``PubSub`` on one JetStream stream.
 
@@ -281,7 +326,6 @@ class JetStreamPubSub:
         return event_subject(self._ns, self.name, topic_token(topic))
 
     async def start(self) -> None:
-        js = self._nc.jetstream(timeout=self._timeout)
         config = StreamConfig(
             name=self.stream,
             subjects=[event_subject(self._ns, self.name, ">")],
@@ -291,19 +335,7 @@ class JetStreamPubSub:
             max_bytes=self._max_bytes,
             allow_msg_ttl=True,
         )
-
-        async def open_stream() -> None:
-            try:
-                await js.stream_info(self.stream)
-            except nats.js.errors.NotFoundError:
-                try:
-                    await js.add_stream(config)
-                except nats.js.errors.BadRequestError:
-                    await js.stream_info(self.stream)  # another runtime created it first
-
-        # On a fresh cluster JetStream has no leader for a few seconds: wait as buckets do.
-        what = f"pub/sub {self.name!r}"
-        await when_ready(open_stream, f"{what}: opening stream {self.stream}", f"{what}: stream {self.stream}")
+        await ensure_stream(self._nc, config, self._timeout, f"pub/sub {self.name!r}")
         self.limits.max_message_bytes = self._nc.max_payload - _HEADER_ROOM
         if self._on_reopen is not None and not self._listening:
             self._listening = True
@@ -360,7 +392,7 @@ class JetStreamPubSub:
         if max_in_flight < 1:
             raise InvalidArgument(f"max_in_flight must be at least 1, got {max_in_flight}")
         token = topic_token(topic)
-        durable = _durable(group, token)
+        durable = durable_name(group, token)
         config = ConsumerConfig(
             name=durable,
             durable_name=durable,
@@ -372,18 +404,15 @@ class JetStreamPubSub:
             max_ack_pending=1 if ordered else max(1, max_in_flight),
             deliver_policy=self._deliver_policy,
         )
-        js = self._nc.jetstream(timeout=self._timeout)
-        with map_nats_errors(f"pub/sub {self.name!r}: subscribing {group!r} to {topic!r}"):
-            try:
-                await js.add_consumer(self.stream, config)
-            except nats.js.errors.BadRequestError as exc:
-                # A consumer made under another config whose fixed fields differ: deleting it would
-                # lose the group's place in the stream, so keep it as it is.
-                log.warning("consumer %s keeps its earlier config: %s", durable, exc.description)
-        sub = JetStreamSubscription(self._nc, self.stream, durable, topic, self._subs)
-        await sub.open()
-        self._subs.add(sub)
-        return sub
+        return await pull_subscription(
+            self._nc,
+            self.stream,
+            config,
+            topic=topic,
+            owner=self._subs,
+            timeout=self._timeout,
+            what=f"pub/sub {self.name!r}: subscribing {group!r} to {topic!r}",
+        )
 
 
 def create(name: str, metadata: dict[str, str], env: BridgeEnv) -> JetStreamPubSub:

@@ -1,4 +1,5 @@
-"""An output binding to Redis: ``set``, ``get`` and ``delete`` of one key (metadata ``key``).
+"""An output binding to Redis: ``set``, ``get`` and ``delete`` of one key (metadata ``key``), and
+``create``, Dapr's name for ``set``.
 
 Component metadata: ``url`` (default ``redis://127.0.0.1:6379``), ``maxConnections``. Keys are used
 as they are named (no app prefix, as Dapr's Redis binding), so give a binding its own database or
@@ -31,7 +32,7 @@ class RedisBinding:
         return frozenset()
 
     def operations(self) -> tuple[str, ...]:
-        return ("set", "get", "delete")
+        return ("set", "get", "delete", "create")
 
     async def start(self) -> None:
         if self._client is None:
@@ -53,7 +54,7 @@ class RedisBinding:
             raise InvalidArgument(f"{self._what}: ttlInSeconds {ttl[:32]!r} is not a whole number >= 1")
         client = self._client
         with map_redis_errors(f"{self._what}: {operation} {key[:64]!r}"):
-            if operation == "set":
+            if operation in ("set", "create"):
                 await client.set(key, data, ex=int(ttl) if ttl else None)
                 return BindingReply()
             if operation == "delete":
