@@ -236,7 +236,9 @@ DAPRD_500 = {
     "ERR_CONFIGURATION_UNSUBSCRIBE": re.compile(r"does not exist"),
     "ERR_APP_CHANNEL_NIL": re.compile(r"this sidecar has no app callback"),
     "ERR_SECRET_GET": re.compile(r"^secret store '[^']*' has no secret "),
-    "ERR_INVOKE_OUTPUT_BINDING": re.compile(r"^(binding '.*' is not configured|the binding name is empty); configured"),
+    "ERR_INVOKE_OUTPUT_BINDING": re.compile(
+        r"^(binding '.*'(\u2026 \(\d+ characters\))? is not configured|the binding name is empty); configured"
+    ),
 }
 
 
