@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from runtime import auth, configuration, dapr, file, lifecycle, native
+from runtime import auth, configuration_grpc, dapr, file, lifecycle, native
 from runtime.config import Config
 from runtime.configuration import ConfigurationHub
 from runtime.forward import Forwarder
@@ -102,14 +102,17 @@ class GrpcServer:
         invoke = grpc_handler(self._invoker)
         native_special = {
             "InvokeService": invoke,
-            "SubscribeConfiguration": configuration.native_subscribe(self.configuration),
+            "SubscribeConfiguration": configuration_grpc.native_subscribe(self.configuration),
             # GetNextId reads its options at the edge: WEAK ids come from this sidecar's segment cache.
             "GetNextId": next_id_handler(self._segments),
             # PutFile and GetFile move their messages as streams on the bus.
             **file.native_handlers(self._forwarder),
         }
-        # Dapr's configuration messages differ from the native ones: translated in runtime/configuration.py.
-        dapr_special = {"InvokeService": invoke, **configuration.dapr_handlers(self.configuration, self._forwarder)}
+        # Dapr's configuration messages differ from the native ones: translated in runtime/configuration_grpc.py.
+        dapr_special = {
+            "InvokeService": invoke,
+            **configuration_grpc.dapr_handlers(self.configuration, self._forwarder),
+        }
         if self._streams is not None:
             # Pull subscriptions: one implementation behind both the native and the Dapr rpc.
             from runtime.streaming import dapr_messages, native_messages, stream_handler

@@ -12,6 +12,7 @@ rest; the app's event routes and the fronts finish what is in flight; then invoc
 host, the supervised tasks, components, the app channels, the bus connection and the embedded
 server stop. A start that is cancelled (SIGTERM while starting) stops what it had started the same
 way.
+The stop order is the list of runtime/shutdown.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ from runtime.invoke import InvokeHandler, Invoker
 from runtime.metadata import Metadata
 from runtime.operability import Operability
 from runtime.reload import LiveComponents
+from runtime.shutdown import shutdown_steps
 from runtime.streaming import Streams
 from runtime.subscriptions import LEASE, Announcer
 from runtime.supervisor import Budget, Supervisor
@@ -373,50 +375,9 @@ class Sidecar:
             self._state = "stopped"
             log.info("l8 stopped")
 
-    def _steps(self) -> list[tuple[str, Callable[[float], Awaitable[None]]]]:
-        """The shutdown in order; each step gets the time left in the budget."""
-        steps: list[tuple[str, Callable[[float], Awaitable[None]]]] = [
-            ("the config watch", lambda left: self.live.stop())
-        ]
-        if (announcer := self.announcer) is not None:
-            steps.append(("the subscriptions' announcement", lambda left: announcer.stop()))
-        # Deliveries next: stop fetching, let the targets answer what is in flight, hand back the rest.
-        steps.extend((f"deliveries of {d.component}", functools.partial(_stop_deliveries, d)) for d in self.deliveries)
-        if (events := self.events) is not None:
-            steps.append(("the app's events", lambda left: events.stop(min(10.0, left))))
-        if (grpc_server := self.grpc) is not None:
-            steps.append(("the gRPC server", lambda left: grpc_server.stop(min(5.0, left))))
-        if self.ops.plugins:
-            steps.append(("plugins", lambda left: self.ops.stop_plugins()))
-        if (http := self.http) is not None:
-            steps.append(("the HTTP server", lambda left: http.stop()))
-        if (push := self.config_push) is not None:
-            steps.append(("configuration changes to the app", lambda left: push.stop()))
-        if (host := self.workers) is not None and (invocations := self.invocations) is not None:
-            steps.append(("invocations", lambda left: host.leave(invocations, min(10.0, left))))
-        if (functions := self.functions) is not None:
-            steps.append(("functions", lambda left: functions.stop()))
-        if (workers := self.workers) is not None:
-            steps.append(("the worker host", lambda left: workers.stop(min(10.0, left))))
-        steps.append(("supervised tasks", lambda left: self.supervisor.stop(min(5.0, left))))
-        if (app_health := self.app_health) is not None:
-            steps.append(("the app's health check", lambda left: app_health.stop()))
-        if (components := self.components) is not None:
-            steps.append(("components", lambda left: components.stop()))
-        steps.extend(
-            ("an app channel", functools.partial(_close, c)) for c in (self.app_channel, self.event_channel) if c
-        )
-        if (bus := self.bus) is not None:
-            steps.append(("the bus connection", lambda left: bus.stop(min(5.0, left))))
-        if (embedded := self.embedded) is not None:
-            steps.append(("the embedded nats-server", lambda left: embedded.stop(min(5.0, left))))
-        # Last: the spans of the shutdown itself are exported too.
-        steps.append(("tracing, metrics and the dump", lambda left: self.ops.stop(min(5.0, left))))
-        return steps
-
     async def _stop(self) -> None:
         budget = Budget(self.config.shutdown_timeout)
-        for name, step in self._steps():
+        for name, step in shutdown_steps(self):
             await budget.step(name, step)
         for task in list(self._serving_updates):
             task.cancel()
@@ -438,14 +399,6 @@ class Sidecar:
         else:
             probes = f", health on HTTP {self.http.host}:{self.http.port}" if self.http is not None else ""
             log.info("l8 worker ready in %.2fs: bus %s, handlers: %s%s", self.started_in or 0.0, bus, served, probes)
-
-
-async def _stop_deliveries(deliveries: Deliveries, left: float) -> None:
-    await deliveries.stop(timeout=min(10.0, left))
-
-
-async def _close(channel: AppChannel, left: float) -> None:
-    await channel.close()
 
 
 def served_type(sidecar: Sidecar, served: Served) -> str:

@@ -7,7 +7,7 @@ again (``Health.set``). Watchers, committers and keep-alives register here with 
 loops do not: each pub/sub component's ``Deliveries`` (handlers/pubsub_registry.py) restarts its own
 loops with backoff and reports them to the same ``Health`` (``<component>-delivery``), since a loop's
 restart must follow the registry (a withdrawn subscription is not started again); they are stopped
-first in the shutdown order (runtime/sidecar.py ``_steps``).
+first in the shutdown order (runtime/shutdown.py).
 
 ``Budget`` spreads one overall shutdown timeout over the steps of an ordered shutdown: each step
 gets what is left, a step that overruns is cut and logged, and the next one still runs.

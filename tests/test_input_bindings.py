@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from dapr.proto.runtime.v1 import appcallback_pb2 as ac
 
-from bridges.nats.pubsub import durable_name
+from bridges.nats.subscription import durable_name
 from bus.codec import request_headers
 from bus.errors import RemoteError
 from handlers.proto import runtime_pb2 as pb

@@ -29,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from bridges.cron.schedule import Schedule
 from bridges.errors import InvalidArgument, L8Error
 from bridges.nats.errors import check_pub_ack, map_nats_errors
-from bridges.nats.pubsub import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
 from bridges.protocols import BindingReply, Received
 from bridges.registry import BridgeEnv
 

@@ -19,7 +19,8 @@ least once).
 from __future__ import annotations
 
 from bridges.errors import InvalidArgument
-from bridges.kafka.pubsub import KafkaPubSub, KafkaSubscription
+from bridges.kafka.pubsub import KafkaPubSub
+from bridges.kafka.subscription import KafkaSubscription
 from bridges.protocols import BindingReply
 from bridges.registry import BridgeEnv
 

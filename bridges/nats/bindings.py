@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from bridges.errors import BackendUnavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from bridges.nats.errors import check_pub_ack, map_nats_errors
-from bridges.nats.pubsub import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
 from bridges.protocols import BindingReply, Received
 from bridges.registry import BridgeEnv
 
