@@ -120,9 +120,15 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_poll = time.monotonic()
 
     async def start(self) -> None:
-        with map_kafka_errors(f"pubsub {self._pubsub.name!r}: subscribing to {self.topic!r}"):
-            self._consumer.subscribe(self.topics, listener=self)
-            await self._consumer.start()
+        try:
+            with map_kafka_errors(f"pubsub {self._pubsub.name!r}: subscribing to {self.topic!r}"):
+                self._consumer.subscribe(self.topics, listener=self)
+                await self._consumer.start()
+        except BaseException:
+            # A consumer that failed to start still holds its client's connections and tasks.
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            raise
         self._committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{self.topic}-{self.group}")
 
     # ---- rebalance ----
