@@ -20,7 +20,7 @@ from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
 from tests.process import L8, alive, children_of, l8_running, spawn, start_l8
-from tests.servers import Server
+from tests.servers import DEFAULT_PORTS, Server, wait_free
 
 HERE = Path(__file__).parent
 
@@ -45,6 +45,7 @@ def dapr_env(grpc_port: int, http_port: int) -> dict[str, str]:
 
 def test_l8_run_with_no_arguments_serves_the_default_ports_and_stops_cleanly_on_sigint() -> None:
     cwd = Path(tempfile.mkdtemp(prefix="l8-default-"))
+    wait_free(DEFAULT_PORTS)
     proc, log = spawn(["run"], cwd)
     try:
         began = time.monotonic()
