@@ -90,7 +90,6 @@ class GrpcServer:
         limit = self._config.server.max_message_bytes
         token = self._config.server.api_token()
         server = grpc.aio.server(
-            interceptors=[auth.ApiTokenInterceptor(token)] if token else None,
             options=[
                 # Linux lets a second server share a reused port silently; a taken port must fail.
                 ("grpc.so_reuseport", 0),
@@ -128,34 +127,29 @@ class GrpcServer:
         for plugin in self._plugins:
             generic.extend(plugin.handlers())
             plugin_services.extend(plugin.services)
+        handlers: list[grpc.GenericRpcHandler] = list(generic)
         if self._hooks is not None:
             # Flow control, spans, metrics and the dump around every method (runtime/front_hooks.py).
             from runtime.front_hooks import GrpcHooks
 
-            server.add_generic_rpc_handlers((GrpcHooks(generic, self._hooks),))
-        else:
-            server.add_generic_rpc_handlers(tuple(generic))
+            handlers = [GrpcHooks(generic, self._hooks)]
+        # Health first: it is open, and no call to it goes to the proxy.
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        server.add_generic_rpc_handlers(
-            (
-                # Last: a call with dapr-app-id to any service l8 does not serve goes to that app.
-                GrpcProxy(self._invoker),
-            )
-        )
-        server.add_generic_rpc_handlers(
-            (
-                _LazyReflection(
-                    (
-                        native.SERVICE,
-                        dapr.SERVICE,
-                        lifecycle.SERVICE,
-                        *plugin_services,
-                        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                        REFLECTION_SERVICE,
-                    )
-                ),
-            )
-        )
+        handlers += [
+            # Last: a call with dapr-app-id to any service l8 does not serve goes to that app.
+            GrpcProxy(self._invoker),
+            _LazyReflection(
+                (
+                    native.SERVICE,
+                    dapr.SERVICE,
+                    lifecycle.SERVICE,
+                    *plugin_services,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    REFLECTION_SERVICE,
+                )
+            ),
+        ]
+        server.add_generic_rpc_handlers((auth.TokenGate(handlers, token),) if token else tuple(handlers))
         address = self._config.server.grpc
         tls = self._config.server.tls
         try:

@@ -74,6 +74,16 @@ async def test_with_an_api_token_every_call_but_health_needs_it_and_a_wrong_one_
         assert (await stub.GetState(pb.GetStateRequest(store_name="statestore", key="k"), metadata=good)).data == b"v"
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        # Every other service is behind it too: a proxied call and reflection.
+        proxied = channel.unary_unary("/some.app.Service/Call")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await proxied(b"", metadata=(("dapr-app-id", "another-app"),))
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        reflection = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in reflection(iter([b"\x3a\x00"])):  # list_services
+                pass
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     finally:
         await channel.close()
     assert sidecar.http is not None
