@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,27 @@ if TYPE_CHECKING:
 
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 _REFLECTION_METHOD = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
+
+
+class _GoneClient(logging.Filter):
+    """Demotes grpc.aio's report of a status it could not send because the client had gone.
+
+    grpc.aio logs that at ERROR with a traceback of its own internals when a handler ends (an
+    abort, a refusal) after the client closed its connection; nothing was lost and nothing can be
+    done, so it is a DEBUG line of l8's, without the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Failed sending error status"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return _log.isEnabledFor(logging.DEBUG)
+
+
+_log = logging.getLogger("l8.grpc")
+_GRPC_CORE = logging.getLogger("grpc._cython.cygrpc")
+_GONE_CLIENT = _GoneClient()
 
 
 class _LazyReflection(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -87,6 +109,8 @@ class GrpcServer:
     async def start(self) -> None:
         if self._server is not None:
             return
+        if _GONE_CLIENT not in _GRPC_CORE.filters:
+            _GRPC_CORE.addFilter(_GONE_CLIENT)
         limit = self._config.server.max_message_bytes
         token = self._config.server.api_token()
         server = grpc.aio.server(

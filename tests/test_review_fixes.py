@@ -262,3 +262,20 @@ async def test_the_nats_configuration_watcher_keeps_watching_after_the_bus_conne
     finally:
         await store.stop()
         await bus.stop()
+
+
+async def test_grpc_reporting_a_status_it_could_not_send_to_a_gone_client_is_a_debug_line_without_a_traceback(
+    nats_server: Server, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_sidecar(sidecar_config(nats_server.url, {}))
+    core = logging.getLogger("grpc._cython.cygrpc")
+    with caplog.at_level(logging.DEBUG):
+        try:
+            raise RuntimeError('Failed "execute_batch"')
+        except RuntimeError:
+            # What grpc.aio logs when a handler's status finds the call already gone.
+            core.exception("Failed sending error status from server")
+        core.error("another error of grpc's")
+    gone = [r for r in caplog.records if r.getMessage().startswith("Failed sending error status")]
+    assert [(r.levelno, r.exc_info) for r in gone] == [(logging.DEBUG, None)]
+    assert [r.levelno for r in caplog.records if r.getMessage() == "another error of grpc's"] == [logging.ERROR]
