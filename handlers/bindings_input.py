@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from bridges.errors import InvalidArgument, Unimplemented
 from bridges.protocols import InputBinding, PubSubLimits, Received, Subscription
+from bridges.received import SettledThrough
 from handlers.proto import runtime_pb2 as pb
 from handlers.pubsub_envelope import HDR_RAW
 
@@ -38,37 +39,17 @@ def read(payload: bytes) -> tuple[str, bytes, dict[str, str]]:
     return msg.name, msg.data, dict(msg.metadata)
 
 
-class _Event:
+class _Event(SettledThrough):
     """A binding's event as the delivery loop sees it: settled through the binding's own."""
 
-    __slots__ = ("_received", "data", "topic")
+    __slots__ = ("data", "topic")
 
     headers = _RAW
 
     def __init__(self, name: str, received: Received) -> None:
-        self._received = received
+        super().__init__(received)
         self.data = frame(name, received.data, received.headers)
         self.topic = name
-
-    @property
-    def attempt(self) -> int:
-        return self._received.attempt
-
-    @property
-    def ref(self) -> str:
-        return self._received.ref
-
-    async def touch(self) -> None:
-        await self._received.touch()
-
-    async def ack(self) -> None:
-        await self._received.ack()
-
-    async def retry(self, delay: float) -> None:
-        await self._received.retry(delay)
-
-    async def drop(self) -> None:
-        await self._received.drop()
 
 
 class _Events:

@@ -31,6 +31,7 @@ from bridges.errors import InvalidArgument, L8Error
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
 from bridges.protocols import BindingReply, Received
+from bridges.received import SettledThrough
 from bridges.registry import BridgeEnv
 
 log = logging.getLogger("l8.bridges.cron")
@@ -207,13 +208,13 @@ class CronSubscription:
         await self._pull.close()
 
 
-class _Tick:
+class _Tick(SettledThrough):
     """A tick as the app gets it: its metadata without the stream's own headers."""
 
-    __slots__ = ("_received", "headers")
+    __slots__ = ("headers",)
 
     def __init__(self, received: Received) -> None:
-        self._received = received
+        super().__init__(received)
         self.headers = {k: v for k, v in received.headers.items() if k in _METADATA}
 
     @property
@@ -223,23 +224,3 @@ class _Tick:
     @property
     def topic(self) -> str:
         return self._received.topic
-
-    @property
-    def attempt(self) -> int:
-        return self._received.attempt
-
-    @property
-    def ref(self) -> str:
-        return self._received.ref
-
-    async def touch(self) -> None:
-        await self._received.touch()
-
-    async def ack(self) -> None:
-        await self._received.ack()
-
-    async def retry(self, delay: float) -> None:
-        await self._received.retry(delay)
-
-    async def drop(self) -> None:
-        await self._received.drop()
