@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from handlers.proto import runtime_pb2 as pb
 from handlers.wasm import abi, engine
 from handlers.wasm.abi import ModuleError
 from handlers.wasm.errors import FunctionAnswered, FunctionError, FunctionUnavailable
-from handlers.wasm.host import Allow, Dispatcher, HostOps
+from handlers.wasm.host import Allow, Dispatcher, HostOps, guess_content_type
 from handlers.wasm.instance import INLINE_MAX_INPUT, InlineOverrun, Limits, Version
 from handlers.wasm.lanes import Lanes
 
@@ -60,14 +59,6 @@ class Verdict(enum.Enum):
     SUCCESS = "SUCCESS"
     RETRY = "RETRY"
     DROP = "DROP"
-
-
-def _content_type(data: bytes) -> str:
-    try:
-        json.loads(data)
-    except ValueError:
-        return "application/octet-stream"
-    return "application/json"
 
 
 class Function:
@@ -203,7 +194,7 @@ class Function:
             "metadata": dict(metadata),
         }
         out = await self.invoke(meta, req.data.value, deadline=deadline)
-        reply = pb.InvokeResponse(content_type=_content_type(out))
+        reply = pb.InvokeResponse(content_type=guess_content_type(out))
         reply.data.value = out
         data: bytes = reply.SerializeToString()
         return data

@@ -18,7 +18,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT
+from bridges.errors import InvalidArgument
+from bus.codec import HDR_TIMEOUT, HDR_TRACEPARENT, RequestContext
 from handlers.pubsub_delivery import Delivery, Outcome
 from handlers.pubsub_envelope import HDR_RAW, Event, MalformedEvent, decode
 
@@ -82,8 +83,9 @@ def request(batch: Sequence[Delivery], topic: str, timeout: float, bulk: bool) -
 
 @dataclass(slots=True)
 class Frame:
-    """A request as the target reads it: the events, their route and topic."""
+    """A request as the target reads it: the events, their route, pub/sub component and topic."""
 
+    pubsub: str
     topic: str
     path: str
     events: list[Event]
@@ -100,7 +102,7 @@ def read(pubsub: str, payload: bytes, headers: dict[str, str] | None) -> Frame:
     count = headers.get(HDR_BULK)
     if count is None:
         event = decode(payload, headers, pubsub, topic, raw_id=headers.get(HDR_ID))
-        return Frame(topic, path, [event], False)
+        return Frame(pubsub, topic, path, [event], False)
     if not count.isdigit() or int(count) > 100_000:
         raise MalformedEvent(f"its {HDR_BULK} header is not a count")
     events: list[Event] = []
@@ -123,7 +125,16 @@ def read(pubsub: str, payload: bytes, headers: dict[str, str] | None) -> Frame:
         pos += size
         entry_headers = {HDR_RAW: "1"} if flags & 1 else {}
         events.append(decode(data, entry_headers, pubsub, topic, raw_id=ident or None))
-    return Frame(topic, path, events, True)
+    return Frame(pubsub, topic, path, events, True)
+
+
+def read_request(payload: bytes, ctx: RequestContext) -> Frame:
+    """The events of a request on an event subject (``...event.<pubsub>.<topic key>``, or
+    ``stream``); InvalidArgument, for the worker to hear, when the frame cannot be read."""
+    try:
+        return read(ctx.subject.rsplit(".", 2)[1], payload, ctx.headers)
+    except MalformedEvent as exc:
+        raise InvalidArgument(f"an event frame l8 cannot read: {exc}") from None
 
 
 def answer(outcomes: Sequence[Outcome], why: str = "") -> tuple[bytes, dict[str, str] | None]:

@@ -25,7 +25,7 @@ from bus import Reply, RequestContext, Route, WorkerHost, subjects
 from bus.worker import Handler
 from handlers import bindings_input
 from handlers.pubsub_delivery import Outcome
-from handlers.pubsub_envelope import Event, MalformedEvent
+from handlers.pubsub_envelope import Event
 from runtime import event_frames
 from runtime.app_channel import DROP, SUCCESS, AppCallError, AppChannel, AppUnavailable, BindingAnswer, BulkEntry
 
@@ -209,11 +209,7 @@ class EventServer:
     async def _on_push(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
         app = self._app
         assert app is not None
-        pubsub = ctx.subject.rsplit(".", 2)[1]
-        try:
-            frame = event_frames.read(pubsub, payload, ctx.headers)
-        except MalformedEvent as exc:
-            raise InvalidArgument(f"an event frame l8 cannot read: {exc}") from None
+        frame = event_frames.read_request(payload, ctx)
         metadata: list[tuple[str, str | bytes]] = []
         timeout = max(0.001, ctx.remaining())
         if not frame.bulk:
@@ -230,7 +226,7 @@ class EventServer:
             return Reply(*event_frames.answer([outcome], why))
         entries = [BulkEntry(str(i), event) for i, event in enumerate(frame.events)]
         try:
-            statuses = await app.on_bulk_event(pubsub, frame.topic, frame.path, entries, timeout=timeout)
+            statuses = await app.on_bulk_event(frame.pubsub, frame.topic, frame.path, entries, timeout=timeout)
         except AppCallError as exc:
             outcome, why = _outcome_of_error(exc)
             return Reply(*event_frames.answer([outcome] * len(entries), why))
@@ -293,12 +289,8 @@ class EventServer:
             await self._host.leave(entry.route)
 
     async def _on_stream(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
-        pubsub = ctx.subject.rsplit(".", 2)[1]
-        try:
-            frame = event_frames.read(pubsub, payload, ctx.headers)
-        except MalformedEvent as exc:
-            raise InvalidArgument(f"an event frame l8 cannot read: {exc}") from None
-        entry = self._streams.get((pubsub, frame.topic))
+        frame = event_frames.read_request(payload, ctx)
+        entry = self._streams.get((frame.pubsub, frame.topic))
         session = entry.pick() if entry is not None else None
         if session is None or frame.bulk:
             return Reply(*event_frames.answer([Outcome.UNREACHABLE] * len(frame.events), "no stream is open"))

@@ -25,11 +25,11 @@ from typing import Any
 
 import orjson
 
-from bridges.errors import InvalidArgument, Unimplemented
+from bridges.errors import Unimplemented
 from bus import Reply, RequestContext, Route, subjects
 from handlers.functions import Function, Verdict
 from handlers.pubsub_delivery import Outcome
-from handlers.pubsub_envelope import Event, MalformedEvent
+from handlers.pubsub_envelope import Event
 from handlers.wasm.errors import FunctionError, FunctionUnavailable
 from runtime import event_frames, observe
 
@@ -90,11 +90,7 @@ class FunctionEvents:
         return f"function/{self.function.name}/events/{pubsub}/{topic}"
 
     async def serve(self, op: str, payload: bytes, ctx: RequestContext) -> Reply:
-        pubsub = ctx.subject.rsplit(".", 2)[1]
-        try:
-            frame = event_frames.read(pubsub, payload, ctx.headers)
-        except MalformedEvent as exc:
-            raise InvalidArgument(f"an event frame l8 cannot read: {exc}") from None
+        frame = event_frames.read_request(payload, ctx)
         outcomes: list[Outcome] = []
         reasons: list[str] = []
         # A bulk batch (functions announce none, but a worker may be told otherwise) runs in order.
