@@ -58,8 +58,6 @@ async def _ended_cleanly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """
     try:
         await context.send_initial_metadata(())
-    except asyncio.CancelledError:
-        raise
     except Exception as exc:  # grpc.aio raises its internal batch error: the call is gone
         raise asyncio.CancelledError("the client went away before it finished the upload") from exc
 
