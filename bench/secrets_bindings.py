@@ -34,6 +34,7 @@ import grpc
 import nats
 import uvloop
 
+from bus.sync import server_has_seen
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.process import start_l8
@@ -101,7 +102,7 @@ async def bench(nats_url: str, grpc_address: str, floor_address: str) -> None:
         await msg.respond(msg.data)
 
     await nc.subscribe("bench.echo", cb=echo)
-    await nc.flush()
+    await server_has_seen(nc)
     client = await nats.connect(nats_url)
     channel = grpc.aio.insecure_channel(grpc_address)
     stub = runtime_pb2_grpc.RuntimeStub(channel)

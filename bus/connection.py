@@ -35,6 +35,7 @@ from bus.errors import (
     RemoteError,
 )
 from bus.replies import Replies
+from bus.sync import server_has_seen
 
 log = logging.getLogger("l8.bus")
 
@@ -347,7 +348,7 @@ class Bus:
         sub = subscription.sub
         async with asyncio.timeout(timeout):
             await nc._send_unsubscribe(sub._id)
-            await nc.flush()
+            await server_has_seen(nc)
             await asyncio.sleep(grace)
             await sub.drain()
 
@@ -424,7 +425,7 @@ class Bus:
                         await nc.connect(**self._connect_options())
                     for handle in list(self._subs):
                         await handle._take(nc)
-                    await nc.flush()
+                    await server_has_seen(nc)
                     break
                 except (TimeoutError, OSError, nats.errors.Error) as exc:
                     log.debug("opening the bus connection again failed: %s", exc)

@@ -26,6 +26,7 @@ from bus import subjects
 from bus.codec import Reply, RequestContext, context_from_headers, error_headers
 from bus.connection import Bus
 from bus.errors import BusTimeout, RemoteError
+from bus.sync import server_has_seen
 
 log = logging.getLogger("l8.bus.worker")
 
@@ -105,7 +106,7 @@ class WorkerHost:
             await self._subscribe(route)
         # A round trip to the server makes the subscriptions live before start() returns, so a
         # request sent from another connection right after cannot find nobody listening.
-        await self._bus.nc.flush()
+        await server_has_seen(self._bus.nc)
         log.debug("worker host serves %s", ", ".join(r.name for r in self._routes) or "nothing")
 
     async def serve(self, route: Route) -> Route:
@@ -116,7 +117,7 @@ class WorkerHost:
             self._routes.append(route)
             if self._started:
                 await self._subscribe(route)
-                await self._bus.nc.flush()
+                await server_has_seen(self._bus.nc)
         return route
 
     async def leave(self, route: Route, timeout: float = 10.0) -> None:

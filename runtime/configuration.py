@@ -39,6 +39,7 @@ import grpc
 
 from bridges.errors import Code, quote
 from bus.subjects import changes_subject
+from bus.sync import server_has_seen
 from handlers.configuration import Change, SubscribeReply, decode_changes, split_stored
 from handlers.proto import runtime_pb2 as pb
 from runtime.forward import Forwarder, FrontError
@@ -247,7 +248,7 @@ class ConfigurationHub:
             subject = changes_subject(self._forwarder.namespace, API, component)
             self._listening[component] = await bus.subscribe(subject, "", self._dispatcher(component))
             # The server must know of this listener before a subscription reads its seed.
-            await bus.nc.flush()
+            await server_has_seen(bus.nc)
 
     def _dispatcher(self, component: str) -> Callable[[Msg], Any]:
         async def dispatch(msg: Msg) -> None:

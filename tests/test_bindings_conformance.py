@@ -19,6 +19,7 @@ from aiohttp import web
 from dapr.proto.runtime.v1 import binding_pb2 as dapr_binding
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
 
+from bus.sync import server_has_seen
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from runtime.components import ComponentError
@@ -155,7 +156,7 @@ async def test_nats_publish_sends_data_and_metadata_as_headers(
     nc = await nats.connect(nats_server.url)
     try:
         sub = await nc.subscribe("orders.created")
-        await nc.flush()
+        await server_has_seen(nc)
         async with channel:
             reply = await stub.InvokeBinding(invoke("out", "publish", b'{"id": 7}', source="test"))
             assert reply.data == b""
@@ -178,7 +179,7 @@ async def test_nats_request_answers_the_reply_and_its_headers(
     async with channel:
         try:
             await nc.subscribe("quote.price", cb=respond)
-            await nc.flush()
+            await server_has_seen(nc)
             reply = await stub.InvokeBinding(invoke("out", "request", b"ABC"))
             assert reply.data == b"price:ABC" and dict(reply.metadata) == {"currency": "EUR"}
         finally:

@@ -21,6 +21,7 @@ import nats
 import pytest
 
 from bus import subjects
+from bus.sync import server_has_seen
 from handlers.proto import runtime_pb2 as pb
 from runtime import bus_identity
 from runtime.config import Config, load_config
@@ -182,7 +183,7 @@ async def test_another_apps_invocations_events_and_replies_cannot_be_read_nor_it
     await conn.nc.subscribe(subjects.invoke_wildcard(ns, "forger"), queue=queue, cb=ignore)
     await conn.nc.subscribe(f"{identity.inbox}.x.>", cb=ignore)
     before = len(conn.errors)
-    await conn.nc.flush()
+    await server_has_seen(conn.nc)
     assert conn.errors[before:] == []
 
 

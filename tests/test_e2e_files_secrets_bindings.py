@@ -17,6 +17,7 @@ import grpc
 import nats
 import pytest
 
+from bus.sync import server_has_seen
 from handlers.proto import runtime_pb2 as pb
 from handlers.proto import runtime_pb2_grpc
 from tests.conftest import unique
@@ -66,7 +67,7 @@ async def test_the_bindings_example_writes_a_file_and_asks_over_nats(nats_server
 
     try:
         await nc.subscribe("quotes.price", cb=price)
-        await nc.flush()
+        await server_has_seen(nc)
         with l8_running(config) as l8:
             out = await asyncio.to_thread(run_example, "bindings_dapr.py", sdk_env(l8))
         assert out.strip() == '{"order": 7} 42.0'

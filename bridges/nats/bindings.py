@@ -38,6 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from bridges.errors import BackendUnavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from bridges.nats.errors import check_pub_ack, map_nats_errors
 from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.sync import server_has_seen
 from bridges.protocols import BindingReply, Received
 from bridges.registry import BridgeEnv
 
@@ -179,7 +180,7 @@ class NatsBinding:
                 # The flush's round trip says the server has the message (core NATS acks no more).
                 try:
                     async with asyncio.timeout(wait):
-                        await nc.flush()
+                        await server_has_seen(nc)
                 except TimeoutError:
                     raise DeadlineExceeded(f"{what}: the server did not confirm in time") from None
                 return BindingReply()
@@ -285,7 +286,7 @@ class CoreSubscription:
             self._sub = await self._nc.subscribe(
                 self._subject, queue=self._group, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
             )
-            await self._nc.flush()
+            await server_has_seen(self._nc)
         self._owner.add(self)
 
     async def _on_msg(self, msg: Msg) -> None:

@@ -1,0 +1,17 @@
+"""Knowing that the server has seen what this connection sent (a SUB above all).
+
+``NATS.flush()`` is meant to be that: a PING whose PONG comes back once the server has handled
+everything before it. But nats-py 2.16 writes the PING straight to the socket, while a SUB sits in
+the client's pending buffer until its flusher task runs, so the PONG can come back before the
+server has seen the SUB; a request another connection sends at once then finds no responders.
+When the first flush returns, the flusher has run (the loop turned while we waited for the PONG),
+so everything from before is on the socket ahead of the second PING, whose PONG is the guarantee.
+"""
+
+from typing import Any
+
+
+async def server_has_seen(nc: Any) -> None:
+    """Return once the server has handled every command this connection sent before the call."""
+    await nc.flush()
+    await nc.flush()
