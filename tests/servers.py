@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,19 +99,32 @@ class Server:
 
 
 def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
+    """A nats-server with JetStream; without ``port`` it binds one of its choosing (no race with
+    another process for a port picked here), read back from its ports file."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="l8-nats-"))
-    port = port or free_port()
-    mon = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-m", str(mon), "-js", "-sd", str(data_dir)],
+        [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port or -1), "-m", "-1", "-js", "-sd", str(data_dir),
+         "--ports_file_dir", str(data_dir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
-    wait_port(mon, proc=proc)
-    # /healthz answers 200 once JetStream has recovered its streams.
-    import urllib.request
-
+    )  # fmt: skip
+    ports_file = data_dir / f"nats-server_{proc.pid}.ports"
     deadline = time.monotonic() + 10
+    while not ports_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}")
+        assert time.monotonic() < deadline, "nats-server wrote no ports file"
+        time.sleep(0.01)
+    while True:
+        try:
+            bound = json.loads(ports_file.read_text())
+            client, mon = (urllib.parse.urlsplit(bound[k][0]).port for k in ("nats", "monitoring"))
+            break
+        except (ValueError, KeyError, IndexError):  # caught half written
+            assert time.monotonic() < deadline, "nats-server wrote no ports"
+            time.sleep(0.01)
+    # /healthz answers 200 once JetStream has recovered its streams.
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1) as r:
@@ -118,7 +134,8 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
-    return Server(proc, port, data_dir)
+    assert client is not None
+    return Server(proc, client, data_dir)
 
 
 def start_redis(port: int | None = None, data_dir: Path | None = None) -> Server:

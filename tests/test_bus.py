@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 
 from bridges.errors import EtagMismatch
-from bus import Bus, BusTimeout, BusUnreachable, EmbeddedNats, NoResponders, RemoteError, RequestContext, WorkerHost
+from bus import (
+    Bus,
+    BusTimeout,
+    BusUnreachable,
+    EmbeddedNats,
+    NoResponders,
+    RemoteError,
+    RequestContext,
+    Route,
+    WorkerHost,
+)
 from bus.codec import request_headers
 from bus.subjects import request_subject
 from tests.conftest import unique
@@ -188,6 +198,25 @@ async def test_the_embedded_server_starts_healthy_and_stops_by_pid(tmp_path: Pat
     await server.stop()
     assert not alive(pid)
     assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+async def test_the_embedded_server_binds_ports_of_its_choosing_and_keeps_them_when_started_again(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats", auth=False)
+    await server.start()
+    try:
+        first = (server.port, server.monitor_port)
+        assert all(first)
+        bus = Bus([server.url])
+        await bus.start()
+        await bus.stop()
+        await server.stop()
+        assert not list((tmp_path / "nats").glob("*.ports"))  # the server removes its ports file
+        await server.start()
+        assert (server.port, server.monitor_port) == first
+    finally:
+        await server.stop()
 
 
 async def test_the_bus_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
@@ -372,6 +401,30 @@ async def test_a_connection_the_server_closes_is_opened_again_with_its_subscript
         await client.stop()
 
 
+async def test_a_route_a_worker_host_serves_is_found_at_once_by_a_request_from_another_connection(
+    bus: Bus, nats_server: Server
+) -> None:
+    # nats-py's flush() can see its PONG before the server has the SUB (bus/sync.py); a plain
+    # flush let about one request in twelve find no responders here.
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    client = Bus([nats_server.url])
+    await client.start()
+    host = WorkerHost(bus, ns)
+    await host.start()
+    try:
+        for n in range(300):
+            await host.serve(Route(request_subject(ns, "state", f"s{n}", "get", "me"), "q", handler, f"s{n}"))
+            subject = request_subject(ns, "state", f"s{n}", "get", "me")
+            assert (await client.request(subject, b"%d" % n, timeout=2)).data == b"%d" % n
+    finally:
+        await host.stop()
+        await client.stop()
+
+
 async def test_the_bus_refuses_a_subject_too_long_for_the_server_and_stays_connected(bus: Bus) -> None:
     from bus.errors import InvalidSubject
 
@@ -397,7 +450,6 @@ async def test_an_unreachable_bus_fails_start_within_its_timeout_naming_the_url_
 
 
 async def test_a_route_that_replaced_another_under_one_local_key_keeps_it_when_the_old_one_leaves(bus: Bus) -> None:
-    from bus import Route
 
     ns = unique("ns")
     crossed: list[str] = []
