@@ -122,7 +122,7 @@ def test_calls_are_counted_per_method_and_code_with_sub_millisecond_buckets_and_
         assert len(state_series(later)) == len(state_series(after))
 
 
-def scrape_until(l8: L8Process, ready: Any, timeout: float = 10.0) -> Samples:
+def scrape_until(l8: L8Process, ready: Any, timeout: float = 60.0) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
         samples = scrape(l8)
