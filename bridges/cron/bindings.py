@@ -29,7 +29,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from bridges.cron.schedule import Schedule
 from bridges.errors import InvalidArgument, L8Error
 from bridges.nats.errors import check_pub_ack, map_nats_errors
-from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.subscription import (
+    JetStreamSubscription,
+    Subscriptions,
+    durable_name,
+    ensure_stream,
+    pull_subscription,
+)
 from bridges.protocols import BindingReply, Received
 from bridges.received import SettledThrough
 from bridges.registry import BridgeEnv
@@ -67,7 +73,6 @@ class CronBinding:
         self._nc: Client = env.nats
         self._request = env.request or env.nats.request
         self._on_reopen = env.on_reopen
-        self._listening = False
         self.stream = f"L8_CRON_{env.namespace}_{name}"
         self._root = f"l8.{env.namespace}.cron.{name}"
         self._ack_wait = float(_int(metadata, "ackWaitSeconds", 30, 1, 86400, self._what))
@@ -75,7 +80,7 @@ class CronBinding:
         self._replicas = _int(metadata, "replicas", 1, 1, 5, self._what)
         self._timeout = float(_int(metadata, "timeoutSeconds", 5, 1, 3600, self._what))
         self.lease_seconds: float | None = self._ack_wait
-        self._subs: set[JetStreamSubscription] = set()
+        self._subs = Subscriptions(self._what)
         self._tickers: set[CronSubscription] = set()
 
     def features(self) -> frozenset[str]:
@@ -100,17 +105,7 @@ class CronBinding:
             duplicate_window=_DUPLICATE_WINDOW,
         )
         await ensure_stream(self._nc, config, self._timeout, self._what)
-        if self._on_reopen is not None and not self._listening:
-            self._listening = True
-            self._on_reopen(self._reopened)
-
-    async def _reopened(self) -> None:
-        """The bus connection was opened anew: the fetch inboxes listen again."""
-        for sub in list(self._subs):
-            try:
-                await sub.open()
-            except Exception as exc:
-                log.warning("%s: no fetch inbox after the reopen: %s", self._what, exc)
+        self._subs.listen(self._on_reopen)
 
     async def stop(self) -> None:
         for sub in list(self._tickers):

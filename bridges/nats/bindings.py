@@ -37,7 +37,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from bridges.errors import BackendUnavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from bridges.nats.errors import check_pub_ack, map_nats_errors
-from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.subscription import (
+    JetStreamSubscription,
+    Subscriptions,
+    durable_name,
+    ensure_stream,
+    pull_subscription,
+)
 from bridges.nats.sync import server_has_seen
 from bridges.protocols import BindingReply, Received
 from bridges.registry import BridgeEnv
@@ -94,10 +100,9 @@ class NatsBinding:
         self.lease_seconds: float | None = self._ack_wait if self.stream else None
         self._nc: Client | None = None if self._url else env.nats
         self._own = bool(self._url)
-        self._subs: set[Any] = set()
+        self._subs = Subscriptions(self._what)
         # The bus's connection may be opened anew, without this binding's subscriptions.
         self._on_reopen = None if self._own else env.on_reopen
-        self._listening = False
 
     def features(self) -> frozenset[str]:
         return frozenset()
@@ -127,21 +132,10 @@ class NatsBinding:
                 max_age=self._max_age or None,
             )
             await ensure_stream(self._nc, config, self._timeout, self._what)
-        if self._on_reopen is not None and not self._listening:
-            self._listening = True
-            self._on_reopen(self._reopened)
-
-    async def _reopened(self) -> None:
-        for sub in list(self._subs):
-            try:
-                await sub.open()
-            except Exception as exc:
-                log.warning("%s: no subscription to %s after the reopen: %s", self._what, self.subject, exc)
+        self._subs.listen(self._on_reopen)
 
     async def stop(self) -> None:
-        for sub in list(self._subs):
-            await sub.close()
-        self._subs.clear()
+        await self._subs.close()
         if self._own and self._nc is not None:
             nc, self._nc = self._nc, None
             try:

@@ -25,7 +25,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from bridges.errors import InvalidArgument, L8Error
 from bridges.nats.errors import check_pub_ack, map_nats_errors
-from bridges.nats.subscription import JetStreamSubscription, durable_name, ensure_stream, pull_subscription
+from bridges.nats.subscription import (
+    JetStreamSubscription,
+    Subscriptions,
+    durable_name,
+    ensure_stream,
+    pull_subscription,
+)
 from bridges.protocols import PubSubLimits
 from bridges.registry import BridgeEnv
 
@@ -88,10 +94,9 @@ class JetStreamPubSub:
             raise ValueError(f"deliverPolicy {policy!r} is neither 'all' nor 'new'")
         self._deliver_policy = DeliverPolicy.ALL if policy == "all" else DeliverPolicy.NEW
         self.limits = PubSubLimits(features=frozenset({"TTL", "ORDERED", "BULK"}), lease_seconds=self._ack_wait)
-        self._subs: set[JetStreamSubscription] = set()
+        self._subs = Subscriptions(f"pub/sub {self.name!r}")
         self._request = env.request or env.nats.request
         self._on_reopen = env.on_reopen
-        self._listening = False
         self._publish_sem = asyncio.Semaphore(_PUBLISH_PARALLELISM)
 
     def features(self) -> frozenset[str]:
@@ -112,18 +117,7 @@ class JetStreamPubSub:
         )
         await ensure_stream(self._nc, config, self._timeout, f"pub/sub {self.name!r}")
         self.limits.max_message_bytes = self._nc.max_payload - _HEADER_ROOM
-        if self._on_reopen is not None and not self._listening:
-            self._listening = True
-            self._on_reopen(self._reopened)
-
-    async def _reopened(self) -> None:
-        """The bus connection was opened anew without the fetch inboxes' subscriptions: take them
-        again (the durable consumers live on the server and keep their place)."""
-        for sub in list(self._subs):
-            try:
-                await sub.open()
-            except Exception as exc:
-                log.warning("pub/sub %r: no fetch inbox for %r after the reopen: %s", self.name, sub.topic, exc)
+        self._subs.listen(self._on_reopen)
 
     async def ping(self) -> None:
         """Stream info, which needs the stream's leader: it fails while events cannot be stored."""
@@ -132,9 +126,7 @@ class JetStreamPubSub:
             await js.stream_info(self.stream)
 
     async def stop(self) -> None:
-        for sub in list(self._subs):
-            await sub.close()
-        self._subs.clear()
+        await self._subs.close()
 
     async def publish(self, topic: str, data: bytes, headers: dict[str, str], *, ttl: int | None = None) -> None:
         limit = self.limits.max_message_bytes

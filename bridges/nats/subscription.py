@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.errors
@@ -205,6 +206,36 @@ class JetStreamSubscription:
                 await received.retry(0)
             except L8Error as exc:
                 log.debug("could not hand back a message of %r: %s", self._topic, exc)
+
+
+class Subscriptions(set[Any]):
+    """A component's open subscriptions (each adds itself and discards itself when closed), taken
+    again when the bus connection is opened anew: a re-opened connection has none of the fetch
+    inboxes' or core subscriptions, while the durable consumers live on the server and keep their
+    place."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self._what = what
+        self._listening = False
+
+    def listen(self, on_reopen: Callable[[Callable[[], Awaitable[None]]], None] | None) -> None:
+        """Ask to be told of every re-open (once, however often the component starts)."""
+        if on_reopen is not None and not self._listening:
+            self._listening = True
+            on_reopen(self.reopen)
+
+    async def reopen(self) -> None:
+        for sub in list(self):
+            try:
+                await sub.open()
+            except Exception as exc:
+                log.warning("%s: a subscription was not taken again after the reopen: %s", self._what, exc)
+
+    async def close(self) -> None:
+        for sub in list(self):
+            await sub.close()
+        self.clear()
 
 
 async def ensure_stream(nc: Client, config: StreamConfig, timeout: float, what: str) -> None:
