@@ -21,7 +21,7 @@ import grpc
 from bridges.errors import Code
 from bus import BusError
 from bus.connection import ENVELOPE
-from bus.stream import DOWNLOAD, UPLOAD, open_stream
+from bus.stream import DOWNLOAD, UPLOAD, Opened, open_stream
 from runtime import errors
 from runtime.forward import Forwarder, FrontError, abort
 from runtime.routing import Malformed, string_field
@@ -43,6 +43,29 @@ async def _component(forwarder: Forwarder, message: bytes, context: grpc.aio.Ser
         return forwarder.component("file", name)
     except FrontError as exc:
         await abort(context, exc.code, exc.message)
+
+
+async def _open(
+    forwarder: Forwarder,
+    component: str,
+    op: str,
+    first: bytes,
+    direction: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> Opened:
+    """The stream to the worker serving ``component``, with the caller's deadline and metadata."""
+    timeout = _timeout(context)
+    try:
+        return await open_stream(
+            forwarder.bus,
+            forwarder.subject("file", component, op),
+            first,
+            direction=direction,
+            timeout=timeout,
+            headers=forwarder.headers(timeout, context),
+        )
+    except BusError as exc:
+        await abort(context, *errors.from_bus_error(exc, f"file store {component!r}"))
 
 
 async def _ended_cleanly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -73,18 +96,7 @@ def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
             )
         component = await _component(forwarder, first, context)
         what = f"file store {component!r}"
-        timeout = _timeout(context)
-        try:
-            opened = await open_stream(
-                forwarder.bus,
-                forwarder.subject("file", component, "put"),
-                b"",
-                direction=UPLOAD,
-                timeout=timeout,
-                headers=forwarder.headers(timeout, context),
-            )
-        except BusError as exc:
-            await abort(context, *errors.from_bus_error(exc, what))
+        opened = await _open(forwarder, component, "put", b"", UPLOAD, context)
         try:
             await opened.send(first)
             async for message in requests:
@@ -106,18 +118,7 @@ def get_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
         limit = forwarder.bus.max_payload - ENVELOPE
         if len(request) > limit:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is {len(request)} bytes; the bus carries {limit}")
-        timeout = _timeout(context)
-        try:
-            opened = await open_stream(
-                forwarder.bus,
-                forwarder.subject("file", component, "get"),
-                request,
-                direction=DOWNLOAD,
-                timeout=timeout,
-                headers=forwarder.headers(timeout, context),
-            )
-        except BusError as exc:
-            await abort(context, *errors.from_bus_error(exc, what))
+        opened = await _open(forwarder, component, "get", request, DOWNLOAD, context)
         try:
             async for message in opened:
                 yield message
