@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import unique
 from tests.process import l8_running
-from tests.servers import Server
+from tests.servers import Server, free_port
 from tests.test_e2e import state_config
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -43,6 +44,24 @@ def test_the_configuration_example_reads_and_watches_an_item(nats_server: Server
     with l8_running(config) as l8:
         env = {"DAPR_GRPC_PORT": str(l8.grpc_port), "DAPR_HTTP_PORT": str(l8.http_port)}
         assert run_example("configuration_dapr.py", env).splitlines()[:2] == ["off", "('feature.checkout', 'on')"]
+
+
+def test_the_pubsub_example_publishes_orders_its_app_takes_every_one(nats_server: Server) -> None:
+    port = free_port()
+    config = {**state_config(nats_server), "components": {"pubsub": {"kind": "pubsub", "type": "nats.jetstream"}}}
+    with l8_running(config, "--app-port", str(port)) as l8:
+        env = {"DAPR_GRPC_PORT": str(l8.grpc_port), "DAPR_HTTP_PORT": str(l8.http_port), "APP_PORT": str(port)}
+        out = run_example("pubsub_dapr.py", env)
+    assert sorted(out.splitlines()[:3]) == ["order 0", "order 1", "order 2"]
+    assert out.splitlines()[3] == "3 orders delivered"
+
+
+def test_the_invoke_example_calls_its_app_by_id_through_the_sidecar(nats_server: Server) -> None:
+    port = free_port()
+    app_id = unique("greeter")
+    with l8_running({**state_config(nats_server), "app": {"id": app_id}}, "--app-port", str(port)) as l8:
+        env = {"DAPR_HTTP_PORT": str(l8.http_port), "APP_PORT": str(port), "APP_ID": app_id}
+        assert run_example("invoke_dapr.py", env).strip() == "hello, ada"
 
 
 def test_the_readme_quickstart_shows_the_examples_as_they_are() -> None:
