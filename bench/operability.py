@@ -4,7 +4,8 @@ One run, everything on loopback, started and stopped here: a nats-server, an OTL
 child process counting the spans it is sent), an app callback server (bench.pubsub's, counting
 events), and one `l8 run` per configuration, all on the same bus:
 
-- **base**: l8 as it was before issue 12 (the merge base with main, extracted with `git archive`);
+- **base**: l8 as it was before issue 12 (the first parent of the commit that merged it, or
+  `--base REF`; extracted with `git archive`);
 - **off**: this l8 with tracing, metrics and flow control off (the default);
 - **tracing 100 %** and **tracing 1 %**: spans exported over OTLP gRPC to the receiver;
 - **metrics**: `metrics.enabled`;
@@ -74,16 +75,31 @@ def receiver_main(port: int) -> None:
 # ---- the configurations ----
 
 
-def base_tree(work: Path) -> Path | None:
-    """The merge base with main, as files, or None when there is no main to compare with."""
+BEFORE_ISSUE_12 = "Merge branch 'issue-12'"  # the merge that brought these hooks; its first parent is without them
+
+
+def base_ref() -> str | None:
+    """l8 before issue 12: the first parent of the commit that merged it, else the merge base with
+    main (on the issue's own branch, before it was merged)."""
+    for args in (["log", "--merges", f"--grep={BEFORE_ISSUE_12}", "--format=%P", "-1"], ["merge-base", "HEAD", "main"]):
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            continue
+        if out:
+            return out[0]
+    return None
+
+
+def base_tree(work: Path, ref: str | None) -> Path | None:
+    """The l8 of ``ref`` as files, or None when there is none to compare with."""
+    if ref is None:
+        return None
     try:
-        base = subprocess.run(
-            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        archive = subprocess.run(["git", "archive", base], cwd=ROOT, capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
     except (subprocess.CalledProcessError, FileNotFoundError):
         return None
-    tree = work / f"base-{base[:10]}"
+    tree = work / f"base-{ref[:10]}"
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(tree, filter="data")
     return tree
@@ -163,7 +179,7 @@ async def deliver(stub: Any, app: AppProcess, topic: str, n: int) -> float:
     return n / (line["last"] - began)
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, ref: str | None) -> None:
     from handlers.proto import runtime_pb2 as pb
     from handlers.proto import runtime_pb2_grpc
 
@@ -179,7 +195,7 @@ async def main(quick: bool) -> None:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
     assert receiver.stdout is not None and receiver.stdin is not None
     assert receiver.stdout.readline().strip() == "ready"
-    base = base_tree(work)
+    base = base_tree(work, ref)
     names = ["base", "off", "tracing 100%", "tracing 1%", "metrics", "flow control"]
     if base is None:
         names.remove("base")
@@ -312,12 +328,13 @@ def _pct(cost: float, reference: float) -> str:
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.operability")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer calls and events")
+    parser.add_argument("--base", help="the l8 (a git ref) of the base row; default: l8 before issue 12")
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
         receiver_main(args.receiver)
         return
-    uvloop.run(main(args.quick))
+    uvloop.run(main(args.quick, args.base or base_ref()))
 
 
 if __name__ == "__main__":
