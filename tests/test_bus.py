@@ -425,6 +425,36 @@ async def test_a_route_a_worker_host_serves_is_found_at_once_by_a_request_from_a
         await client.stop()
 
 
+async def test_a_wait_for_the_server_cancelled_midway_leaves_the_connection_reading(
+    bus: Bus, nats_server: Server
+) -> None:
+    # nats-py keeps a cancelled flush's future among its PONG waiters; the PONG's set_result on it
+    # raised in the read loop, which stopped reading for good while the connection looked up.
+    from bus.sync import server_has_seen
+
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    other = Bus([nats_server.url])
+    await other.start()
+    host = WorkerHost(other, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        for _ in range(20):
+            waiting = asyncio.create_task(server_has_seen(bus.nc))
+            await asyncio.sleep(0)  # its PING is out
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+        subject = request_subject(ns, "state", "s", "get", "me")
+        assert (await bus.request(subject, b"still reading", timeout=5)).data == b"still reading"
+    finally:
+        await host.stop()
+        await other.stop()
+
+
 async def test_the_bus_refuses_a_subject_too_long_for_the_server_and_stays_connected(bus: Bus) -> None:
     from bus.errors import InvalidSubject
 
