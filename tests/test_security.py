@@ -345,6 +345,33 @@ def test_l8_reaches_an_external_bus_with_an_nkey_seed_and_keeps_the_seed_out_of_
         stop_pid(proc)
 
 
+def test_l8_reaches_an_operator_mode_bus_with_a_creds_file_and_keeps_its_seed_out_of_logs(tmp_path: Path) -> None:
+    from tests.nats_jwt import Operator
+
+    operator = Operator(tmp_path / "op")
+    port = free_port()
+    args = ["-a", "127.0.0.1", "-p", str(port), "-c", str(operator.conf)]
+    proc = subprocess.Popen([binary("nats-server"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        creds, seed = operator.creds("orders")
+        bus = {"url": f"nats://127.0.0.1:{port}", "connect_timeout": 5, "creds_file": str(creds)}
+        config = {"app": {"id": unique("app")}, "namespace": unique("ns"), "bus": bus, "components": STATE}
+        with l8_running(config, cwd=tmp_path) as l8, grpc.insecure_channel(l8.grpc_address) as channel:
+            stub = runtime_pb2_grpc.RuntimeStub(channel)
+            stub.SaveState(pb.SaveStateRequest(store_name="statestore", states=[pb.StateItem(key="a", value=b"j")]))
+            assert stub.GetState(pb.GetStateRequest(store_name="statestore", key="a")).data == b"j"
+            assert seed not in l8.log() and creds.read_text().splitlines()[1] not in l8.log()
+        # A user signed by an account the server does not know is refused.
+        forged, _ = operator.creds("forged", signer=operator.stranger())
+        refused = {**config, "bus": {**bus, "connect_timeout": 2, "creds_file": str(forged)}}
+        l8 = start_l8(refused, cwd=tmp_path, wait=False)
+        assert l8.proc.wait(60) == 1
+        assert f"127.0.0.1:{port}" in l8.log() and "Traceback" not in l8.log()
+    finally:
+        stop_pid(proc)
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_the_dapr_js_sdk_with_the_api_token_set_works(nats_server: Server, protocol: str) -> None:
     # Without it the SDK's start-up check of the sidecar (its metadata) is refused and it gives up
