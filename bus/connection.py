@@ -52,6 +52,8 @@ MAX_SUBJECT = 2048
 # rather than the driver's 512k messages / 128 MiB, so a stalled handler cannot grow memory that far.
 PENDING_MSGS = 65_536
 PENDING_BYTES = 64 << 20
+PING_INTERVAL = 10.0
+MAX_OUTSTANDING_PINGS = 3
 _WARN_EVERY = 10.0  # seconds between warnings of one kind while a problem lasts
 
 
@@ -111,6 +113,7 @@ class Bus:
         auth: BusAuth | None = None,
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
         inbox_prefix: str | None = None,
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         self._servers = list(servers)
         # Replies come to inboxes of this identity's own (bus/subjects.py inbox_prefix), which a
@@ -119,6 +122,7 @@ class Bus:
         self._name = name
         self._connect_timeout = connect_timeout
         self._start_timeout = start_timeout
+        self._ping_interval = ping_interval
         self._auth = auth or BusAuth()
         self._on_reconnect = on_reconnect
         self._reconnect_listeners: list[Callable[[], None]] = []
@@ -164,6 +168,11 @@ class Bus:
             "connect_timeout": self._connect_timeout,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.25,
+            # PINGs that go unanswered for MAX_OUTSTANDING_PINGS intervals make nats-py open the
+            # connection again: a half-open TCP connection, or a read loop that died (bus/sync.py),
+            # is healed in about half a minute, not nats-py's default six.
+            "ping_interval": self._ping_interval,
+            "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,

@@ -455,6 +455,40 @@ async def test_a_wait_for_the_server_cancelled_midway_leaves_the_connection_read
         await other.stop()
 
 
+async def test_a_connection_that_stopped_reading_is_opened_again_by_its_unanswered_pings(nats_server: Server) -> None:
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    bus, other = Bus([nats_server.url], ping_interval=0.5), Bus([nats_server.url])
+    await bus.start()
+    await other.start()
+    statuses: list[bool] = []
+    bus.add_status_listener(lambda connected, why: statuses.append(connected))
+    host = WorkerHost(other, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        # The one way known to stop nats-py's read loop (bus/sync.py), on the driver directly.
+        for _ in range(3):
+            waiting = asyncio.create_task(bus.nc.flush())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+        subject = request_subject(ns, "state", "s", "get", "me")
+
+        async def answered() -> None:
+            assert (await bus.request(subject, b"back", timeout=1)).data == b"back"
+
+        await eventually(answered)
+        assert False in statuses and statuses[-1] is True
+    finally:
+        await host.stop()
+        await bus.stop()
+        await other.stop()
+
+
 async def test_the_bus_refuses_a_subject_too_long_for_the_server_and_stays_connected(bus: Bus) -> None:
     from bus.errors import InvalidSubject
 
