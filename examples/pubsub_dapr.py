@@ -18,6 +18,7 @@ from dapr.ext.grpc import App, SubscriptionMessage
 
 run = uuid.uuid4().hex[:8]  # the orders of this run, apart from any an earlier run left
 got: set[int] = set()
+lock = threading.Lock()
 all_in = threading.Event()
 app = App()
 
@@ -26,10 +27,10 @@ app = App()
 def order(message: SubscriptionMessage) -> None:
     data = message.data()  # parsed: the event is application/json
     if isinstance(data, dict) and data.get("run") == run:
-        print("order", data["n"], flush=True)
-        got.add(data["n"])
-        if len(got) == 3:
-            all_in.set()
+        with lock:  # the App runs handlers on several threads at once
+            got.add(data["n"])
+            if len(got) == 3:
+                all_in.set()
 
 
 port = int(os.environ.get("APP_PORT", "50051"))
@@ -42,4 +43,6 @@ with DaprClient() as client:
 if not all_in.wait(60):
     raise SystemExit(f"the app got orders {sorted(got)} of 0, 1, 2")
 app.stop()
+for n in sorted(got):
+    print("order", n)
 print("3 orders delivered")
