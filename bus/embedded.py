@@ -46,6 +46,22 @@ def find_nats_server() -> str:
     )
 
 
+def read_ports_file(directory: Path, pid: int) -> tuple[int, int] | None:
+    """The client and monitoring ports nats-server ``pid`` bound, from the ports file it writes in
+    ``directory`` (``ports_file_dir``) once it listens; None until it is there and whole."""
+    found = list(Path(directory).glob(f"*_{pid}.ports"))
+    if not found:
+        return None
+    try:
+        ports = json.loads(found[0].read_text())
+        client, monitor = urlsplit(ports["nats"][0]).port, urlsplit(ports["monitoring"][0]).port
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None  # caught half written
+    if not client or not monitor:
+        return None
+    return client, monitor
+
+
 def _is_nats_server(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -195,17 +211,10 @@ class EmbeddedNats:
     def _read_ports(self) -> bool:
         """Learn the ports the server bound from the file it writes once it listens."""
         assert self._proc is not None
-        found = list(self.data_dir.glob(f"*_{self._proc.pid}.ports"))
-        if not found:
+        bound = read_ports_file(self.data_dir, self._proc.pid)
+        if bound is None:
             return False
-        try:
-            ports = json.loads(found[0].read_text())
-            client, monitor = urlsplit(ports["nats"][0]).port, urlsplit(ports["monitoring"][0]).port
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
-            return False  # not there yet, or caught half written
-        if not client or not monitor:
-            return False
-        self.port, self.monitor_port = client, monitor
+        self.port, self.monitor_port = bound
         return True
 
     async def _healthy(self) -> bool:

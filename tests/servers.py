@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -12,12 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bus.embedded import read_ports_file
 
 # l8's default ports sit in the kernel's ephemeral range; the test of the defaults needs them free.
 DEFAULT_PORTS = frozenset({34904, 34999})
@@ -109,21 +109,13 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    ports_file = data_dir / f"nats-server_{proc.pid}.ports"
     deadline = time.monotonic() + 10
-    while not ports_file.exists():
+    while (bound := read_ports_file(data_dir, proc.pid)) is None:
         if proc.poll() is not None:
             raise RuntimeError(f"nats-server exited with {proc.returncode}")
         assert time.monotonic() < deadline, "nats-server wrote no ports file"
         time.sleep(0.01)
-    while True:
-        try:
-            bound = json.loads(ports_file.read_text())
-            client, mon = (urllib.parse.urlsplit(bound[k][0]).port for k in ("nats", "monitoring"))
-            break
-        except (ValueError, KeyError, IndexError):  # caught half written
-            assert time.monotonic() < deadline, "nats-server wrote no ports"
-            time.sleep(0.01)
+    client, mon = bound
     # /healthz answers 200 once JetStream has recovered its streams.
     while True:
         try:
@@ -134,7 +126,6 @@ def start_nats(data_dir: Path | None = None, port: int | None = None) -> Server:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
-    assert client is not None
     return Server(proc, client, data_dir)
 
 
