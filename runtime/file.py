@@ -48,12 +48,14 @@ async def _component(forwarder: Forwarder, message: bytes, context: grpc.aio.Ser
 async def _open(
     forwarder: Forwarder,
     component: str,
+    what: str,
     op: str,
     first: bytes,
     direction: str,
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> Opened:
-    """The stream to the worker serving ``component``, with the caller's deadline and metadata."""
+    """The stream to the worker serving ``component`` (``what`` in errors), with the caller's
+    deadline and metadata."""
     timeout = _timeout(context)
     try:
         return await open_stream(
@@ -65,7 +67,7 @@ async def _open(
             headers=forwarder.headers(timeout, context),
         )
     except BusError as exc:
-        await abort(context, *errors.from_bus_error(exc, f"file store {component!r}"))
+        await abort(context, *errors.from_bus_error(exc, what))
 
 
 async def _ended_cleanly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -96,7 +98,7 @@ def put_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
             )
         component = await _component(forwarder, first, context)
         what = f"file store {component!r}"
-        opened = await _open(forwarder, component, "put", b"", UPLOAD, context)
+        opened = await _open(forwarder, component, what, "put", b"", UPLOAD, context)
         try:
             await opened.send(first)
             async for message in requests:
@@ -118,7 +120,7 @@ def get_file(forwarder: Forwarder) -> grpc.RpcMethodHandler:
         limit = forwarder.bus.max_payload - ENVELOPE
         if len(request) > limit:
             await abort(context, Code.INVALID_ARGUMENT, f"the request is {len(request)} bytes; the bus carries {limit}")
-        opened = await _open(forwarder, component, "get", request, DOWNLOAD, context)
+        opened = await _open(forwarder, component, what, "get", request, DOWNLOAD, context)
         try:
             async for message in opened:
                 yield message
