@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +426,36 @@ async def test_a_route_a_worker_host_serves_is_found_at_once_by_a_request_from_a
         await client.stop()
 
 
+@contextlib.asynccontextmanager
+async def echo_elsewhere(url: str) -> AsyncIterator[str]:
+    """A subject answered, with the request's payload, by a worker host on a connection of its own."""
+    ns = unique("ns")
+
+    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
+        return payload
+
+    other = Bus([url])
+    await other.start()
+    host = WorkerHost(other, ns)
+    host.add("state", "s", handler)
+    await host.start()
+    try:
+        yield request_subject(ns, "state", "s", "get", "me")
+    finally:
+        await host.stop()
+        await other.stop()
+
+
+async def cancel_while_waiting(wait: Callable[[], Awaitable[None]], times: int) -> None:
+    """Start ``wait()`` and cancel it once its PING is out, ``times`` times."""
+    for _ in range(times):
+        waiting = asyncio.ensure_future(wait())
+        for _turn in range(3):  # loop turns for the wait (and a task it starts) to send its PING
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+
+
 async def test_a_wait_for_the_server_cancelled_midway_leaves_the_connection_reading(
     bus: Bus, nats_server: Server
 ) -> None:
@@ -432,61 +463,28 @@ async def test_a_wait_for_the_server_cancelled_midway_leaves_the_connection_read
     # raised in the read loop, which stopped reading for good while the connection looked up.
     from bus.sync import server_has_seen
 
-    ns = unique("ns")
-
-    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
-        return payload
-
-    other = Bus([nats_server.url])
-    await other.start()
-    host = WorkerHost(other, ns)
-    host.add("state", "s", handler)
-    await host.start()
-    try:
-        for _ in range(20):
-            waiting = asyncio.create_task(server_has_seen(bus.nc))
-            await asyncio.sleep(0)  # its PING is out
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
-        subject = request_subject(ns, "state", "s", "get", "me")
+    async with echo_elsewhere(nats_server.url) as subject:
+        await cancel_while_waiting(lambda: server_has_seen(bus.nc), 20)
         assert (await bus.request(subject, b"still reading", timeout=5)).data == b"still reading"
-    finally:
-        await host.stop()
-        await other.stop()
 
 
 async def test_a_connection_that_stopped_reading_is_opened_again_by_its_unanswered_pings(nats_server: Server) -> None:
-    ns = unique("ns")
-
-    async def handler(op: str, payload: bytes, ctx: RequestContext) -> bytes:
-        return payload
-
-    bus, other = Bus([nats_server.url], ping_interval=0.5), Bus([nats_server.url])
+    bus = Bus([nats_server.url], ping_interval=0.5)
     await bus.start()
-    await other.start()
     statuses: list[bool] = []
     bus.add_status_listener(lambda connected, why: statuses.append(connected))
-    host = WorkerHost(other, ns)
-    host.add("state", "s", handler)
-    await host.start()
     try:
-        # The one way known to stop nats-py's read loop (bus/sync.py), on the driver directly.
-        for _ in range(3):
-            waiting = asyncio.create_task(bus.nc.flush())
-            await asyncio.sleep(0)
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
-        subject = request_subject(ns, "state", "s", "get", "me")
+        async with echo_elsewhere(nats_server.url) as subject:
+            # The one way known to stop nats-py's read loop (bus/sync.py), on the driver directly.
+            await cancel_while_waiting(bus.nc.flush, 3)
 
-        async def answered() -> None:
-            assert (await bus.request(subject, b"back", timeout=1)).data == b"back"
+            async def answered() -> None:
+                assert (await bus.request(subject, b"back", timeout=1)).data == b"back"
 
-        await eventually(answered)
-        assert False in statuses and statuses[-1] is True
+            await eventually(answered)
+            assert False in statuses and statuses[-1] is True
     finally:
-        await host.stop()
         await bus.stop()
-        await other.stop()
 
 
 async def test_the_bus_refuses_a_subject_too_long_for_the_server_and_stays_connected(bus: Bus) -> None:
