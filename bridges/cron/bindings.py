@@ -72,7 +72,6 @@ class CronBinding:
             raise ValueError(f"{self._what}: the cron binding needs the bus connection")
         self._nc: Client = env.nats
         self._request = env.request or env.nats.request
-        self._on_reopen = env.on_reopen
         self.stream = f"L8_CRON_{env.namespace}_{name}"
         self._root = f"l8.{env.namespace}.cron.{name}"
         self._ack_wait = float(_int(metadata, "ackWaitSeconds", 30, 1, 86400, self._what))
@@ -80,7 +79,7 @@ class CronBinding:
         self._replicas = _int(metadata, "replicas", 1, 1, 5, self._what)
         self._timeout = float(_int(metadata, "timeoutSeconds", 5, 1, 3600, self._what))
         self.lease_seconds: float | None = self._ack_wait
-        self._subs = Subscriptions(self._what)
+        self._subs = Subscriptions(self._what, env.on_reopen)
         self._tickers: set[CronSubscription] = set()
 
     def features(self) -> frozenset[str]:
@@ -105,7 +104,7 @@ class CronBinding:
             duplicate_window=_DUPLICATE_WINDOW,
         )
         await ensure_stream(self._nc, config, self._timeout, self._what)
-        self._subs.listen(self._on_reopen)
+        self._subs.listen()
 
     async def stop(self) -> None:
         for sub in list(self._tickers):

@@ -100,9 +100,8 @@ class NatsBinding:
         self.lease_seconds: float | None = self._ack_wait if self.stream else None
         self._nc: Client | None = None if self._url else env.nats
         self._own = bool(self._url)
-        self._subs = Subscriptions(self._what)
         # The bus's connection may be opened anew, without this binding's subscriptions.
-        self._on_reopen = None if self._own else env.on_reopen
+        self._subs = Subscriptions(self._what, None if self._own else env.on_reopen)
 
     def features(self) -> frozenset[str]:
         return frozenset()
@@ -132,7 +131,7 @@ class NatsBinding:
                 max_age=self._max_age or None,
             )
             await ensure_stream(self._nc, config, self._timeout, self._what)
-        self._subs.listen(self._on_reopen)
+        self._subs.listen()
 
     async def stop(self) -> None:
         await self._subs.close()

@@ -94,9 +94,8 @@ class JetStreamPubSub:
             raise ValueError(f"deliverPolicy {policy!r} is neither 'all' nor 'new'")
         self._deliver_policy = DeliverPolicy.ALL if policy == "all" else DeliverPolicy.NEW
         self.limits = PubSubLimits(features=frozenset({"TTL", "ORDERED", "BULK"}), lease_seconds=self._ack_wait)
-        self._subs = Subscriptions(f"pub/sub {self.name!r}")
+        self._subs = Subscriptions(f"pub/sub {self.name!r}", env.on_reopen)
         self._request = env.request or env.nats.request
-        self._on_reopen = env.on_reopen
         self._publish_sem = asyncio.Semaphore(_PUBLISH_PARALLELISM)
 
     def features(self) -> frozenset[str]:
@@ -117,7 +116,7 @@ class JetStreamPubSub:
         )
         await ensure_stream(self._nc, config, self._timeout, f"pub/sub {self.name!r}")
         self.limits.max_message_bytes = self._nc.max_payload - _HEADER_ROOM
-        self._subs.listen(self._on_reopen)
+        self._subs.listen()
 
     async def ping(self) -> None:
         """Stream info, which needs the stream's leader: it fails while events cannot be stored."""

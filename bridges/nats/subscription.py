@@ -214,16 +214,17 @@ class Subscriptions(set[Any]):
     inboxes' or core subscriptions, while the durable consumers live on the server and keep their
     place."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, on_reopen: Callable[[Callable[[], Awaitable[None]]], None] | None) -> None:
         super().__init__()
         self._what = what
+        self._on_reopen = on_reopen
         self._listening = False
 
-    def listen(self, on_reopen: Callable[[Callable[[], Awaitable[None]]], None] | None) -> None:
+    def listen(self) -> None:
         """Ask to be told of every re-open (once, however often the component starts)."""
-        if on_reopen is not None and not self._listening:
+        if self._on_reopen is not None and not self._listening:
             self._listening = True
-            on_reopen(self.reopen)
+            self._on_reopen(self.reopen)
 
     async def reopen(self) -> None:
         for sub in list(self):
