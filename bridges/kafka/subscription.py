@@ -4,7 +4,8 @@ Kafka keeps one committed offset per partition, not one acknowledgement per mess
 subscription tracks what it handed out: a partition's offset is committed only up to its oldest
 unsettled message. Whatever was not committed (the process died, the subscription closed, the
 partition moved to another member) is fetched again from the committed offset by its next owner:
-at-least-once, and the later messages that were settled come again too.
+at-least-once, and the later messages that were settled come again too. A member losing a partition
+in a rebalance first lets its targets finish what they hold (``REVOKE_GRACE``) and commits it.
 
 ``retry(delay)`` keeps the message in this member's memory, still unsettled (so it holds the commit
 point and counts against ``max_in_flight``), and hands it out again once the delay has passed. An
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRES = "l8-expires-at"
+REVOKE_GRACE = 5.0  # seconds a member losing a partition waits for the messages it handed out
 
 
 class _Partition:
@@ -112,6 +114,7 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self._retries: list[tuple[float, int, KafkaReceived]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()  # a settle or a retry: capacity or a due time may have moved
+        self._settled = asyncio.Event()  # a message was settled (a revoke waits for them)
         self._dirty = asyncio.Event()  # a commit point moved
         self._fetch_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
@@ -134,15 +137,31 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- rebalance ----
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._commit([tp for tp in revoked if tp in self._parts])
+        # The group waits for this before it hands the partitions on: let the messages the targets
+        # hold now be settled (for up to REVOKE_GRACE) and commit them, so the next owner does not
+        # deliver them a second time. What was fetched and not handed out is left to it.
+        parts = [self._parts[tp] for tp in revoked if tp in self._parts]
+        for part in parts:
+            part.buffer.clear()
+        deadline = time.monotonic() + REVOKE_GRACE
+        while any(self._held(part) for part in parts) and (left := deadline - time.monotonic()) > 0:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), left)
+        await self._commit([part.tp for part in parts])
         for tp in revoked:
-            part = self._parts.pop(tp, None)
-            if part is not None:
-                self._forget(part)
+            gone = self._parts.pop(tp, None)
+            if gone is not None:
+                self._forget(gone)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self._parts.setdefault(tp, _Partition(tp))
+
+    def _held(self, part: _Partition) -> bool:
+        """Whether a target holds a message of ``part`` (one waiting for its retry is not held)."""
+        waiting = {id(msg) for _, _, msg in self._retries}
+        return any(id(msg) not in waiting for msg in part.unsettled.values())
 
     def _forget(self, part: _Partition) -> None:
         # Its unsettled messages now belong to the partition's next owner, which fetches them from
@@ -166,6 +185,7 @@ class KafkaSubscription(ConsumerRebalanceListener):  # type: ignore[misc]
         part.inflight -= 1
         self._changed.set()
         self._dirty.set()
+        self._settled.set()
 
     def _retry(self, msg: KafkaReceived, delay: float) -> None:
         if msg._settled or msg._part.revoked:
